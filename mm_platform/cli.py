@@ -1,0 +1,297 @@
+"""``mm-platform``: demo, make-demo-data, ingest, search, sql, status, home."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mm_platform.lib.settings import Paths
+
+DEMO_QUERIES = ("waterproof gear for muddy hiking trails", "something to keep my tea warm")
+
+
+def _err(msg: str) -> None:
+    print(f"mm-platform: {msg}", file=sys.stderr)
+
+
+@contextmanager
+def _resources() -> Iterator[Any]:
+    """The code location's resources, initialised exactly as Dagster does for a run."""
+    import dagster as dg
+
+    from mm_platform.defs.resources import build_resources
+
+    with dg.build_resources(build_resources()) as res:
+        yield res
+
+
+def _table(rows: list[dict], columns: list[str] | None = None, width: int = 60) -> str:
+    if not rows:
+        return "(no rows)"
+    cols = columns or list(rows[0])
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            s = f"{v:.4g}"
+        elif isinstance(v, list | tuple):
+            s = ", ".join(map(str, v)) if len(v) <= 8 else f"[{len(v)} values]"
+        else:
+            s = "" if v is None else str(v)
+        s = s.replace("\n", " ")
+        return s if len(s) <= width else s[: width - 1] + "…"
+
+    cells = [[cell(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "isoformat"):
+        return o.isoformat()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+# -- commands -----------------------------------------------------------------------------------------
+
+def cmd_make_demo_data(args: argparse.Namespace) -> int:
+    from mm_platform.demo import make_demo_batch
+
+    out = Path(args.out) if args.out else Paths.from_env().landing_dir / f"demo-{args.seed}"
+    batch = make_demo_batch(out, n_records=args.records, seed=args.seed, n_broken=args.broken,
+                            id_prefix=args.id_prefix)
+    print(f"wrote batch {batch.batch_id} to {batch.batch_dir}: {batch.n_lines} lines "
+          f"({len(batch.broken)} deliberately broken)")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from mm_platform.orchestrate import ingest
+
+    paths = Paths.from_env()
+    try:
+        report = ingest(paths, batch_ids=args.batch or None, force=args.force, log_level=args.log_level,
+                        echo=lambda s: print(s, flush=True))
+    except ValueError as exc:
+        _err(str(exc))
+        return 2
+    if not report.batches and not report.global_refreshed:
+        print("nothing new to ingest")
+    else:
+        ok = sum(b.success for b in report.batches)
+        print(f"ingested {ok}/{len(report.batches)} batches in {report.seconds:.1f}s")
+    if not report.ok:
+        _err("ingest failed; details in the Dagster run logs (`make ui`, Runs)")
+        return 1
+    return 0
+
+
+def _print_hits(hits: list, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"results": [
+            {"record_id": h.record_id, "score": h.score, "modality": h.vector, "payload": h.payload} for h in hits
+        ]}, default=_json_default, indent=2))
+        return
+    rows = [{"rank": i, "score": round(h.score, 4), "record_id": h.record_id, "label": h.payload.get("label"),
+             "cluster": h.payload.get("cluster_id"), "text": h.payload.get("text") or h.payload.get("image_uri")}
+            for i, h in enumerate(hits, 1)]
+    print(_table(rows))
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from mm_platform.lib.search import SearchError, search
+
+    with _resources() as res:
+        try:
+            with res.qdrant.store() as store:
+                hits = search(store, res.encoders.encoders, text=args.text, image=args.image,
+                              modality=args.modality, k=args.k)
+        except SearchError as exc:
+            _err(str(exc))
+            return 2
+    _print_hits(hits, args.json)
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from mm_platform.lib.lake import Lake, connect_readonly
+
+    paths = Paths.from_env()
+    con = connect_readonly(Lake(paths.lake_dir), paths.duckdb_path)
+    try:
+        cur = con.execute(args.query)
+        cols = [d[0] for d in cur.description] if cur.description else []
+        rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+    except duckdb.Error as exc:
+        _err(f"SQL error: {exc}")
+        return 2
+    finally:
+        con.close()
+    if args.json:
+        print(json.dumps({"columns": cols, "rows": rows}, default=_json_default, indent=2))
+    else:
+        print(_table(rows, cols))
+    return 0
+
+
+def status_report(paths: Paths) -> dict[str, Any]:
+    from mm_platform.lib.lake import Lake
+    from mm_platform.lib.qdrant_store import QdrantBusy
+    from mm_platform.orchestrate import ingested_hashes, pending_batches, table_counts
+
+    lake = Lake(paths.lake_dir)
+    lake.ensure_initialized()
+    metrics = lake.read_table("cluster_metrics")
+    report: dict[str, Any] = {
+        "data_dir": str(paths.data_dir),
+        "landing_dir": str(paths.landing_dir),
+        "ingested_batches": sorted(ingested_hashes(lake)),
+        "pending_batches": [b.batch_id for b in pending_batches(paths, lake)],
+        "tables": table_counts(lake),
+        "cluster_metrics": metrics.drop("params_json").to_dicts(),
+    }
+    with _resources() as res:
+        try:
+            with res.qdrant.store() as store:
+                store.open_timeout_s = 5
+                report["qdrant"] = {"location": store.location, "collection": store.collection,
+                                    "points": store.count(), "vectors": store.vector_dims()}
+        except QdrantBusy as exc:
+            report["qdrant"] = {"error": str(exc)}
+    return report
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    report = status_report(Paths.from_env())
+    if args.json:
+        print(json.dumps(report, default=_json_default, indent=2))
+        return 0
+    print(f"data dir:  {report['data_dir']}\nlanding:   {report['landing_dir']}")
+    print(f"batches:   {len(report['ingested_batches'])} ingested, {len(report['pending_batches'])} pending "
+          f"{report['pending_batches'] or ''}")
+    print("tables:    " + ", ".join(f"{t}={n}" for t, n in report["tables"].items()))
+    print(f"qdrant:    {report['qdrant']}")
+    if report["cluster_metrics"]:
+        print(_table(report["cluster_metrics"], ["space", "algorithm", "k", "n_records", "silhouette", "nmi", "ari"]))
+    return 0
+
+
+def cmd_home(args: argparse.Namespace) -> int:
+    from mm_platform.orchestrate import ensure_dagster_home
+
+    print(ensure_dagster_home(Paths.from_env()))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mm_platform.lib.lake import Lake, connect_readonly
+
+    paths = Paths.from_env()
+    out = paths.landing_dir / f"demo-{args.seed}"
+    if not (out / "records.jsonl").exists():
+        cmd_make_demo_data(argparse.Namespace(out=str(out), records=args.records, seed=args.seed,
+                                              broken=7, id_prefix=f"demo{args.seed}"))
+    else:
+        print(f"demo batch {out.name} already in the landing dir")
+    code = cmd_ingest(argparse.Namespace(batch=None, force=False, log_level=args.log_level))
+    if code:
+        return code
+    con = connect_readonly(Lake(paths.lake_dir), paths.duckdb_path)
+    try:
+        q = lambda sql: [dict(zip([d[0] for d in c.description], r, strict=True)) for c in [con.execute(sql)] for r in c.fetchall()]  # noqa: E731
+        totals = q("SELECT (SELECT count(*) FROM aligned_records) AS aligned_records, "
+                   "(SELECT count(DISTINCT (batch_id, line_number)) FROM rejected_records) AS rejected_lines, "
+                   "(SELECT count(*) FROM fused_vectors) AS fused_vectors, "
+                   "(SELECT count(DISTINCT cluster_id) FROM clusters) AS clusters")[0]
+        print("\n== What mm_platform found ==")
+        print(", ".join(f"{k}: {v}" for k, v in totals.items()))
+        print("\nQuarantined (rejected_records):")
+        print(_table(q("SELECT reason, modality, count(*) AS n, any_value(detail) AS example "
+                       "FROM rejected_records GROUP BY ALL ORDER BY n DESC, reason")))
+        print("\nClusters (cluster_summary, fused text+image vectors):")
+        print(_table(q("SELECT cluster_id, size, name, top_terms, label_counts_json AS labels "
+                       "FROM cluster_summary ORDER BY cluster_id"), width=70))
+        print("\nCluster quality against the demo labels (cluster_metrics):")
+        print(_table(q("SELECT space, algorithm, k, silhouette, nmi, ari FROM cluster_metrics ORDER BY nmi DESC")))
+    finally:
+        con.close()
+    from mm_platform.lib.search import search
+
+    with _resources() as res:
+        encoders = res.encoders.encoders
+        with res.qdrant.store() as store:
+            for query in DEMO_QUERIES[:1]:
+                modality = "image" if encoders.shares_space("text", "image") else "fused"
+                print(f"\nSearch: --text {query!r} --modality {modality} "
+                      f"(profile {encoders.profile}{'; cross-modal' if modality == 'image' else ''})")
+                _print_hits(search(store, encoders, text=query, modality=modality, k=5), as_json=False)
+    print(f"\nQuery it yourself: mm-platform sql \"SELECT * FROM cluster_summary\"  "
+          f"(DuckDB file: {paths.duckdb_path})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mm-platform", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="write a synthetic demo batch, ingest it, print what was found")
+    d.add_argument("--records", type=int, default=240)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--log-level", default="WARNING")
+    d.set_defaults(fn=cmd_demo)
+
+    m = sub.add_parser("make-demo-data", help="write a synthetic demo batch folder")
+    m.add_argument("--records", type=int, default=240)
+    m.add_argument("--out", help="the batch folder to create (default $MM_LANDING_DIR/demo-<seed>)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--broken", type=int, default=7, help="deliberately broken lines")
+    m.add_argument("--id-prefix", default="demo")
+    m.set_defaults(fn=cmd_make_demo_data)
+
+    i = sub.add_parser("ingest", help="materialize every pending batch, then clusters and marts (synchronous)")
+    i.add_argument("--batch", action="append", help="only this batch (repeatable)")
+    i.add_argument("--force", action="store_true", help="re-run batches even if already ingested")
+    i.add_argument("--log-level", default="WARNING", help="Dagster console log level (INFO shows every step)")
+    i.set_defaults(fn=cmd_ingest)
+
+    s = sub.add_parser("search", help="search records by text or image")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--text")
+    g.add_argument("--image")
+    s.add_argument("--modality", choices=["text", "image", "fused"])
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_search)
+
+    q = sub.add_parser("sql", help="run SQL against the DuckDB warehouse (read-only)")
+    q.add_argument("query")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(fn=cmd_sql)
+
+    st = sub.add_parser("status", help="batches, table sizes, Qdrant points, cluster quality")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(fn=cmd_status)
+
+    h = sub.add_parser("home", help="create/print the Dagster home used by CLI runs and `make ui`")
+    h.set_defaults(fn=cmd_home)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.fn(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""The one entry point of the code location (``workspace.yaml`` points here).
+
+Loads every domain's assets, checks, sensors, jobs and schedules, registers the resources once, and adds
+the cross-cutting sensor: the automation-condition sensor that lets the global layer (clusters,
+summaries, Qdrant payloads, SQL marts) follow new batches on its own.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from mm_platform.defs.clusters import assets as cluster_assets
+from mm_platform.defs.clusters import checks as cluster_checks
+from mm_platform.defs.embeddings import assets as embedding_assets
+from mm_platform.defs.fusion import assets as fusion_assets
+from mm_platform.defs.ingest import assets as ingest_assets
+from mm_platform.defs.ingest.sensors import build_landing_sensor
+from mm_platform.defs.jobs import batch_ingest_job, nightly_recluster_schedule, refresh_global_job
+from mm_platform.defs.resources import build_resources
+from mm_platform.defs.sql_models.assets import build_sql_model_assets
+from mm_platform.defs.vector_index import assets as vector_assets
+
+def build_definitions() -> dg.Definitions:
+    assets = [
+        *dg.load_assets_from_modules(
+            [ingest_assets, embedding_assets, fusion_assets, cluster_assets, vector_assets]
+        ),
+        *build_sql_model_assets(),
+    ]
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=dg.load_asset_checks_from_modules([cluster_checks]),
+        jobs=[batch_ingest_job, refresh_global_job],
+        schedules=[nightly_recluster_schedule],
+        sensors=[
+            build_landing_sensor(),
+            dg.AutomationConditionSensorDefinition(
+                "global_automation_sensor",
+                target=dg.AssetSelection.all(),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+                minimum_interval_seconds=30,
+            ),
+        ],
+        resources=build_resources(),
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,91 @@
+"""Fusion layer: per-modality L2 normalisation and weighted concatenation into one vector per record."""
+
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from mm_platform.defs.embeddings.assets import image_embeddings, text_embeddings
+from mm_platform.defs.ingest.assets import aligned_records
+from mm_platform.defs.metadata import counts, preview
+from mm_platform.defs.partitions import batches_partitions
+from mm_platform.defs.resources import EncodersResource, PipelineConfigResource, WarehouseResource
+from mm_platform.lib.fusion import fuse
+from mm_platform.lib.lake import Lake
+
+#: modality -> embeddings table, in fusion column order
+EMBEDDING_TABLES = {"text": "text_embeddings", "image": "image_embeddings"}
+
+
+def embedding_matrix(df: pl.DataFrame, dim: int) -> np.ndarray:
+    if df.height == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.asarray(df["embedding"].to_list(), dtype=np.float32)
+
+
+def modality_dims(lake: Lake, encoders: EncodersResource, frames: dict[str, pl.DataFrame]) -> dict[str, int]:
+    """The vector size of each modality: from the rows when there are any, else from the encoder (so a
+    batch without images still fuses to the same layout as every other batch)."""
+    dims: dict[str, int] = {}
+    for modality, df in frames.items():
+        if df.height:
+            dims[modality] = int(df["dim"][0])
+        else:
+            enc = encoders.encoders.text() if modality == "text" else encoders.encoders.image()
+            dims[modality] = enc.info.dim
+    return dims
+
+
+@dg.asset(
+    partitions_def=batches_partitions,
+    deps=[aligned_records, text_embeddings, image_embeddings],
+    group_name="fused",
+    kinds={"numpy", "parquet"},
+    tags={"layer": "fused"},
+)
+def fused_vectors(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    encoders: EncodersResource,
+    pipeline: PipelineConfigResource,
+) -> dg.MaterializeResult:
+    """One unit-norm vector per aligned record: each modality L2-normalised, scaled by the square root of its
+    weight share among the modalities the record has, and concatenated (a missing modality is an explicit
+    zero block and the mask in ``modalities``). The dot product of two fused vectors is the weighted mean
+    of the per-modality cosines they share."""
+    batch_id = context.partition_key
+    lake = warehouse.lake
+    aligned = lake.read_partition("aligned_records", batch_id)
+    frames = {m: lake.read_partition(t, batch_id) for m, t in EMBEDDING_TABLES.items()}
+    dims = modality_dims(lake, encoders, frames)
+    result = fuse(
+        aligned["record_id"].to_list(),
+        {m: (df["record_id"].to_list(), embedding_matrix(df, dims[m])) for m, df in frames.items()},
+        pipeline.weights(),
+    )
+    keep = result.has_any
+    ids = aligned["record_id"].filter(pl.Series(keep))
+    modalities = [result.present_modalities(i) for i in np.flatnonzero(keep)]
+    df = pl.DataFrame(
+        {
+            "record_id": ids,
+            "batch_id": [batch_id] * len(ids),
+            "fusion": [result.spec] * len(ids),
+            "modalities": pl.Series(modalities, dtype=pl.List(pl.String)),
+            "dim": [result.dim] * len(ids),
+            "embedding": pl.Series(result.vectors[keep].tolist(), dtype=pl.List(pl.Float32)),
+        }
+    )
+    lake.write_partition("fused_vectors", batch_id, df)
+    combos = df["modalities"].list.join("+") if df.height else pl.Series([], dtype=pl.String)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": df.height,
+            "fusion": result.spec,
+            "dim": result.dim,
+            "modality_dims": dict(zip(result.modalities, result.dims, strict=True)),
+            "modality_combinations": counts(combos) if df.height else {},
+            "records_without_vectors": int((~keep).sum()),
+            "preview": preview(df, ["record_id", "fusion", "modalities", "dim"]),
+        }
+    )

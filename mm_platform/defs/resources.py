@@ -1,0 +1,194 @@
+"""Every external system as a ConfigurableResource, registered once.
+
+Field values come from environment variables (``EnvVar``) when they are set, else from the documented
+defaults (see ``.env.example``); resolution happens here, at definition time, never in asset bodies.
+"""
+
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+from pydantic import PrivateAttr
+
+from mm_platform.lib.device import DeviceConfig, resolve_device
+from mm_platform.lib.encoders.registry import EncoderSet, EncoderSettings, load_encoders
+from mm_platform.lib.fusion import parse_weights
+from mm_platform.lib.lake import Lake, WarehouseBusy, refresh_warehouse, register_views
+from mm_platform.lib.qdrant_store import QdrantStore
+from mm_platform.lib.settings import Paths
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The Parquet lake (where assets write) and the DuckDB file of views over it (where users query)."""
+
+    lake_dir: str
+    duckdb_path: str
+
+    _lake: Lake = PrivateAttr()
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._lake = Lake(self.lake_dir)
+        self._lake.ensure_initialized()
+
+    @property
+    def lake(self) -> Lake:
+        return self._lake
+
+    @contextlib.contextmanager
+    def compute_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """An in-memory DuckDB with the lake's views: computing never takes the warehouse file's lock."""
+        con = duckdb.connect()
+        try:
+            register_views(con, self._lake)
+            yield con
+        finally:
+            con.close()
+
+    def refresh_views(self, log: object | None = None) -> bool:
+        """Create views for new tables in the warehouse file; a busy file only delays that, with a warning."""
+        try:
+            return refresh_warehouse(self._lake, Path(self.duckdb_path))
+        except (WarehouseBusy, TimeoutError) as exc:
+            if log is not None:
+                log.warning(f"warehouse views not refreshed: {exc}")  # type: ignore[attr-defined]
+            return False
+
+
+class LandingResource(dg.ConfigurableResource):
+    """The landing dir: one folder per batch, complete once its records.jsonl exists."""
+
+    landing_dir: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.landing_dir)
+
+    def batch_dir(self, batch_id: str) -> Path:
+        return self.path / batch_id
+
+
+class QdrantResource(dg.ConfigurableResource):
+    """The vector sink. Embedded storage by default (one process at a time: open it inside a step and
+    close it at once; assets that write share the ``qdrant`` pool); ``url`` switches to a server."""
+
+    path: str
+    url: str = ""
+    api_key: str = ""
+    collection: str = "mm_records"
+    open_timeout_s: float = 120.0
+
+    def store(self) -> QdrantStore:
+        return QdrantStore(
+            collection=self.collection, path=None if self.url else self.path, url=self.url or None,
+            api_key=self.api_key or None, open_timeout_s=self.open_timeout_s,
+        )
+
+
+class TorchDeviceResource(dg.ConfigurableResource):
+    """Where models run: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+
+    device: str = "auto"
+    batch_size: int = 64
+    precision: str = "fp32"
+    num_workers: int = 2
+
+    def config(self) -> DeviceConfig:
+        return DeviceConfig(device=self.device, batch_size=self.batch_size, precision=self.precision,
+                            num_workers=self.num_workers)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        resolve_device(self.device)  # fail fast on a bad spec or a missing GPU
+
+
+#: Encoder sets already loaded in this process, so that several runs in one process (a CLI ingest of many
+#: batches, tests) load each model once. Keyed by everything that decides which weights run where.
+_LOADED_ENCODERS: dict[tuple, EncoderSet] = {}
+
+
+class EncodersResource(dg.ConfigurableResource):
+    """The per-modality encoders of ``profile`` (auto | offline | clip), loaded lazily, once per process."""
+
+    profile: str = "auto"
+    clip_arch: str = "ViT-B-32"
+    clip_pretrained: str = "laion2b_s34b_b79k"
+    clip_config: str = ""
+    device: TorchDeviceResource
+
+    _encoders: EncoderSet = PrivateAttr()
+
+    def settings(self) -> EncoderSettings:
+        return EncoderSettings(profile=self.profile, clip_arch=self.clip_arch,
+                               clip_pretrained=self.clip_pretrained, clip_config=self.clip_config or None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        key = (self.settings(), self.device.config())
+        if key not in _LOADED_ENCODERS:
+            _LOADED_ENCODERS[key] = load_encoders(*key)
+        self._encoders = _LOADED_ENCODERS[key]
+        if context.log is not None and context.run_id:
+            context.log.info(f"model profile {self._encoders.profile}: {self._encoders.reason}")
+
+    @property
+    def encoders(self) -> EncoderSet:
+        return self._encoders
+
+
+class PipelineConfigResource(dg.ConfigurableResource):
+    """Fusion and clustering choices, recorded with every result they produce."""
+
+    fusion_weights: str = ""
+    cluster_algorithm: str = "kmeans"
+    cluster_k: int = 0  # 0 = automatic (best silhouette over 2..cluster_k_max)
+    cluster_k_max: int = 12
+    hdbscan_min_cluster_size: int = 5
+    seed: int = 0
+
+    def weights(self) -> dict[str, float]:
+        return parse_weights(self.fusion_weights or None)
+
+
+def _env(name: str, default: str) -> str | dg.EnvVar:
+    """``EnvVar(name)`` when the variable is set (shown as such in the UI), else the default."""
+    return dg.EnvVar(name) if os.environ.get(name, "").strip() else default
+
+
+def _env_int(name: str, default: int) -> int | dg.EnvVar:
+    return dg.EnvVar.int(name) if os.environ.get(name, "").strip() else default
+
+
+def build_resources() -> dict[str, dg.ConfigurableResource]:
+    """The resources of the code location, from the environment (see ``.env.example``)."""
+    paths = Paths.from_env()
+    device = TorchDeviceResource(
+        device=_env("MM_DEVICE", "auto"),
+        batch_size=_env_int("MM_BATCH_SIZE", 64),
+        precision=_env("MM_PRECISION", "fp32"),
+        num_workers=_env_int("MM_NUM_WORKERS", 2),
+    )
+    return {
+        "warehouse": WarehouseResource(
+            lake_dir=_env("MM_LAKE_DIR", str(paths.lake_dir)),
+            duckdb_path=_env("MM_DUCKDB_PATH", str(paths.duckdb_path)),
+        ),
+        "landing": LandingResource(landing_dir=_env("MM_LANDING_DIR", str(paths.landing_dir))),
+        "qdrant": QdrantResource(
+            path=_env("MM_QDRANT_PATH", str(paths.qdrant_path)), url=_env("QDRANT_URL", ""), api_key=_env("QDRANT_API_KEY", ""),
+            collection=_env("MM_QDRANT_COLLECTION", "mm_records"),
+        ),
+        "device": device,
+        "encoders": EncodersResource(
+            profile=_env("MM_MODEL_PROFILE", "auto"), clip_arch=_env("MM_CLIP_ARCH", "ViT-B-32"),
+            clip_pretrained=_env("MM_CLIP_PRETRAINED", "laion2b_s34b_b79k"),
+            clip_config=_env("MM_CLIP_CONFIG", ""), device=device,
+        ),
+        "pipeline": PipelineConfigResource(
+            fusion_weights=_env("MM_FUSION_WEIGHTS", ""),
+            cluster_algorithm=_env("MM_CLUSTER_ALGORITHM", "kmeans"),
+            cluster_k=_env_int("MM_CLUSTER_K", 0),
+            cluster_k_max=_env_int("MM_CLUSTER_K_MAX", 12),
+        ),
+    }

@@ -1,0 +1,231 @@
+"""Torch device helpers: device resolution, autocast, and CUDA out-of-memory back-off.
+
+Everything here is framework-agnostic (no Dagster) and safe to import on CPU-only machines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_LOGGED_ONCE: set[str] = set()
+
+
+def _log_once(key: str, msg: str, *args: object, level: int = logging.WARNING) -> None:
+    """Log ``msg`` the first time ``key`` is seen in this process."""
+    if key in _LOGGED_ONCE:
+        return
+    _LOGGED_ONCE.add(key)
+    logger.log(level, msg, *args)
+
+
+def _normalise_spec(spec: str) -> str:
+    if not isinstance(spec, str):
+        raise TypeError(
+            f"device spec must be a string such as 'auto', 'cpu', 'cuda' or 'cuda:0', got {spec!r}"
+        )
+    return spec.strip().lower()
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """How encoders run: where, in what batch size, at what precision, with how many decode workers.
+
+    Attributes:
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        batch_size: items per forward pass (the OOM back-off may lower it on CUDA).
+        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``; fp16/bf16 run under autocast on CUDA and fall back
+            to fp32 on CPU (logged once).
+        num_workers: torch DataLoader workers that decode and preprocess images (0 = in-process).
+    """
+
+    device: str = "auto"
+    batch_size: int = 64
+    precision: str = "fp32"
+    num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        if not _DEVICE_RE.match(_normalise_spec(self.device)):
+            raise ValueError(
+                f"invalid device {self.device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N' (e.g. 'cuda:0')"
+            )
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"invalid precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if (
+            isinstance(self.num_workers, bool)
+            or not isinstance(self.num_workers, int)
+            or self.num_workers < 0
+        ):
+            raise ValueError(f"num_workers must be an integer >= 0, got {self.num_workers!r}")
+
+    def torch_device(self) -> torch.device:
+        """The concrete device this config resolves to (see :func:`resolve_device`)."""
+        return resolve_device(self.device)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """Turn a device spec into a concrete :class:`torch.device`.
+
+    ``"auto"`` picks ``cuda`` (the current CUDA device) when CUDA is available, else ``cpu``. ``"cuda"`` and
+    ``"cuda:N"`` require CUDA (and device ``N``) to exist.
+
+    Raises:
+        ValueError: the spec is malformed, or names a CUDA device that is not available.
+        TypeError: the spec is not a string.
+    """
+    s = _normalise_spec(spec)
+    if not _DEVICE_RE.match(s):
+        raise ValueError(
+            f"invalid device {spec!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N' (e.g. 'cuda:0')"
+        )
+    if s == "cpu":
+        return torch.device("cpu")
+    if s == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    # cuda / cuda:N
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"device {spec!r} asked for CUDA, but CUDA is not available here "
+            f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); use 'cpu' or 'auto'"
+        )
+    if ":" in s:
+        index = int(s.split(":", 1)[1])
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise ValueError(
+                f"device {spec!r} does not exist: {count} CUDA device(s) visible (cuda:0..cuda:{count - 1})"
+            )
+        return torch.device("cuda", index)
+    return torch.device("cuda")
+
+
+def effective_precision(device: torch.device, precision: str) -> str:
+    """The precision that actually runs on ``device``: reduced precision only on CUDA (bf16 only if supported)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"invalid precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return "fp32"
+    if device.type != "cuda":
+        _log_once(
+            f"cpu-precision-{precision}",
+            "precision %s requested on %s: reduced precision runs only on CUDA, falling back to fp32",
+            precision,
+            device,
+        )
+        return "fp32"
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        _log_once("bf16-unsupported", "bf16 is not supported on this GPU, falling back to fp32")
+        return "fp32"
+    return precision
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager[object]:
+    """A context manager running the enclosed forward passes at ``precision`` on ``device``.
+
+    On CUDA, ``fp16``/``bf16`` enable :func:`torch.autocast`; everything else (fp32, or any precision on CPU)
+    is a no-op context. Raises ValueError for an unknown precision.
+    """
+    eff = effective_precision(device, precision)
+    if eff == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if eff == "fp16" else torch.bfloat16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def is_oom_error(exc: BaseException) -> bool:
+    """True when ``exc`` is a CUDA out-of-memory error (typed, or an older plain RuntimeError)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def free_cuda_memory() -> None:
+    """Release cached CUDA blocks (no-op when CUDA was never initialised)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class OOMBackoff:
+    """Runs a function over a batch in chunks, halving the chunk size on CUDA out-of-memory errors.
+
+    The reduced size is kept for later calls on the same instance, so one OOM does not repeat on every batch.
+
+    Args:
+        batch_size: initial chunk size (>= 1).
+        min_batch: smallest chunk size tried; an OOM at this size is re-raised.
+    """
+
+    def __init__(self, batch_size: int, min_batch: int = 1) -> None:
+        if batch_size < 1 or min_batch < 1:
+            raise ValueError(f"batch_size and min_batch must be >= 1, got {batch_size} and {min_batch}")
+        self.batch_size = max(batch_size, min_batch)
+        self.min_batch = min_batch
+        self.backoffs = 0
+
+    def run(self, fn: Callable[[T], R], items: T) -> list[R]:
+        """Apply ``fn`` to consecutive slices of ``items`` (anything with ``len`` and slicing: list, tensor).
+
+        Returns ``fn``'s results, one per slice, in order; their concatenation covers ``items`` exactly once.
+        """
+        n = len(items)  # type: ignore[arg-type]
+        results: list[R] = []
+        start = 0
+        while start < n:
+            size = min(self.batch_size, n - start)
+            chunk = items[start : start + size]  # type: ignore[index]
+            try:
+                results.append(fn(chunk))
+            except RuntimeError as exc:
+                if not is_oom_error(exc) or size <= self.min_batch:
+                    raise
+                new_size = max(self.min_batch, size // 2)
+                logger.warning(
+                    "CUDA out of memory at batch size %d; retrying with batch size %d", size, new_size
+                )
+                self.batch_size = new_size
+                self.backoffs += 1
+            else:
+                start += size
+                continue
+            # Outside the except block, so the exception's frames (and their tensors) are released first.
+            del chunk
+            free_cuda_memory()
+        return results
+
+
+def oom_backoff(fn: Callable[[T], R], batch: T, min_batch: int = 1) -> list[R]:
+    """Run ``fn(batch)``; on CUDA OOM halve the batch, empty the CUDA cache and retry on the pieces.
+
+    Args:
+        fn: called with a slice of ``batch`` (same type as ``batch``).
+        batch: a list, tuple, tensor or anything else with ``len`` and slicing.
+        min_batch: smallest slice tried; an OOM at this size is re-raised.
+
+    Returns:
+        The results of ``fn`` for each slice, in order (a single element when nothing failed).
+    """
+    n = len(batch)  # type: ignore[arg-type]
+    if n == 0:
+        return []
+    return OOMBackoff(n, min_batch=min_batch).run(fn, batch)
+
+
+def sequence_chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    """Split ``items`` into consecutive chunks of at most ``size``."""
+    return [items[i : i + size] for i in range(0, len(items), size)]

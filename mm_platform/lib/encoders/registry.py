@@ -1,0 +1,258 @@
+"""Encoder profile resolution and the lazily-built :class:`EncoderSet`.
+
+Profiles:
+    ``offline``: MiniLM (text, 384-d) + EfficientNet-Lite0 (image, 1280-d), both bundled in pip packages;
+        two separate vector spaces.
+    ``clip``: one open_clip model for text and image, one shared space.
+    ``auto``: ``clip`` when the CLIP weights are local (checkpoint file, or tag already cached) or the hub
+        answers a TCP connect within ``probe_timeout_s``; else ``offline``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+from mm_platform.lib.device import DeviceConfig, resolve_device
+from mm_platform.lib.encoders.base import MODALITIES, EncoderUnavailable, ImageEncoder, TextEncoder
+from mm_platform.lib.encoders.clip import (
+    CLIP_HINT,
+    ClipBundle,
+    ClipImageEncoder,
+    ClipTextEncoder,
+    ClipWeights,
+    load_clip,
+    locate_clip_weights,
+    normalise_arch,
+    register_clip_config,
+    unavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+PROFILES: tuple[str, ...] = ("auto", "offline", "clip")
+_PROBE_CACHE_S = 30.0
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """Which encoders to use.
+
+    Attributes:
+        profile: ``"auto"``, ``"offline"`` or ``"clip"``.
+        clip_arch: open_clip architecture name.
+        clip_pretrained: an open_clip pretrained tag, or a path to a local checkpoint file.
+        clip_config: optional custom open_clip model-config JSON (named ``<clip_arch>.json``).
+        probe_timeout_s: how long ``auto`` / ``clip`` wait for the hub to answer a TCP connect.
+    """
+
+    profile: str = "auto"
+    clip_arch: str = "ViT-B-32"
+    clip_pretrained: str = "laion2b_s34b_b79k"
+    clip_config: str | None = None
+    probe_timeout_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(
+                f"invalid encoder profile {self.profile!r}: expected one of {', '.join(PROFILES)}"
+            )
+        if not self.probe_timeout_s >= 0:
+            raise ValueError(f"probe_timeout_s must be >= 0, got {self.probe_timeout_s!r}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# hub probe
+
+_probe_cache: dict[tuple[str, int], tuple[float, bool, str]] = {}
+_probe_lock = threading.Lock()
+
+
+def hub_offline_requested() -> bool:
+    """True when HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set in the environment."""
+    return any(
+        os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def probe_host(host: tuple[str, int], timeout_s: float) -> tuple[bool, str]:
+    """Whether ``host`` accepts a TCP connection within ``timeout_s`` (DNS included; never blocks longer).
+
+    Returns ``(reachable, reason)``. Honours HF_HUB_OFFLINE (unreachable without trying). Results are
+    cached for 30 s per host so repeated loads do not pay the timeout again.
+    """
+    if hub_offline_requested():
+        return False, "HF_HUB_OFFLINE is set"
+    now = time.monotonic()
+    with _probe_lock:
+        hit = _probe_cache.get(host)
+        if hit is not None and now - hit[0] < _PROBE_CACHE_S:
+            return hit[1], hit[2]
+    result: list[tuple[bool, str]] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection(host, timeout=max(timeout_s, 0.01)):
+                result.append((True, f"{host[0]}:{host[1]} reachable"))
+        except OSError as exc:
+            result.append((False, f"{host[0]}:{host[1]} unreachable ({type(exc).__name__}: {exc})"))
+
+    # getaddrinfo ignores socket timeouts, so the attempt runs in a daemon thread with a hard deadline.
+    thread = threading.Thread(target=attempt, name="mm-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout_s + 0.05)
+    reachable, reason = (
+        result[0] if result else (False, f"{host[0]}:{host[1]} no answer within {timeout_s:g}s")
+    )
+    with _probe_lock:
+        _probe_cache[host] = (time.monotonic(), reachable, reason)
+    return reachable, reason
+
+
+# --------------------------------------------------------------------------------------------------------
+# profile resolution
+
+
+def _clip_weights(settings: EncoderSettings) -> ClipWeights:
+    arch = normalise_arch(settings.clip_arch)
+    if settings.clip_config:
+        register_clip_config(settings.clip_config, arch)  # raises EncoderUnavailable
+    import open_clip
+
+    if open_clip.get_model_config(arch) is None:
+        return ClipWeights("missing", detail=f"unknown open_clip architecture {arch!r}")
+    return locate_clip_weights(arch, settings.clip_pretrained)
+
+
+def _clip_plan(settings: EncoderSettings) -> tuple[bool, bool, str]:
+    """``(usable, needs_download, reason)`` for the configured CLIP weights, without loading anything."""
+    try:
+        where = _clip_weights(settings)
+    except EncoderUnavailable as exc:
+        return False, False, str(exc).replace(f". {CLIP_HINT}", "")
+    if where.local:
+        return True, False, f"CLIP weights available locally: {where.detail}"
+    if where.status == "missing":
+        return False, False, where.detail
+    assert where.host is not None
+    reachable, why = probe_host(where.host, settings.probe_timeout_s)
+    if reachable:
+        return True, True, f"{where.detail}; {why}, weights will be downloaded"
+    return False, True, f"{where.detail} and the hub is not reachable ({why})"
+
+
+def resolve_profile(settings: EncoderSettings) -> tuple[str, str]:
+    """Resolve ``settings.profile`` to ``("offline" | "clip", human-readable reason)``.
+
+    ``offline`` / ``clip`` are returned as is. ``auto`` picks ``clip`` when its weights are available
+    locally or the hub answers within ``probe_timeout_s``, else ``offline``; it never loads a model and
+    takes at most about ``probe_timeout_s``.
+    """
+    if settings.profile in ("offline", "clip"):
+        return settings.profile, f"profile {settings.profile!r} requested"
+    usable, _, reason = _clip_plan(settings)
+    if usable:
+        return "clip", f"auto: {reason}"
+    return "offline", f"auto: CLIP not available ({reason}); using offline MiniLM + EfficientNet-Lite0"
+
+
+# --------------------------------------------------------------------------------------------------------
+# encoder set
+
+
+@dataclass
+class EncoderSet:
+    """The text and image encoders of one profile, each built on first use and cached.
+
+    Build with :func:`load_encoders`. Thread-safe.
+    """
+
+    profile: str
+    reason: str
+    settings: EncoderSettings
+    device: DeviceConfig
+    allow_download: bool = False
+    _text: TextEncoder | None = field(default=None, init=False, repr=False)
+    _image: ImageEncoder | None = field(default=None, init=False, repr=False)
+    _clip: ClipBundle | None = field(default=None, init=False, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
+
+    def _clip_bundle(self) -> ClipBundle:
+        with self._lock:
+            if self._clip is None:
+                self._clip = load_clip(
+                    self.settings.clip_arch,
+                    self.settings.clip_pretrained,
+                    device=self.device,
+                    config_path=self.settings.clip_config,
+                    allow_download=self.allow_download,
+                )
+            return self._clip
+
+    def text(self) -> TextEncoder:
+        """The text encoder (MiniLM, or CLIP's text tower); loaded once."""
+        with self._lock:
+            if self._text is None:
+                if self.profile == "clip":
+                    self._text = ClipTextEncoder(self._clip_bundle())
+                else:
+                    from mm_platform.lib.encoders.text import MiniLMTextEncoder
+
+                    self._text = MiniLMTextEncoder(self.device)
+            return self._text
+
+    def image(self) -> ImageEncoder:
+        """The image encoder (EfficientNet-Lite0, or CLIP's image tower); loaded once."""
+        with self._lock:
+            if self._image is None:
+                if self.profile == "clip":
+                    self._image = ClipImageEncoder(self._clip_bundle())
+                else:
+                    from mm_platform.lib.encoders.image import EfficientNetImageEncoder
+
+                    self._image = EfficientNetImageEncoder(self.device)
+            return self._image
+
+    def encoder(self, modality: str) -> TextEncoder | ImageEncoder:
+        """``text()`` or ``image()`` by modality name."""
+        if modality == "text":
+            return self.text()
+        if modality == "image":
+            return self.image()
+        raise ValueError(f"unknown modality {modality!r}: expected one of {', '.join(MODALITIES)}")
+
+    def shares_space(self, a: str, b: str) -> bool:
+        """True when vectors of modality ``a`` and ``b`` are directly comparable.
+
+        ``clip``: text and image share one space. ``offline``: only a modality with itself.
+        """
+        for m in (a, b):
+            if m not in MODALITIES:
+                raise ValueError(f"unknown modality {m!r}: expected one of {', '.join(MODALITIES)}")
+        return a == b or self.profile == "clip"
+
+
+def load_encoders(settings: EncoderSettings, device: DeviceConfig) -> EncoderSet:
+    """Resolve the profile and return an :class:`EncoderSet` (models load lazily on first use).
+
+    Raises:
+        ValueError: the device spec names a device that is not available.
+        EncoderUnavailable: profile ``clip`` (asked for, or chosen by ``auto``) whose weights cannot be had:
+            not a local file, not cached, and the hub does not answer (decided within ~probe_timeout_s).
+    """
+    resolve_device(device.device)  # fail early on an unavailable device
+    profile, reason = resolve_profile(settings)
+    allow_download = False
+    if profile == "clip":
+        usable, allow_download, why = _clip_plan(settings)
+        if not usable:
+            raise unavailable(f"CLIP profile requested but its weights cannot be had: {why}")
+    logger.info("encoder profile %s (%s)", profile, reason)
+    return EncoderSet(
+        profile=profile, reason=reason, settings=settings, device=device, allow_download=allow_download
+    )

@@ -1,0 +1,328 @@
+"""The Parquet lake and the DuckDB warehouse of views over it.
+
+Every asset writes its batch partition as one Parquet file,
+``<lake>/<table>/batch_id=<id>/part.parquet`` (global tables: ``<lake>/<table>/part.parquet``), through a
+temporary file and an atomic ``os.replace``. The DuckDB file holds only *views* over those files (globs),
+so users can query while runs write, readers never see half-written files, and no pipeline step ever
+needs DuckDB's single write lock while computing. The only writes to the DuckDB file are (re)creating
+views, done under an inter-process file lock, with retries, and skipped when nothing changed.
+
+Each partitioned table also has a zero-row ``_schema/part.parquet`` so that its view is valid (and typed)
+before the first batch lands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+F32_LIST = pl.List(pl.Float32)
+TS = pl.Datetime("us", "UTC")
+
+#: Tables written one partition per landing batch, with their fixed column types.
+PARTITIONED_TABLES: dict[str, dict[str, pl.DataType]] = {
+    "raw_records": {
+        "batch_id": pl.String, "line_number": pl.Int32, "record_id": pl.String, "op": pl.String,
+        "timestamp": TS, "label": pl.String, "text_declared": pl.Boolean, "image_path": pl.String,
+        "audio_path": pl.String, "fields_json": pl.String, "manifest_sha256": pl.String, "ingested_at": TS,
+    },
+    "raw_text": {
+        "record_id": pl.String, "batch_id": pl.String, "line_number": pl.Int32, "text": pl.String,
+        "text_sha256": pl.String, "n_chars": pl.Int32,
+    },
+    "raw_images": {
+        "record_id": pl.String, "batch_id": pl.String, "line_number": pl.Int32, "image_path": pl.String,
+        "uri": pl.String, "sha256": pl.String, "width": pl.Int32, "height": pl.Int32, "format": pl.String,
+        "mode": pl.String, "n_bytes": pl.Int64,
+    },
+    "rejected_records": {
+        "batch_id": pl.String, "line_number": pl.Int32, "record_id": pl.String, "modality": pl.String,
+        "reason": pl.String, "detail": pl.String, "stage": pl.String, "rejected_at": TS,
+    },
+    "aligned_records": {
+        "record_id": pl.String, "batch_id": pl.String, "line_number": pl.Int32, "timestamp": TS,
+        "label": pl.String, "has_text": pl.Boolean, "has_image": pl.Boolean, "has_audio": pl.Boolean,
+        "has_tabular": pl.Boolean, "text_sha256": pl.String, "image_sha256": pl.String,
+    },
+    "text_embeddings": {
+        "record_id": pl.String, "batch_id": pl.String, "model": pl.String, "model_version": pl.String,
+        "space": pl.String, "dim": pl.Int32, "content_sha256": pl.String, "embedding": F32_LIST,
+    },
+    "image_embeddings": {
+        "record_id": pl.String, "batch_id": pl.String, "model": pl.String, "model_version": pl.String,
+        "space": pl.String, "dim": pl.Int32, "content_sha256": pl.String, "embedding": F32_LIST,
+    },
+    "fused_vectors": {
+        "record_id": pl.String, "batch_id": pl.String, "fusion": pl.String, "modalities": pl.List(pl.String),
+        "dim": pl.Int32, "embedding": F32_LIST,
+    },
+    "batches": {
+        "batch_id": pl.String, "manifest_sha256": pl.String, "manifest_lines": pl.Int32,
+        "aligned_records": pl.Int32, "rejected_lines": pl.Int32, "points": pl.Int32, "completed_at": TS,
+    },
+    "vector_points": {
+        "record_id": pl.String, "batch_id": pl.String, "point_id": pl.String, "vectors": pl.List(pl.String),
+        "collection": pl.String, "manifest_sha256": pl.String, "upserted_at": TS,
+    },
+}
+
+#: Tables recomputed whole over all batches.
+GLOBAL_TABLES: dict[str, dict[str, pl.DataType]] = {
+    "clusters": {
+        "record_id": pl.String, "batch_id": pl.String, "cluster_id": pl.Int32, "algorithm": pl.String,
+        "distance_to_centroid": pl.Float64, "is_outlier": pl.Boolean, "run_id": pl.String, "clustered_at": TS,
+    },
+    "cluster_summary": {
+        "cluster_id": pl.Int32, "name": pl.String, "size": pl.Int32,
+        "representative_record_ids": pl.List(pl.String), "top_terms": pl.List(pl.String),
+        "label_counts_json": pl.String, "text_coverage": pl.Float64, "image_coverage": pl.Float64,
+        "algorithm": pl.String, "run_id": pl.String,
+    },
+    "cluster_metrics": {
+        "run_id": pl.String, "created_at": TS, "algorithm": pl.String, "space": pl.String, "k": pl.Int32,
+        "n_records": pl.Int32, "n_outliers": pl.Int32, "silhouette": pl.Float64, "nmi": pl.Float64,
+        "ari": pl.Float64, "n_labelled": pl.Int32, "input_fingerprint": pl.String, "params_json": pl.String,
+    },
+}
+
+ALL_TABLES: dict[str, dict[str, pl.DataType]] = {**PARTITIONED_TABLES, **GLOBAL_TABLES}
+SCHEMA_DIR = "_schema"
+
+
+def empty_frame(table: str) -> pl.DataFrame:
+    return pl.DataFrame(schema=ALL_TABLES[table])
+
+
+def conform(table: str, df: pl.DataFrame) -> pl.DataFrame:
+    """Cast ``df`` to the table's declared schema: declared columns first, in order, extra columns kept after.
+
+    Raises ``KeyError`` naming the missing columns, so a contract break fails loudly at write time.
+    """
+    schema = ALL_TABLES.get(table)
+    if schema is None:
+        return df
+    missing = [c for c in schema if c not in df.columns]
+    if missing:
+        raise KeyError(f"table {table!r} is missing columns {missing}")
+    declared = [pl.col(c).cast(t, strict=False) for c, t in schema.items()]
+    extra = [c for c in df.columns if c not in schema]
+    return df.select(declared + extra)
+
+
+def read_parquet(path: Path) -> pl.DataFrame:
+    """Read one Parquet file through a single open handle, so a concurrent atomic replace of the path can
+    never mix two versions (polars may open a path more than once per read)."""
+    with open(path, "rb") as fh:
+        return pl.read_parquet(fh)
+
+
+def atomic_write_parquet(df: pl.DataFrame, path: Path) -> Path:
+    """Write ``df`` to ``path`` through a temp file in the same directory and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        df.write_parquet(tmp, compression="zstd", statistics=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+class Lake:
+    """Parquet files, one per (table, batch partition), under ``root``."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    # -- layout -------------------------------------------------------------------------------------
+    def table_dir(self, table: str) -> Path:
+        return self.root / table
+
+    def partition_path(self, table: str, batch_id: str) -> Path:
+        return self.table_dir(table) / f"batch_id={batch_id}" / "part.parquet"
+
+    def global_path(self, table: str) -> Path:
+        return self.table_dir(table) / "part.parquet"
+
+    def glob(self, table: str) -> str:
+        if table in PARTITIONED_TABLES:
+            return str(self.table_dir(table) / "*" / "part.parquet")
+        return str(self.global_path(table))
+
+    def ensure_initialized(self) -> None:
+        """Create zero-row schema files so every view is valid before data arrives."""
+        for table in PARTITIONED_TABLES:
+            path = self.table_dir(table) / SCHEMA_DIR / "part.parquet"
+            if not path.exists():
+                atomic_write_parquet(empty_frame(table), path)
+        for table in GLOBAL_TABLES:
+            if not self.global_path(table).exists():
+                atomic_write_parquet(empty_frame(table), self.global_path(table))
+
+    # -- writes -------------------------------------------------------------------------------------
+    def write_partition(self, table: str, batch_id: str, df: pl.DataFrame) -> Path:
+        self.ensure_initialized()
+        return atomic_write_parquet(conform(table, df), self.partition_path(table, batch_id))
+
+    def write_global(self, table: str, df: pl.DataFrame) -> Path:
+        self.ensure_initialized()
+        return atomic_write_parquet(conform(table, df), self.global_path(table))
+
+    def stage_rejections_path(self, stage: str, batch_id: str) -> Path:
+        return self.root / "_rejections" / stage / f"batch_id={batch_id}" / "part.parquet"
+
+    def write_stage_rejections(self, stage: str, batch_id: str, df: pl.DataFrame) -> Path:
+        """Rejections found by one stage for one batch; ``rejected_records`` gathers all stages."""
+        df = df.with_columns(pl.lit(stage).alias("stage")) if "stage" not in df.columns else df
+        return atomic_write_parquet(conform("rejected_records", df), self.stage_rejections_path(stage, batch_id))
+
+    def read_stage_rejections(self, batch_id: str) -> pl.DataFrame:
+        base = self.root / "_rejections"
+        files = sorted(base.glob(f"*/batch_id={batch_id}/part.parquet")) if base.is_dir() else []
+        if not files:
+            return empty_frame("rejected_records")
+        return pl.concat([read_parquet(f) for f in files], how="diagonal_relaxed")
+
+    def delete_partition(self, table: str, batch_id: str) -> None:
+        shutil.rmtree(self.partition_path(table, batch_id).parent, ignore_errors=True)
+
+    # -- reads --------------------------------------------------------------------------------------
+    def has_partition(self, table: str, batch_id: str) -> bool:
+        return self.partition_path(table, batch_id).exists()
+
+    def read_partition(self, table: str, batch_id: str) -> pl.DataFrame:
+        path = self.partition_path(table, batch_id)
+        if not path.exists():
+            return empty_frame(table) if table in ALL_TABLES else pl.DataFrame()
+        return read_parquet(path)
+
+    def partitions(self, table: str) -> list[str]:
+        base = self.table_dir(table)
+        if not base.is_dir():
+            return []
+        return sorted(
+            p.name.split("=", 1)[1]
+            for p in base.iterdir()
+            if p.name.startswith("batch_id=") and (p / "part.parquet").exists()
+        )
+
+    def read_table(self, table: str) -> pl.DataFrame:
+        """All partitions of a table (or the global file), typed; empty frame when nothing is written."""
+        if table in PARTITIONED_TABLES:
+            files = [self.partition_path(table, b) for b in self.partitions(table)]
+            if not files:
+                return empty_frame(table)
+            return pl.concat([read_parquet(f) for f in files], how="diagonal_relaxed")
+        path = self.global_path(table)
+        if not path.exists():
+            return empty_frame(table) if table in ALL_TABLES else pl.DataFrame()
+        return read_parquet(path)
+
+    def model_tables(self) -> list[str]:
+        """Tables written by SQL models (a global ``part.parquet`` under a name no Python asset owns)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.root.iterdir()
+            if p.is_dir() and p.name not in ALL_TABLES and (p / "part.parquet").exists()
+        )
+
+
+# -- the DuckDB warehouse (views only) --------------------------------------------------------------
+
+def view_sql(lake: Lake, table: str) -> str:
+    path = lake.glob(table) if table in ALL_TABLES else str(lake.global_path(table))
+    escaped = path.replace("'", "''")
+    return f"CREATE OR REPLACE VIEW \"{table}\" AS SELECT * FROM read_parquet('{escaped}', union_by_name=true)"
+
+
+def register_views(con: duckdb.DuckDBPyConnection, lake: Lake, extra: Mapping[str, str] | None = None) -> None:
+    """Create the lake's views on any connection (an in-memory one for computing, the warehouse file for users)."""
+    lake.ensure_initialized()
+    for table in [*ALL_TABLES, *lake.model_tables()]:
+        con.execute(view_sql(lake, table))
+    for name, sql in (extra or {}).items():
+        con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {sql}')
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, timeout_s: float) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"timed out waiting for lock {path}") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class WarehouseBusy(RuntimeError):
+    """The DuckDB file is held by another process (e.g. a user's open read-write session)."""
+
+
+def refresh_warehouse(lake: Lake, duckdb_path: Path, timeout_s: float = 30.0) -> bool:
+    """(Re)create the views in the warehouse file when the set of tables changed. Returns True if written.
+
+    A fingerprint of the view definitions is kept next to the file so unchanged views cost no write (and
+    never contend with a user holding the file). Raises ``WarehouseBusy`` after ``timeout_s`` of retries.
+    """
+    lake.ensure_initialized()
+    tables = [*ALL_TABLES, *lake.model_tables()]
+    statements = [view_sql(lake, t) for t in tables]
+    fingerprint = hashlib.sha256("\n".join(statements).encode()).hexdigest()
+    stamp = duckdb_path.with_name(duckdb_path.name + ".views")
+    if duckdb_path.exists() and stamp.exists() and stamp.read_text() == fingerprint:
+        return False
+    deadline = time.monotonic() + timeout_s
+    with _file_lock(duckdb_path.with_name(duckdb_path.name + ".lock"), timeout_s):
+        while True:
+            try:
+                con = duckdb.connect(str(duckdb_path))
+                break
+            except duckdb.IOException as exc:  # another process holds the write lock
+                if time.monotonic() > deadline:
+                    raise WarehouseBusy(
+                        f"DuckDB file {duckdb_path} is locked by another process ({exc}); "
+                        "close other read-write sessions (open it read-only: duckdb -readonly)"
+                    ) from exc
+                time.sleep(0.25)
+        try:
+            existing = {r[0] for r in con.execute(
+                "SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+            for stale in existing - set(tables):
+                con.execute(f'DROP VIEW IF EXISTS "{stale}"')
+            for sql in statements:
+                con.execute(sql)
+        finally:
+            con.close()
+        stamp.write_text(fingerprint)
+    return True
+
+
+def connect_readonly(lake: Lake, duckdb_path: Path) -> duckdb.DuckDBPyConnection:
+    """A connection for queries: the warehouse file read-only when it can be had, else in-memory views."""
+    try:
+        refresh_warehouse(lake, duckdb_path, timeout_s=5.0)
+        return duckdb.connect(str(duckdb_path), read_only=True)
+    except (WarehouseBusy, TimeoutError, duckdb.IOException):
+        con = duckdb.connect()
+        register_views(con, lake)
+        return con

@@ -1,0 +1,557 @@
+"""Landing-zone contract: batch discovery and ``records.jsonl`` manifest parsing.
+
+Layout: ``$MM_LANDING_DIR/<batch_id>/`` with ``batch_id`` matching :data:`BATCH_ID_RE` (and not
+``.``/``..``). Producers write media first and the manifest :data:`MANIFEST_NAME` last, so a
+batch is *complete* exactly when its manifest exists.
+
+Each manifest line is one JSON object::
+
+    {"record_id": str,                      # required
+     "op": "upsert" | "delete",             # optional, default "upsert"
+     "timestamp": ISO-8601 str,             # optional; naive = UTC; stored as aware UTC
+     "text": str, "image": rel path, "audio": rel path,
+     "fields": {name: number | string | null},
+     "label": str}                          # optional ground-truth / business label
+
+Accounting rules (bad input never crashes and never disappears):
+
+* Blank (whitespace-only) lines are skipped: they are neither records nor rejections and are not
+  counted in :attr:`ParsedManifest.n_lines`. Line numbers still count them (1-based, physical).
+* Every non-blank line yields a :class:`ManifestRecord`, or at least one :class:`Rejection`, or
+  both (a record kept with its valid modalities while a broken optional part is rejected).
+* Record-level problems (``modality="record"``) reject the whole line: ``invalid_encoding``,
+  ``malformed_json`` (also: not an object, duplicate keys, NaN/Infinity), ``missing_record_id``,
+  ``invalid_record_id``, ``invalid_op``, ``no_modality`` (an upsert without any of text/image/
+  audio/fields), ``duplicate_record_id`` (the first *accepted* line with an id wins).
+* A broken optional part rejects only that part (modality = ``"text"``, ``"image"``, ``"audio"``,
+  ``"fields"``, ``"timestamp"`` or ``"label"``). If every modality the line carried is rejected,
+  no record is produced and those modality rejections account for the line.
+* ``delete`` lines need only ``record_id`` (a timestamp is still parsed); payload keys are ignored.
+* Unknown top-level keys are ignored (forward compatibility).
+* Path checks here are syntactic only; :func:`check_record_media` / :func:`validate_batch` do the
+  file checks through :mod:`mm_platform.lib.media`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mm_platform.lib import media
+from mm_platform.lib.media import AudioInfo, ImageInfo, MediaError
+
+BATCH_ID_RE: re.Pattern[str] = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+MANIFEST_NAME = "records.jsonl"
+MODALITIES: tuple[str, ...] = ("text", "image", "audio", "fields")
+OPS: tuple[str, ...] = ("upsert", "delete")
+
+MAX_RECORD_ID_CHARS = 256
+MAX_LABEL_CHARS = 256
+MAX_FIELD_NAME_CHARS = 128
+MAX_FIELDS = 256
+MAX_FIELD_STR_CHARS = 10_000
+
+FieldValue = float | int | str | None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One problem found in a manifest line (or in the media a line points at)."""
+
+    batch_id: str
+    line_number: int  # 1-based physical line in records.jsonl
+    record_id: str | None  # when known
+    modality: str  # "record" | "text" | "image" | "audio" | "fields" | "timestamp" | "label"
+    reason: str  # stable snake_case code
+    detail: str  # human-readable, specific
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    """A manifest line that passed record-level validation (possibly with some parts rejected)."""
+
+    batch_id: str
+    line_number: int
+    record_id: str
+    op: str  # "upsert" | "delete"
+    timestamp: datetime | None  # timezone-aware UTC
+    text: str | None  # normalised (NFC, stripped)
+    image: str | None  # relative path as written
+    audio: str | None  # relative path as written
+    fields: dict[str, FieldValue] | None
+    label: str | None
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities present on this record, in :data:`MODALITIES` order."""
+        return tuple(m for m in MODALITIES if getattr(self, m) is not None)
+
+
+@dataclass
+class ParsedManifest:
+    """Result of :func:`parse_manifest`."""
+
+    batch_id: str
+    manifest_sha256: str
+    n_lines: int  # non-blank lines
+    records: list[ManifestRecord] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """A complete landing batch (its manifest exists)."""
+
+    batch_id: str
+    path: Path
+    manifest_path: Path
+    manifest_mtime: float
+    manifest_sha256: str
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def is_valid_batch_id(s: str) -> bool:
+    """True when ``s`` matches :data:`BATCH_ID_RE` and is not ``.`` or ``..``."""
+    return isinstance(s, str) and bool(BATCH_ID_RE.fullmatch(s)) and s not in (".", "..")
+
+
+def file_sha256(path: Path | str) -> str:
+    """Hex SHA-256 of a file's bytes (streamed)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _is_clean_str(s: str) -> bool:
+    """UTF-8 encodable (no lone surrogates) and free of NUL."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in s
+
+
+def _has_control(s: str) -> bool:
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in s)
+
+
+def _short(v: Any, n: int = 80) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
+class _JsonProblem(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise _JsonProblem(f"non-standard JSON constant {name}")
+
+
+def _pairs_no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _JsonProblem(f"duplicate key {_short(k)}")
+        out[k] = v
+    return out
+
+
+def parse_timestamp(value: object) -> datetime:
+    """Parse an ISO-8601 timestamp string to an aware UTC datetime (naive input = UTC).
+
+    Accepts what ``datetime.fromisoformat`` accepts (incl. ``Z``, offsets, date-only). Raises
+    ``ValueError`` with a specific message otherwise.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"timestamp must be an ISO-8601 string, got {type(value).__name__} {_short(value)}")
+    s = value.strip()
+    if not s:
+        raise ValueError("timestamp is empty")
+    try:
+        dt = datetime.fromisoformat(s)
+    except ValueError:
+        raise ValueError(f"not an ISO-8601 timestamp: {_short(value)}") from None
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    try:
+        return dt.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError(f"timestamp out of range in UTC: {_short(value)}") from None
+
+
+def _check_fields(value: object) -> dict[str, FieldValue]:
+    if not isinstance(value, dict):
+        raise ValueError(f"fields must be a JSON object, got {type(value).__name__}")
+    if not value:
+        raise ValueError("fields object is empty")
+    if len(value) > MAX_FIELDS:
+        raise ValueError(f"fields has {len(value)} entries > limit {MAX_FIELDS}")
+    problems: list[str] = []
+    out: dict[str, FieldValue] = {}
+    for k, v in value.items():
+        if not k.strip() or len(k) > MAX_FIELD_NAME_CHARS or not _is_clean_str(k) or _has_control(k):
+            problems.append(f"bad field name {_short(k, 40)}")
+            continue
+        if v is None:
+            out[k] = None
+        elif isinstance(v, bool):
+            problems.append(f"{k}: booleans not allowed (got {v!r})")
+        elif isinstance(v, int):
+            if abs(v) >= 2**63:
+                problems.append(f"{k}: integer out of 64-bit range")
+            else:
+                out[k] = v
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                problems.append(f"{k}: non-finite number {v!r}")
+            else:
+                out[k] = v
+        elif isinstance(v, str):
+            if not _is_clean_str(v):
+                problems.append(f"{k}: string has lone surrogates or NUL")
+            elif len(v) > MAX_FIELD_STR_CHARS:
+                problems.append(f"{k}: string longer than {MAX_FIELD_STR_CHARS} chars")
+            else:
+                out[k] = v
+        else:
+            problems.append(f"{k}: value must be number, string or null, got {type(v).__name__}")
+    if problems:
+        raise ValueError("; ".join(problems[:10]) + (f" (+{len(problems) - 10} more)" if len(problems) > 10 else ""))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# line parsing
+# --------------------------------------------------------------------------------------------------
+
+
+def _parse_line(
+    batch_id: str, line_number: int, raw: bytes
+) -> tuple[ManifestRecord | None, list[Rejection]]:
+    """Validate one non-blank line (duplicates are handled by the caller)."""
+
+    def rec_reject(reason: str, detail: str, rid: str | None = None) -> tuple[None, list[Rejection]]:
+        return None, [Rejection(batch_id, line_number, rid, "record", reason, detail)]
+
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return rec_reject(
+            "invalid_encoding",
+            f"line is not valid UTF-8: byte {raw[exc.start:exc.start + 1].hex()} at offset {exc.start}",
+        )
+    if line_number == 1 and line.startswith("\ufeff"):
+        line = line[1:]
+    try:
+        obj = json.loads(line, object_pairs_hook=_pairs_no_dupes, parse_constant=_reject_constant)
+    except _JsonProblem as exc:
+        return rec_reject("malformed_json", str(exc))
+    except (ValueError, RecursionError) as exc:
+        return rec_reject("malformed_json", f"invalid JSON: {exc}; line starts {_short(line, 60)}")
+    if not isinstance(obj, dict):
+        return rec_reject("malformed_json", f"expected a JSON object, got {type(obj).__name__}")
+
+    # record_id
+    rid = obj.get("record_id")
+    if rid is None:
+        return rec_reject("missing_record_id", "record_id is missing or null")
+    if not isinstance(rid, str):
+        return rec_reject("invalid_record_id", f"record_id must be a string, got {type(rid).__name__} {_short(rid)}")
+    if not rid.strip():
+        return rec_reject("invalid_record_id", "record_id is empty or whitespace")
+    if not _is_clean_str(rid) or _has_control(rid):
+        return rec_reject("invalid_record_id", f"record_id contains surrogates/control characters: {_short(rid)}")
+    if rid != rid.strip():
+        return rec_reject("invalid_record_id", f"record_id has leading/trailing whitespace: {_short(rid)}")
+    if len(rid) > MAX_RECORD_ID_CHARS:
+        return rec_reject("invalid_record_id", f"record_id longer than {MAX_RECORD_ID_CHARS} characters", None)
+
+    # op
+    op = obj.get("op", None)
+    if op is None:
+        op = "upsert"
+    if op not in OPS:
+        return rec_reject("invalid_op", f"op must be one of {OPS}, got {_short(op)}", rid)
+
+    rejections: list[Rejection] = []
+
+    def part_reject(modality: str, reason: str, detail: str) -> None:
+        rejections.append(Rejection(batch_id, line_number, rid, modality, reason, detail))
+
+    ts: datetime | None = None
+    if obj.get("timestamp") is not None:
+        try:
+            ts = parse_timestamp(obj["timestamp"])
+        except ValueError as exc:
+            part_reject("timestamp", "invalid_timestamp", str(exc))
+
+    if op == "delete":
+        return ManifestRecord(batch_id, line_number, rid, "delete", ts, None, None, None, None, None), rejections
+
+    present = [m for m in MODALITIES if obj.get(m) is not None]
+    if not present:
+        return rec_reject("no_modality", f"upsert has none of {', '.join(MODALITIES)} (all missing or null)", rid)
+
+    text: str | None = None
+    if obj.get("text") is not None:
+        try:
+            text = media.normalize_text(obj["text"])
+        except MediaError as exc:
+            part_reject("text", exc.reason, exc.detail)
+
+    paths: dict[str, str | None] = {"image": None, "audio": None}
+    for m in ("image", "audio"):
+        if obj.get(m) is not None:
+            try:
+                paths[m] = media.check_relative_path(obj[m])
+            except MediaError as exc:
+                part_reject(m, exc.reason, f"{m} {exc.detail}")
+
+    fields: dict[str, FieldValue] | None = None
+    if obj.get("fields") is not None:
+        try:
+            fields = _check_fields(obj["fields"])
+        except ValueError as exc:
+            part_reject("fields", "invalid_fields", str(exc))
+
+    label: str | None = None
+    lab = obj.get("label")
+    if lab is not None:
+        if not isinstance(lab, str):
+            part_reject("label", "invalid_label", f"label must be a string, got {type(lab).__name__} {_short(lab)}")
+        elif not _is_clean_str(lab) or _has_control(lab):
+            part_reject("label", "invalid_label", f"label contains surrogates/control characters: {_short(lab)}")
+        elif not lab.strip():
+            part_reject("label", "invalid_label", "label is empty or whitespace")
+        elif len(lab.strip()) > MAX_LABEL_CHARS:
+            part_reject("label", "invalid_label", f"label longer than {MAX_LABEL_CHARS} characters")
+        else:
+            label = lab.strip()
+
+    if text is None and paths["image"] is None and paths["audio"] is None and fields is None:
+        # every modality the line carried was rejected: the modality rejections account for it
+        return None, rejections
+    rec = ManifestRecord(
+        batch_id, line_number, rid, "upsert", ts, text, paths["image"], paths["audio"], fields, label
+    )
+    return rec, rejections
+
+
+def parse_manifest(batch_dir: Path, batch_id: str | None = None) -> ParsedManifest:
+    """Parse ``<batch_dir>/records.jsonl`` into valid records and rejections.
+
+    The manifest is read once in binary, line by line (``\\n`` separated, a trailing ``\\r`` is
+    dropped), hashing exactly the bytes that are parsed. Blank/whitespace-only lines are skipped
+    and not counted in ``n_lines``; line numbers are physical 1-based line numbers. See the module
+    docstring for the full accounting rules and reason codes. Duplicate ``record_id``: the first
+    line that yields a record keeps the id; later lines get ``duplicate_record_id``.
+
+    ``batch_id`` defaults to the folder name. Raises ``ValueError`` for an invalid batch id and
+    ``FileNotFoundError`` when the manifest does not exist (the batch is not complete); never
+    raises for bad manifest *content*.
+    """
+    batch_dir = Path(batch_dir)
+    bid = batch_id if batch_id is not None else batch_dir.name
+    if not is_valid_batch_id(bid):
+        raise ValueError(f"invalid batch id {bid!r}")
+    h = hashlib.sha256()
+    out = ParsedManifest(batch_id=bid, manifest_sha256="", n_lines=0)
+    seen: dict[str, int] = {}
+    with open(batch_dir / MANIFEST_NAME, "rb") as fh:
+        for line_number, raw in enumerate(fh, start=1):
+            h.update(raw)
+            body = raw[:-1] if raw.endswith(b"\n") else raw
+            if body.endswith(b"\r"):
+                body = body[:-1]
+            if not body.strip() or (line_number == 1 and body.strip() == b"\xef\xbb\xbf"):
+                continue
+            out.n_lines += 1
+            rec, rejs = _parse_line(bid, line_number, body)
+            if rec is not None and rec.record_id in seen:
+                rejs = [
+                    Rejection(
+                        bid,
+                        line_number,
+                        rec.record_id,
+                        "record",
+                        "duplicate_record_id",
+                        f"record_id {rec.record_id!r} already used on line {seen[rec.record_id]}",
+                    )
+                ]
+                rec = None
+            if rec is not None:
+                seen[rec.record_id] = line_number
+                out.records.append(rec)
+            out.rejections.extend(rejs)
+    out.manifest_sha256 = h.hexdigest()
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# media checks on parsed records
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MediaCheck:
+    """Result of :func:`check_record_media` for one record."""
+
+    record: ManifestRecord | None  # broken modalities set to None; None if nothing remains
+    image: ImageInfo | None
+    audio: AudioInfo | None
+    rejections: list[Rejection]
+
+
+def check_record_media(
+    batch_dir: Path,
+    record: ManifestRecord,
+    *,
+    max_image_pixels: int = media.DEFAULT_MAX_IMAGE_PIXELS,
+    max_image_bytes: int = media.DEFAULT_MAX_IMAGE_BYTES,
+    max_audio_bytes: int = media.DEFAULT_MAX_AUDIO_BYTES,
+) -> MediaCheck:
+    """Check the image/audio files of a parsed record (path resolution + full image decode).
+
+    A broken image/audio yields a Rejection with modality ``"image"``/``"audio"`` and the media
+    reason (``missing_file``, ``path_outside_batch`` via symlinks, ``truncated_image``, ...); the
+    record is kept with that modality cleared, or becomes ``None`` if no modality remains (the
+    rejections then account for the line). Delete records pass through unchanged.
+    """
+    if record.op == "delete":
+        return MediaCheck(record, None, None, [])
+    rejs: list[Rejection] = []
+    img: ImageInfo | None = None
+    aud: AudioInfo | None = None
+    image_rel, audio_rel = record.image, record.audio
+    if record.image is not None:
+        try:
+            p = media.resolve_media_path(batch_dir, record.image)
+            img = media.inspect_image(p, max_pixels=max_image_pixels, max_bytes=max_image_bytes)
+        except MediaError as exc:
+            rejs.append(
+                Rejection(record.batch_id, record.line_number, record.record_id, "image", exc.reason,
+                          f"image {record.image!r}: {exc.detail}")
+            )
+            image_rel = None
+    if record.audio is not None:
+        try:
+            p = media.resolve_media_path(batch_dir, record.audio)
+            aud = media.inspect_audio(p, max_bytes=max_audio_bytes)
+        except MediaError as exc:
+            rejs.append(
+                Rejection(record.batch_id, record.line_number, record.record_id, "audio", exc.reason,
+                          f"audio {record.audio!r}: {exc.detail}")
+            )
+            audio_rel = None
+    new = replace(record, image=image_rel, audio=audio_rel)
+    if not new.modalities:
+        return MediaCheck(None, None, None, rejs)
+    return MediaCheck(new, img, aud, rejs)
+
+
+@dataclass
+class ValidatedBatch:
+    """Result of :func:`validate_batch`: manifest parse + media checks."""
+
+    batch_id: str
+    manifest_sha256: str
+    n_lines: int
+    records: list[ManifestRecord]
+    images: dict[str, ImageInfo]  # record_id -> info, for records with a valid image
+    audio: dict[str, AudioInfo]
+    rejections: list[Rejection]
+
+
+def validate_batch(batch_dir: Path, batch_id: str | None = None, **limits: int) -> ValidatedBatch:
+    """:func:`parse_manifest` followed by :func:`check_record_media` on every record.
+
+    ``limits`` are passed through to :func:`check_record_media`. Rejections are ordered by line.
+    """
+    parsed = parse_manifest(batch_dir, batch_id)
+    records: list[ManifestRecord] = []
+    images: dict[str, ImageInfo] = {}
+    audio: dict[str, AudioInfo] = {}
+    rejections = list(parsed.rejections)
+    for rec in parsed.records:
+        chk = check_record_media(batch_dir, rec, **limits)
+        rejections.extend(chk.rejections)
+        if chk.record is not None:
+            records.append(chk.record)
+            if chk.image is not None:
+                images[rec.record_id] = chk.image
+            if chk.audio is not None:
+                audio[rec.record_id] = chk.audio
+    rejections.sort(key=lambda r: r.line_number)
+    return ValidatedBatch(parsed.batch_id, parsed.manifest_sha256, parsed.n_lines, records, images, audio, rejections)
+
+
+# --------------------------------------------------------------------------------------------------
+# batch discovery
+# --------------------------------------------------------------------------------------------------
+
+
+def list_complete_batches(landing_dir: Path) -> list[BatchInfo]:
+    """List complete batches under ``landing_dir``, sorted by ``(manifest_mtime, batch_id)``.
+
+    Skips: non-directories, hidden/dot entries, names failing :func:`is_valid_batch_id`, folders
+    without a regular-file manifest, and entries that vanish or become unreadable while scanning.
+    A missing ``landing_dir`` yields ``[]``.
+    """
+    landing_dir = Path(landing_dir)
+    out: list[BatchInfo] = []
+    try:
+        entries = list(os.scandir(landing_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for entry in entries:
+        name = entry.name
+        if name.startswith(".") or not is_valid_batch_id(name):
+            continue
+        try:
+            if not entry.is_dir():
+                continue
+            mpath = Path(entry.path) / MANIFEST_NAME
+            if not mpath.is_file():
+                continue
+            mtime = mpath.stat().st_mtime
+            sha = file_sha256(mpath)
+        except OSError:
+            continue
+        out.append(BatchInfo(name, Path(entry.path), mpath, mtime, sha))
+    out.sort(key=lambda b: (b.manifest_mtime, b.batch_id))
+    return out
+
+
+__all__ = [
+    "BATCH_ID_RE",
+    "MANIFEST_NAME",
+    "MODALITIES",
+    "OPS",
+    "BatchInfo",
+    "ManifestRecord",
+    "MediaCheck",
+    "ParsedManifest",
+    "Rejection",
+    "ValidatedBatch",
+    "check_record_media",
+    "file_sha256",
+    "is_valid_batch_id",
+    "list_complete_batches",
+    "parse_manifest",
+    "parse_timestamp",
+    "validate_batch",
+]

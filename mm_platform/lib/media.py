@@ -1,0 +1,524 @@
+"""Media validation: safe path resolution, image inspection/decoding and text normalisation.
+
+Everything here turns bad input into a :class:`MediaError` carrying a stable snake_case ``reason``
+code and a specific human-readable ``detail``; nothing here lets an exception from PIL, the OS or
+the codec layer escape untranslated.
+
+Image safety:
+
+* The pixel count is read from the file header by a small built-in sniffer (PNG, JPEG, GIF, BMP,
+  WebP) and checked against ``max_pixels`` *before* PIL is involved, so oversized images are
+  rejected as ``decompression_bomb`` without touching ``PIL.Image.MAX_IMAGE_PIXELS`` or the
+  process-wide ``warnings`` filters (both are global state shared with other threads).
+* Only those formats are accepted (``ALLOWED_IMAGE_FORMATS``); PIL is told to try exactly the
+  sniffed format, so no other plugin can claim the bytes.
+* The image is fully decoded (``Image.load()``) to catch truncation and corrupt data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat as _stat
+import struct
+import unicodedata
+import wave
+import warnings
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from PIL import Image, ImageOps
+
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+DEFAULT_MAX_IMAGE_BYTES = 50 * 2**20
+DEFAULT_MAX_AUDIO_BYTES = 200 * 2**20
+DEFAULT_MAX_TEXT_CHARS = 100_000
+
+#: Formats accepted by :func:`inspect_image` (PIL format names).
+ALLOWED_IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
+
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"IEND\xaeB`\x82"
+# Characters stripped from the ends of texts in addition to ``str.strip()`` whitespace.
+_EXTRA_STRIP = "\ufeff\u200b\u200c\u200d\u2060"
+
+
+class MediaError(Exception):
+    """A media/text validation failure with a stable ``reason`` code and a specific ``detail``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[type[MediaError], tuple[str, str]]:  # picklable across processes
+        return (MediaError, (self.reason, self.detail))
+
+
+# --------------------------------------------------------------------------------------------------
+# Paths
+# --------------------------------------------------------------------------------------------------
+
+
+def check_relative_path(rel: object) -> str:
+    """Syntactic check of a manifest media path (no filesystem access).
+
+    Returns the path unchanged when it is a non-empty, relative, POSIX-style path that stays inside
+    its base folder after normalisation. Raises ``MediaError``:
+
+    * ``invalid_path``: not a string, empty/whitespace, contains NUL/control characters, lone
+      surrogates or backslashes, or names the batch folder itself (``"."``, ``"./"``).
+    * ``path_outside_batch``: absolute (``/x``, ``C:\\x``, ``//host``) or escapes via ``..``.
+    """
+    if not isinstance(rel, str):
+        raise MediaError("invalid_path", f"path must be a string, got {type(rel).__name__}")
+    if not rel.strip():
+        raise MediaError("invalid_path", "path is empty")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in rel):
+        raise MediaError("invalid_path", f"path contains control characters: {rel!r}")
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MediaError("invalid_path", f"path is not valid unicode (lone surrogate): {rel!r}") from None
+    if PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).drive or PureWindowsPath(rel).is_absolute():
+        raise MediaError("path_outside_batch", f"absolute path not allowed: {rel!r}")
+    if "\\" in rel:
+        raise MediaError("invalid_path", f"backslashes are not allowed in paths (use '/'): {rel!r}")
+    depth = 0
+    for part in rel.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                raise MediaError("path_outside_batch", f"path escapes the batch folder: {rel!r}")
+        else:
+            depth += 1
+    if depth == 0:
+        raise MediaError("invalid_path", f"path does not name a file inside the batch: {rel!r}")
+    return rel
+
+
+def resolve_media_path(batch_dir: Path, rel: str) -> Path:
+    """Resolve ``rel`` against ``batch_dir`` and return the absolute, symlink-resolved path.
+
+    Raises ``MediaError`` with reason ``invalid_path`` / ``path_outside_batch`` (see
+    :func:`check_relative_path`; also when a symlink anywhere on the way points outside the batch
+    folder), ``missing_file`` (nothing there, or a dangling symlink) or ``not_a_file`` (a directory
+    or other non-regular file).
+    """
+    check_relative_path(rel)
+    try:
+        base = Path(batch_dir).resolve(strict=True)
+    except (OSError, RuntimeError) as exc:
+        raise MediaError("missing_file", f"batch folder {str(batch_dir)!r} not accessible: {exc}") from None
+    try:
+        target = (base / rel).resolve(strict=False)
+    except (OSError, RuntimeError) as exc:  # symlink loops
+        raise MediaError("invalid_path", f"cannot resolve {rel!r}: {exc}") from None
+    if not target.is_relative_to(base):
+        raise MediaError("path_outside_batch", f"{rel!r} resolves outside the batch folder (to {str(target)!r})")
+    try:
+        st = target.stat()
+    except FileNotFoundError:
+        raise MediaError("missing_file", f"file {rel!r} does not exist in the batch folder") from None
+    except OSError as exc:
+        raise MediaError("missing_file", f"file {rel!r} is not accessible: {exc}") from None
+    if not _stat.S_ISREG(st.st_mode):
+        raise MediaError("not_a_file", f"{rel!r} is not a regular file")
+    return target
+
+
+# --------------------------------------------------------------------------------------------------
+# Hashing
+# --------------------------------------------------------------------------------------------------
+
+
+def bytes_sha256(data: bytes) -> str:
+    """Hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def text_sha256(text: str) -> str:
+    """Hex SHA-256 of the UTF-8 encoding of ``text`` (use on normalised text)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# Header sniffing (image dimensions without decoding)
+# --------------------------------------------------------------------------------------------------
+
+
+class _Truncated(Exception):
+    pass
+
+
+def _need(data: bytes, end: int) -> None:
+    if len(data) < end:
+        raise _Truncated()
+
+
+def _sniff_png(data: bytes) -> tuple[int, int]:
+    _need(data, 24)
+    if data[12:16] != b"IHDR":
+        raise ValueError("first PNG chunk is not IHDR")
+    w, h = struct.unpack(">II", data[16:24])
+    return w, h
+
+
+def _sniff_gif(data: bytes) -> tuple[int, int]:
+    _need(data, 10)
+    w, h = struct.unpack("<HH", data[6:10])
+    return w, h
+
+
+def _sniff_bmp(data: bytes) -> tuple[int, int]:
+    _need(data, 18)
+    (hdr,) = struct.unpack("<I", data[14:18])
+    if hdr == 12:
+        _need(data, 22)
+        w, h = struct.unpack("<HH", data[18:22])
+        return w, h
+    if hdr < 16:
+        raise ValueError(f"unsupported BMP header size {hdr}")
+    _need(data, 26)
+    w, h = struct.unpack("<ii", data[18:26])
+    return abs(w), abs(h)
+
+
+def _sniff_webp(data: bytes) -> tuple[int, int]:
+    _need(data, 16)
+    kind = data[12:16]
+    if kind == b"VP8 ":
+        _need(data, 30)
+        if data[23:26] != b"\x9d\x01\x2a":
+            raise ValueError("bad VP8 start code")
+        w, h = struct.unpack("<HH", data[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+    if kind == b"VP8L":
+        _need(data, 25)
+        if data[20] != 0x2F:
+            raise ValueError("bad VP8L signature")
+        (bits,) = struct.unpack("<I", data[21:25])
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8X":
+        _need(data, 30)
+        w = int.from_bytes(data[24:27], "little") + 1
+        h = int.from_bytes(data[27:30], "little") + 1
+        return w, h
+    raise ValueError(f"unknown WebP chunk {kind!r}")
+
+
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _sniff_jpeg(data: bytes) -> tuple[int, int]:
+    i = 2
+    n = len(data)
+    while True:
+        # find next marker
+        while i < n and data[i] != 0xFF:
+            i += 1
+        while i < n and data[i] == 0xFF:
+            i += 1
+        _need(data, i + 1)
+        marker = data[i]
+        i += 1
+        if marker in (0x01,) or 0xD0 <= marker <= 0xD7:
+            continue
+        if marker == 0xD9 or marker == 0xDA:
+            raise ValueError("no SOF marker before image data")
+        _need(data, i + 2)
+        (seglen,) = struct.unpack(">H", data[i : i + 2])
+        if seglen < 2:
+            raise ValueError("bad JPEG segment length")
+        if marker in _SOF_MARKERS:
+            _need(data, i + 7)
+            h, w = struct.unpack(">HH", data[i + 3 : i + 7])
+            if h == 0 or w == 0:
+                raise ValueError("JPEG frame header has zero dimension (DNL not supported)")
+            return w, h
+        i += seglen
+
+
+def sniff_image_header(data: bytes) -> tuple[str, int, int]:
+    """Identify the format and dimensions of an encoded image from its header bytes only.
+
+    Returns ``(pil_format, width, height)``. Raises ``MediaError``: ``unreadable_image`` (unknown
+    signature or malformed header) or ``truncated_image`` (the header itself is cut off).
+    """
+    if data.startswith(_PNG_SIG):
+        fmt, fn = "PNG", _sniff_png
+    elif data.startswith(b"\xff\xd8\xff"):
+        fmt, fn = "JPEG", _sniff_jpeg
+    elif data[:6] in (b"GIF87a", b"GIF89a"):
+        fmt, fn = "GIF", _sniff_gif
+    elif data.startswith(b"BM") and len(data) >= 14:
+        fmt, fn = "BMP", _sniff_bmp
+    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        fmt, fn = "WEBP", _sniff_webp
+    else:
+        head = data[:8].hex()
+        raise MediaError(
+            "unreadable_image",
+            f"not a supported image (accepted: {', '.join(ALLOWED_IMAGE_FORMATS)}); first bytes {head}",
+        )
+    try:
+        w, h = fn(data)
+    except _Truncated:
+        raise MediaError("truncated_image", f"{fmt} header is cut off ({len(data)} bytes)") from None
+    except (ValueError, struct.error) as exc:
+        raise MediaError("unreadable_image", f"malformed {fmt} header: {exc}") from None
+    if w <= 0 or h <= 0:
+        raise MediaError("unreadable_image", f"{fmt} header has invalid size {w}x{h}")
+    return fmt, w, h
+
+
+# --------------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """Facts about a fully decoded, valid image file."""
+
+    path: str
+    sha256: str
+    width: int
+    height: int
+    format: str
+    mode: str
+    n_bytes: int
+
+
+def _read_limited(path: Path, max_bytes: int, kind: str) -> bytes:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MediaError("missing_file", f"{str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise MediaError("missing_file", f"{str(path)!r} is not accessible: {exc}") from None
+    if not _stat.S_ISREG(st.st_mode):
+        raise MediaError("not_a_file", f"{str(path)!r} is not a regular file")
+    if st.st_size == 0:
+        raise MediaError("empty_file", f"{kind} file {str(path)!r} is empty (0 bytes)")
+    if st.st_size > max_bytes:
+        raise MediaError("file_too_large", f"{kind} file {str(path)!r} has {st.st_size} bytes > limit {max_bytes}")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise MediaError("missing_file", f"cannot read {str(path)!r}: {exc}") from None
+    if not data:
+        raise MediaError("empty_file", f"{kind} file {str(path)!r} is empty (0 bytes)")
+    if len(data) > max_bytes:
+        raise MediaError("file_too_large", f"{kind} file {str(path)!r} grew beyond limit {max_bytes} bytes")
+    return data
+
+
+def _decode(data: bytes, label: str, max_pixels: int) -> tuple[Image.Image, str]:
+    """Header checks, then PIL open + full decode. Returns (loaded image, format)."""
+    fmt, w, h = sniff_image_header(data)
+    if w * h > max_pixels:
+        raise MediaError(
+            "decompression_bomb", f"{label}: header declares {w}x{h} = {w * h} pixels > limit {max_pixels}"
+        )
+    if fmt == "PNG" and data.rfind(_PNG_IEND) < 0:
+        raise MediaError("truncated_image", f"{label}: PNG has no IEND chunk ({len(data)} bytes), file is cut off")
+    try:
+        if max_pixels > (Image.MAX_IMAGE_PIXELS or max_pixels):
+            # Only reachable when the caller raised the limit above PIL's own; silence PIL's warning.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(io.BytesIO(data), formats=[fmt])
+        else:
+            im = Image.open(io.BytesIO(data), formats=[fmt])
+    except Image.DecompressionBombError as exc:
+        raise MediaError("decompression_bomb", f"{label}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad input
+        raise MediaError("unreadable_image", f"{label}: cannot open as {fmt}: {type(exc).__name__}: {exc}") from None
+    iw, ih = im.size
+    if iw * ih > max_pixels:
+        raise MediaError("decompression_bomb", f"{label}: image is {iw}x{ih} = {iw * ih} pixels > limit {max_pixels}")
+    try:
+        im.load()
+    except Image.DecompressionBombError as exc:
+        raise MediaError("decompression_bomb", f"{label}: {exc}") from None
+    except EOFError as exc:
+        raise MediaError("truncated_image", f"{label}: unexpected end of {fmt} data: {exc}") from None
+    except Exception as exc:  # noqa: BLE001
+        msg = str(exc)
+        if "truncated" in msg.lower() or "broken data stream" in msg.lower() or "premature" in msg.lower():
+            raise MediaError("truncated_image", f"{label}: {fmt} data is incomplete: {msg}") from None
+        raise MediaError("corrupt_image", f"{label}: cannot decode {fmt} data: {type(exc).__name__}: {msg}") from None
+    return im, fmt
+
+
+def inspect_image(
+    path: Path,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+) -> ImageInfo:
+    """Validate an image file by fully decoding it and return its :class:`ImageInfo`.
+
+    Reasons raised (``MediaError``): ``missing_file``, ``not_a_file``, ``empty_file``,
+    ``file_too_large`` (> ``max_bytes``), ``unreadable_image`` (not an image / unsupported format /
+    malformed header), ``decompression_bomb`` (header size > ``max_pixels``, checked before any
+    decoding), ``truncated_image`` (data cut off), ``corrupt_image`` (complete but undecodable).
+    The SHA-256 is over the exact file bytes that were validated.
+    """
+    path = Path(path)
+    data = _read_limited(path, max_bytes, "image")
+    im, fmt = _decode(data, str(path), max_pixels)
+    try:
+        return ImageInfo(
+            path=str(path),
+            sha256=bytes_sha256(data),
+            width=int(im.size[0]),
+            height=int(im.size[1]),
+            format=fmt,
+            mode=str(im.mode),
+            n_bytes=len(data),
+        )
+    finally:
+        im.close()
+
+
+def load_image_rgb(
+    path: Path,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+) -> Image.Image:
+    """Validate and decode an image into an in-memory RGB ``PIL.Image``.
+
+    Same checks and reasons as :func:`inspect_image`. EXIF orientation is applied; transparent
+    pixels are composited onto white (rather than dropping alpha, which would turn them black).
+    """
+    path = Path(path)
+    data = _read_limited(path, max_bytes, "image")
+    im, _fmt = _decode(data, str(path), max_pixels)
+    try:
+        try:
+            oriented = ImageOps.exif_transpose(im)
+        except Exception:  # noqa: BLE001 - broken EXIF should not reject the pixels
+            oriented = im
+        if oriented.mode == "P" and "transparency" in oriented.info:
+            oriented = oriented.convert("RGBA")
+        if oriented.mode in ("RGBA", "LA", "PA") or (oriented.mode == "RGBa"):
+            rgba = oriented.convert("RGBA")
+            bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            out = Image.alpha_composite(bg, rgba).convert("RGB")
+        else:
+            out = oriented.convert("RGB")
+        out.load()
+        return out
+    except Exception as exc:  # noqa: BLE001
+        raise MediaError("corrupt_image", f"{path}: cannot convert to RGB: {type(exc).__name__}: {exc}") from None
+    finally:
+        im.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Audio (light validation only: no decoding dependency)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """Facts about an audio file. ``duration_s``/``sample_rate`` are only known for WAV."""
+
+    path: str
+    sha256: str
+    n_bytes: int
+    format: str
+    duration_s: float | None
+    sample_rate: int | None
+
+
+def inspect_audio(path: Path, max_bytes: int = DEFAULT_MAX_AUDIO_BYTES) -> AudioInfo:
+    """Validate an audio file: exists, non-empty, within ``max_bytes``; WAV headers are parsed.
+
+    Reasons: ``missing_file``, ``not_a_file``, ``empty_file``, ``file_too_large``,
+    ``unreadable_audio`` (a RIFF/WAVE file whose header the ``wave`` module cannot parse). Other
+    formats are accepted as opaque bytes (format = lower-case file extension).
+    """
+    path = Path(path)
+    data = _read_limited(path, max_bytes, "audio")
+    sha = bytes_sha256(data)
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE" or path.suffix.lower() == ".wav":
+        try:
+            with wave.open(io.BytesIO(data), "rb") as wf:
+                rate = wf.getframerate()
+                frames = wf.getnframes()
+        except (wave.Error, EOFError, struct.error, ValueError) as exc:
+            raise MediaError("unreadable_audio", f"{path}: invalid WAV data: {exc}") from None
+        if rate <= 0:
+            raise MediaError("unreadable_audio", f"{path}: WAV sample rate is {rate}")
+        return AudioInfo(str(path), sha, len(data), "wav", frames / rate, rate)
+    return AudioInfo(str(path), sha, len(data), path.suffix.lower().lstrip(".") or "unknown", None, None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Text
+# --------------------------------------------------------------------------------------------------
+
+
+def _strip_outer(s: str) -> str:
+    lo, hi = 0, len(s)
+    while lo < hi and (s[lo].isspace() or s[lo] in _EXTRA_STRIP):
+        lo += 1
+    while hi > lo and (s[hi - 1].isspace() or s[hi - 1] in _EXTRA_STRIP):
+        hi -= 1
+    return s[lo:hi]
+
+
+def normalize_text(text: object, max_chars: int = DEFAULT_MAX_TEXT_CHARS) -> str:
+    """Validate and normalise a text value.
+
+    Steps: must be ``str`` encodable as UTF-8 (lone surrogates -> ``invalid_text``) without NUL
+    (``invalid_text``); ``\\r\\n``/``\\r`` become ``\\n``; Unicode NFC; outer whitespace plus BOM and
+    zero-width characters stripped. Empty result -> ``empty_text``; more than ``max_chars`` code
+    points after normalisation -> ``text_too_long``.
+    """
+    if not isinstance(text, str):
+        raise MediaError("invalid_text", f"text must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MediaError(
+            "invalid_text", f"text contains a lone surrogate {text[exc.start]!r} at position {exc.start}"
+        ) from None
+    nul = text.find("\x00")
+    if nul >= 0:
+        raise MediaError("invalid_text", f"text contains a NUL character at position {nul}")
+    out = text.replace("\r\n", "\n").replace("\r", "\n")
+    out = unicodedata.normalize("NFC", out)
+    out = _strip_outer(out)
+    if not out:
+        raise MediaError("empty_text", f"text is empty or whitespace-only ({len(text)} chars before stripping)")
+    if len(out) > max_chars:
+        raise MediaError("text_too_long", f"text has {len(out)} characters > limit {max_chars}")
+    return out
+
+
+__all__ = [
+    "ALLOWED_IMAGE_FORMATS",
+    "DEFAULT_MAX_AUDIO_BYTES",
+    "DEFAULT_MAX_IMAGE_BYTES",
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "DEFAULT_MAX_TEXT_CHARS",
+    "AudioInfo",
+    "ImageInfo",
+    "MediaError",
+    "bytes_sha256",
+    "check_relative_path",
+    "inspect_audio",
+    "inspect_image",
+    "load_image_rgb",
+    "normalize_text",
+    "resolve_media_path",
+    "sniff_image_header",
+    "text_sha256",
+]

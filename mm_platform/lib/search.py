@@ -1,0 +1,118 @@
+"""Search the Qdrant collection with a text or an image query.
+
+A query is embedded by the encoder of its own modality and matched against one named vector:
+- the same modality (text→text, image→image) always works;
+- the other modality (text→image, image→text) needs a shared space (CLIP); the offline profile has none
+  yet and says so instead of returning meaningless scores;
+- ``fused``: the query fills its own block of the fused layout (and, in a shared space, every block of a
+  modality it shares the space with), so results rank by the weighted similarity of what records have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mm_platform.lib.encoders.registry import EncoderSet
+from mm_platform.lib.fusion import early_fusion, parse_weights
+from mm_platform.lib.qdrant_store import QdrantStore, SearchHit
+
+
+class SearchError(ValueError):
+    """The search cannot be answered as asked (and the message says why)."""
+
+
+@dataclass(frozen=True)
+class Query:
+    modality: str  # "text" | "image"
+    vector: np.ndarray
+    model: str
+
+
+def embed_query(encoders: EncoderSet, text: str | None = None, image: str | Path | None = None) -> Query:
+    if (text is None) == (image is None):
+        raise SearchError("give exactly one of a text or an image query")
+    if text is not None:
+        if not text.strip():
+            raise SearchError("the text query is empty")
+        enc = encoders.text()
+        vec = enc.encode([text])[0]
+        return Query("text", vec, f"{enc.info.model_id}@{enc.info.model_version}")
+    path = Path(image)  # type: ignore[arg-type]
+    if not path.is_file():
+        raise SearchError(f"image {path} does not exist")
+    enc = encoders.image()
+    vec = enc.encode_paths([path])[0]
+    return Query("image", vec, f"{enc.info.model_id}@{enc.info.model_version}")
+
+
+def _fusion_layout(store: QdrantStore) -> tuple[list[str], dict[str, float]]:
+    """Modalities (in fused column order) and weights of the stored fused vectors, from a point's payload."""
+    for point in store.scroll_all():
+        spec = (point.payload or {}).get("fusion")
+        if spec:
+            body = spec.split(":", 1)[1]
+            order = [part.split("=", 1)[0].strip() for part in body.split(",") if part.strip()]
+            weights = parse_weights(body)
+            return order, {m: weights[m] for m in order}
+    raise SearchError("the collection holds no fused vectors yet: run `mm-platform ingest` first")
+
+
+def _stored_models(store: QdrantStore) -> dict[str, str]:
+    models: dict[str, str] = {}
+    for point in store.scroll_all():
+        for m, name in ((point.payload or {}).get("models") or {}).items():
+            models.setdefault(m, name)
+        if len(models) >= 2:
+            break
+    return models
+
+
+def fused_query(query: Query, encoders: EncoderSet, dims: Mapping[str, int], order: list[str],
+                weights: Mapping[str, float]) -> np.ndarray:
+    """The fused-layout vector of a single-modality query."""
+    blocks, present = {}, {}
+    for m in order:
+        fill = m == query.modality or encoders.shares_space(query.modality, m)
+        if fill and dims.get(m) != query.vector.shape[0]:
+            fill = False
+        blocks[m] = (query.vector if fill else np.zeros(dims[m], dtype=np.float32))[None, :]
+        present[m] = np.array([fill])
+    return early_fusion(blocks, present, weights).vectors[0]
+
+
+def search(store: QdrantStore, encoders: EncoderSet, *, text: str | None = None,
+           image: str | Path | None = None, modality: str | None = None, k: int = 10) -> list[SearchHit]:
+    """Top-``k`` records for a text or image query against the ``modality`` vectors (default: the query's)."""
+    if not store.exists() or store.count() == 0:
+        raise SearchError(f"collection {store.collection!r} is empty: run `mm-platform ingest` first")
+    query = embed_query(encoders, text=text, image=image)
+    target = modality or query.modality
+    dims = store.vector_dims()
+    if target not in dims:
+        raise SearchError(f"no {target!r} vectors in collection {store.collection!r} (has {sorted(dims)})")
+    stored = _stored_models(store)
+    if stored.get(query.modality) and stored[query.modality] != query.model:
+        raise SearchError(
+            f"the collection's {query.modality} vectors were made by {stored[query.modality]}, the current "
+            f"profile ({encoders.profile}) embeds queries with {query.model}: set MM_MODEL_PROFILE to match, "
+            "or re-ingest"
+        )
+    if target == "fused":
+        order, weights = _fusion_layout(store)
+        if query.modality not in order:
+            raise SearchError(f"the fused vectors have no {query.modality} block ({order})")
+        vec = fused_query(query, encoders, dims, order, weights)
+    elif target == query.modality:
+        vec = query.vector
+    elif encoders.shares_space(query.modality, target):
+        vec = query.vector
+    else:
+        raise SearchError(
+            f"{query.modality}→{target} search needs a shared {query.modality}–{target} space; the "
+            f"'{encoders.profile}' profile has none (use --modality {query.modality} or fused, or the clip profile)"
+        )
+    return store.search(vec, using=target, k=k)

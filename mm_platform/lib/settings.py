@@ -1,0 +1,70 @@
+"""Platform settings read from environment variables (documented in `.env.example`).
+
+Everything the platform writes by default lives under ``$MM_DATA_DIR`` (default ``./data`` relative to the
+working directory): the landing dir, the Parquet lake, the DuckDB warehouse file, the embedded Qdrant
+storage and the Dagster instance of CLI runs (unless ``DAGSTER_HOME`` is set).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_DOC: dict[str, str] = {
+    "MM_DATA_DIR": "root of everything the platform writes (default ./data)",
+    "MM_LANDING_DIR": "landing dir, one folder per batch (default $MM_DATA_DIR/landing)",
+    "MM_LAKE_DIR": "Parquet lake (default $MM_DATA_DIR/lake)",
+    "MM_DUCKDB_PATH": "DuckDB warehouse file holding views over the lake (default $MM_DATA_DIR/warehouse.duckdb)",
+    "MM_QDRANT_PATH": "embedded Qdrant storage (default $MM_DATA_DIR/qdrant)",
+    "QDRANT_URL": "Qdrant server URL; when set it replaces the embedded store",
+    "QDRANT_API_KEY": "Qdrant server API key",
+    "MM_QDRANT_COLLECTION": "Qdrant collection (default mm_records)",
+    "MM_MODEL_PROFILE": "auto | offline | clip (default auto)",
+    "MM_CLIP_ARCH": "open_clip architecture (default ViT-B-32)",
+    "MM_CLIP_PRETRAINED": "open_clip pretrained tag or local checkpoint path (default laion2b_s34b_b79k)",
+    "MM_CLIP_CONFIG": "optional custom open_clip model config JSON",
+    "MM_DEVICE": "auto | cpu | cuda | cuda:N (default auto)",
+    "MM_BATCH_SIZE": "encoder batch size (default 64)",
+    "MM_PRECISION": "fp32 | fp16 | bf16 (autocast, CUDA only; default fp32)",
+    "MM_NUM_WORKERS": "image decoding workers (default 2)",
+    "MM_FUSION_WEIGHTS": "modality weights, e.g. text=1,image=1 (default all 1)",
+    "MM_CLUSTER_ALGORITHM": "kmeans | hdbscan (default kmeans)",
+    "MM_CLUSTER_K": "fixed k for K-Means; empty = automatic (silhouette)",
+    "MM_CLUSTER_K_MAX": "largest k tried by automatic K-Means (default 12)",
+    "MM_SENSOR_MAX_BATCHES": "batches the landing sensor registers per tick (default 10)",
+}
+
+
+def _env(env: Mapping[str, str], key: str, default: str = "") -> str:
+    value = env.get(key, "")
+    return value if value.strip() else default
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where the platform reads and writes, resolved to absolute paths."""
+
+    data_dir: Path
+    landing_dir: Path
+    lake_dir: Path
+    duckdb_path: Path
+    qdrant_path: Path
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Paths:
+        env = os.environ if env is None else env
+        data = Path(_env(env, "MM_DATA_DIR", "data")).expanduser().resolve()
+        return cls(
+            data_dir=data,
+            landing_dir=Path(_env(env, "MM_LANDING_DIR", str(data / "landing"))).expanduser().resolve(),
+            lake_dir=Path(_env(env, "MM_LAKE_DIR", str(data / "lake"))).expanduser().resolve(),
+            duckdb_path=Path(_env(env, "MM_DUCKDB_PATH", str(data / "warehouse.duckdb"))).expanduser().resolve(),
+            qdrant_path=Path(_env(env, "MM_QDRANT_PATH", str(data / "qdrant"))).expanduser().resolve(),
+        )
+
+    @property
+    def dagster_home(self) -> Path:
+        """Dagster instance used by CLI runs when ``DAGSTER_HOME`` is not set."""
+        return self.data_dir / "dagster_home"

@@ -1,0 +1,172 @@
+"""Running the asset graph from the CLI: the same Definitions, a real Dagster instance, synchronously.
+
+``ingest`` registers every pending complete batch as a partition and executes the batch job for it in
+process, then refreshes the global layer (clusters, summaries, Qdrant payloads, SQL marts) when anything
+changed. A batch is pending when its manifest hash differs from the one in the ``batches`` ledger.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from mm_platform.lib.lake import Lake
+from mm_platform.lib.manifest import BatchInfo, list_complete_batches
+from mm_platform.lib.settings import Paths
+
+INSTANCE_TEMPLATE = Path(__file__).parent / "instance" / "dagster.yaml"
+
+
+def ensure_dagster_home(paths: Paths) -> Path:
+    """``$DAGSTER_HOME`` if set, else ``$MM_DATA_DIR/dagster_home``; creates it with our dagster.yaml."""
+    home = Path(os.environ.get("DAGSTER_HOME") or paths.dagster_home).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        shutil.copyfile(INSTANCE_TEMPLATE, home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def get_instance(paths: Paths) -> dg.DagsterInstance:
+    ensure_dagster_home(paths)
+    return dg.DagsterInstance.get()
+
+
+def ingested_hashes(lake: Lake) -> dict[str, str]:
+    ledger = lake.read_table("batches")
+    return dict(ledger.select("batch_id", "manifest_sha256").iter_rows())
+
+
+def pending_batches(paths: Paths, lake: Lake) -> list[BatchInfo]:
+    done = ingested_hashes(lake)
+    return [b for b in list_complete_batches(paths.landing_dir) if done.get(b.batch_id) != b.manifest_sha256]
+
+
+GLOBAL_STAMP = "_global_refresh.fingerprint"
+
+
+def global_layer_stale(lake: Lake) -> bool:
+    """True when the last successful global refresh did not see the current fused vectors."""
+    from mm_platform.defs.clusters.assets import fingerprint
+
+    if not lake.partitions("fused_vectors"):
+        return False
+    stamp = lake.root / GLOBAL_STAMP
+    return not stamp.exists() or stamp.read_text() != fingerprint(lake)
+
+
+def mark_global_fresh(lake: Lake) -> None:
+    from mm_platform.defs.clusters.assets import fingerprint
+
+    (lake.root / GLOBAL_STAMP).write_text(fingerprint(lake))
+
+
+@dataclass
+class BatchOutcome:
+    batch_id: str
+    success: bool
+    seconds: float
+    error: str = ""
+
+
+@dataclass
+class IngestReport:
+    batches: list[BatchOutcome] = field(default_factory=list)
+    global_refreshed: bool = False
+    global_error: str = ""
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(b.success for b in self.batches) and not self.global_error
+
+
+def _first_error(result: dg.ExecuteInProcessResult) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            err = event.step_failure_data.error
+            while err.cause is not None and "Error occurred while executing" in err.message:
+                err = err.cause
+            return f"{event.step_key}: {err.message.strip()}"
+    return "run failed"
+
+
+def run_config(log_level: str) -> dict:
+    return {"loggers": {"console": {"config": {"log_level": log_level.upper()}}}}
+
+
+def ingest(
+    paths: Paths,
+    batch_ids: list[str] | None = None,
+    force: bool = False,
+    log_level: str = "WARNING",
+    echo: Callable[[str], None] = print,
+) -> IngestReport:
+    """Materialize every pending batch (or the named ones) through the batch job, then the global layer."""
+    from mm_platform.definitions import defs
+    from mm_platform.defs.partitions import batches_partitions
+
+    start = time.monotonic()
+    instance = get_instance(paths)
+    lake = Lake(paths.lake_dir)
+    complete = {b.batch_id: b for b in list_complete_batches(paths.landing_dir)}
+    if batch_ids:
+        unknown = [b for b in batch_ids if b not in complete]
+        if unknown:
+            raise ValueError(f"no complete batch (with records.jsonl) named {unknown} in {paths.landing_dir}")
+        todo = [complete[b] for b in batch_ids]
+        if not force:
+            done = ingested_hashes(lake)
+            todo = [b for b in todo if done.get(b.batch_id) != b.manifest_sha256]
+    else:
+        todo = list(complete.values()) if force else pending_batches(paths, lake)
+    report = IngestReport()
+    known = set(instance.get_dynamic_partitions(batches_partitions.name))
+    new = [b.batch_id for b in todo if b.batch_id not in known]
+    if new:
+        instance.add_dynamic_partitions(batches_partitions.name, new)
+    job = defs.resolve_job_def("batch_ingest_job")
+    for i, batch in enumerate(todo, start=1):
+        echo(f"[{i}/{len(todo)}] batch {batch.batch_id}: ingesting …")
+        t0 = time.monotonic()
+        result = job.execute_in_process(
+            partition_key=batch.batch_id, instance=instance, raise_on_error=False,
+            run_config=run_config(log_level),
+            tags={"mm/batch_id": batch.batch_id, "mm/manifest_sha256": batch.manifest_sha256, "mm/source": "cli"},
+        )
+        outcome = BatchOutcome(batch.batch_id, result.success, time.monotonic() - t0,
+                               "" if result.success else _first_error(result))
+        report.batches.append(outcome)
+        echo(f"[{i}/{len(todo)}] batch {batch.batch_id}: "
+             + (f"done in {outcome.seconds:.1f}s" if outcome.success else f"FAILED: {outcome.error}"))
+    if any(b.success for b in report.batches) or global_layer_stale(lake):
+        echo("clusters, summaries, Qdrant payloads, SQL marts: refreshing …")
+        t0 = time.monotonic()
+        result = defs.resolve_job_def("refresh_global_job").execute_in_process(
+            instance=instance, raise_on_error=False, run_config=run_config(log_level), tags={"mm/source": "cli"},
+        )
+        report.global_refreshed = result.success
+        if result.success:
+            mark_global_fresh(lake)
+        report.global_error = "" if result.success else _first_error(result)
+        echo("global layer: " + (f"done in {time.monotonic() - t0:.1f}s" if result.success
+                                  else f"FAILED: {report.global_error}"))
+    report.seconds = time.monotonic() - start
+    return report
+
+
+def table_counts(lake: Lake) -> dict[str, int]:
+    from mm_platform.lib.lake import ALL_TABLES
+
+    return {t: lake.read_table(t).height for t in ALL_TABLES}
+
+
+def frame_to_rows(df: pl.DataFrame) -> list[dict]:
+    return df.to_dicts()

@@ -1,0 +1,167 @@
+"""The asset graph materialized with Dagster on temp dirs: a tiny CLIP model (shared text–image space),
+embedded Qdrant, the Parquet lake and DuckDB views."""
+
+import json
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+
+from mm_platform.defs.clusters import assets as cluster_assets
+from mm_platform.defs.clusters import checks as cluster_checks
+from mm_platform.defs.embeddings import assets as embedding_assets
+from mm_platform.defs.fusion import assets as fusion_assets
+from mm_platform.defs.ingest import assets as ingest_assets
+from mm_platform.defs.sql_models.assets import build_sql_model_assets
+from mm_platform.defs.vector_index import assets as vector_assets
+from mm_platform.demo import make_demo_batch
+from mm_platform.lib.encoders.registry import load_encoders
+from mm_platform.lib.lake import Lake, refresh_warehouse
+from mm_platform.lib.qdrant_store import QdrantStore, point_id
+from mm_platform.lib.search import SearchError, search
+from mm_platform_tests.conftest import make_resources
+
+BATCH_ASSETS = dg.load_assets_from_modules([ingest_assets, embedding_assets, fusion_assets]) + [
+    vector_assets.vector_points]
+GLOBAL_ASSETS = [cluster_assets.clusters, cluster_assets.cluster_summary, vector_assets.qdrant_cluster_payloads]
+
+
+def run_batch(batch_id, instance, resources):
+    if batch_id not in instance.get_dynamic_partitions("batches"):
+        instance.add_dynamic_partitions("batches", [batch_id])
+    return dg.materialize(BATCH_ASSETS, partition_key=batch_id, instance=instance, resources=resources)
+
+
+def run_global(instance, resources):
+    return dg.materialize(
+        [*BATCH_ASSETS, *GLOBAL_ASSETS, *build_sql_model_assets(),
+         *dg.load_asset_checks_from_modules([cluster_checks])], instance=instance, resources=resources,
+        selection=dg.AssetSelection.groups("clusters", "sql_models") | dg.AssetSelection.assets("qdrant_cluster_payloads"),
+    )
+
+
+@pytest.fixture()
+def ingested(paths, instance, tiny_clip):
+    batch = make_demo_batch(paths.landing_dir / "b1", n_records=36, seed=3, n_broken=7, id_prefix="b1")
+    resources = make_resources(paths, tiny_clip, cluster_k=4)
+    result = run_batch("b1", instance, resources)
+    assert result.success
+    return batch, resources, result
+
+
+def test_batch_run_quarantines_bad_lines_and_accounts_for_every_line(ingested, paths):
+    batch, _, result = ingested
+    lake = Lake(paths.lake_dir)
+    rejected = lake.read_partition("rejected_records", "b1")
+    aligned = lake.read_partition("aligned_records", "b1")
+    # every deliberately broken line is quarantined with the expected reason
+    by_line = {(r["line_number"], r["reason"]) for r in rejected.iter_rows(named=True)}
+    for line, reason in batch.broken.items():
+        assert (line, reason) in by_line, f"line {line}: expected {reason}, got {rejected.filter(pl.col('line_number') == line)}"
+    # the accounting check ran inside the run and passed
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["every_line_accounted"].passed
+    assert checks["vectors_valid"].passed
+    assert aligned.height == batch.n_records_expected_aligned
+    # vectors for every aligned record, text and image in CLIP's shared space
+    fused = lake.read_partition("fused_vectors", "b1")
+    assert set(fused["record_id"]) == set(aligned["record_id"])
+    text = lake.read_partition("text_embeddings", "b1")
+    image = lake.read_partition("image_embeddings", "b1")
+    assert text["space"][0] == image["space"][0]
+    assert fused["dim"][0] == text["dim"][0] + image["dim"][0]
+    # materialization metadata names the model
+    mats = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
+    md = mats["text_embeddings"].materialization.metadata
+    assert md["model"].value.startswith("open_clip/") and md["dagster/row_count"].value == text.height
+
+
+def test_qdrant_points_and_idempotent_rerun(ingested, paths, instance):
+    _, resources, _ = ingested
+    lake = Lake(paths.lake_dir)
+    aligned = lake.read_partition("aligned_records", "b1")
+    with QdrantStore("mm_records", path=paths.qdrant_path) as store:
+        assert store.count() == aligned.height
+        assert set(store.vector_dims()) == {"text", "image", "fused"}
+        first = {str(p.id): p.payload for p in store.scroll_all()}
+    assert set(first) == {point_id(r) for r in aligned["record_id"]}
+    before = {t: lake.read_partition(t, "b1").drop(c for c in ("ingested_at", "rejected_at", "upserted_at")
+                                                     if c in lake.read_partition(t, "b1").columns)
+              for t in ("raw_records", "aligned_records", "rejected_records", "fused_vectors")}
+    assert run_batch("b1", instance, resources).success
+    with QdrantStore("mm_records", path=paths.qdrant_path) as store:
+        assert store.count() == aligned.height
+        again = {str(p.id): p.payload for p in store.scroll_all()}
+    assert again == first
+    for table, df in before.items():
+        now = lake.read_partition(table, "b1").select(df.columns)
+        assert now.equals(df), table
+
+
+def test_rewritten_manifest_removes_dropped_points(ingested, paths, instance):
+    _, resources, _ = ingested
+    manifest = paths.landing_dir / "b1" / "records.jsonl"
+    lines = [ln for ln in manifest.read_text().splitlines() if ln.strip()]
+    kept = lines[:10]
+    manifest.write_text("\n".join(kept) + "\n")
+    assert run_batch("b1", instance, resources).success
+    lake = Lake(paths.lake_dir)
+    aligned = lake.read_partition("aligned_records", "b1")
+    with QdrantStore("mm_records", path=paths.qdrant_path) as store:
+        ids = {p.payload["record_id"] for p in store.scroll_all()}
+    assert ids == set(aligned["record_id"])
+    assert aligned.height <= 10
+
+
+def test_global_layer_clusters_summaries_payloads_and_sql(ingested, paths, instance):
+    _, resources, _ = ingested
+    result = run_global(instance, resources)
+    assert result.success
+    lake = Lake(paths.lake_dir)
+    clusters = lake.read_table("clusters")
+    fused = lake.read_table("fused_vectors")
+    assert set(clusters["record_id"]) == set(fused["record_id"])
+    assert clusters["cluster_id"].n_unique() == 4  # cluster_k=4 was asked for
+    summary = lake.read_table("cluster_summary")
+    assert summary["size"].sum() == clusters.height
+    for row in summary.iter_rows(named=True):
+        members = set(clusters.filter(pl.col("cluster_id") == row["cluster_id"])["record_id"])
+        assert set(row["representative_record_ids"]) <= members and row["representative_record_ids"]
+        assert row["top_terms"] and row["name"]
+        assert sum(json.loads(row["label_counts_json"]).values()) == row["size"]
+    metrics = lake.read_table("cluster_metrics")
+    assert set(metrics["space"]) == {"fused", "text", "image"}
+    assert metrics.filter(pl.col("space") == "fused")["nmi"][0] is not None
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"clusters_cover_fused_vectors": True, "summary_sizes_match": True}
+    # cluster ids reached the Qdrant payloads
+    with QdrantStore("mm_records", path=paths.qdrant_path) as store:
+        payload_clusters = {p.payload["record_id"]: p.payload["cluster_id"] for p in store.scroll_all()}
+    assert payload_clusters == dict(clusters.select("record_id", "cluster_id").iter_rows())
+    # SQL marts are in the warehouse file
+    refresh_warehouse(lake, paths.duckdb_path)
+    con = duckdb.connect(str(paths.duckdb_path), read_only=True)
+    try:
+        profiles = con.execute("SELECT sum(n_records), count(*) FROM cluster_profiles").fetchone()
+        assert profiles == (clusters.height, 4)
+        quality = con.execute("SELECT n_manifest_lines, n_aligned_records FROM batch_quality").fetchone()
+        assert quality[1] == lake.read_partition("aligned_records", "b1").height
+    finally:
+        con.close()
+
+
+def test_search_across_modalities_in_a_shared_space(ingested, paths, tiny_clip):
+    _, resources, _ = ingested
+    encoders = load_encoders(resources["encoders"].settings(), resources["device"].config())
+    with QdrantStore("mm_records", path=paths.qdrant_path) as store:
+        for modality in ("text", "image", "fused"):
+            hits = search(store, encoders, text="a ceramic mug for coffee", modality=modality, k=5)
+            assert len(hits) == 5 and all(h.vector == modality for h in hits)
+            assert hits == sorted(hits, key=lambda h: -h.score)
+        some_image = next(p.payload["image_uri"] for p in store.scroll_all() if p.payload.get("image_uri"))
+        hits = search(store, encoders, image=some_image, modality="image", k=3)
+        assert hits[0].payload["image_uri"] == some_image and hits[0].score == pytest.approx(1.0, abs=1e-4)
+        assert search(store, encoders, image=some_image, modality="text", k=3)
+        with pytest.raises(SearchError):
+            search(store, encoders, text="   ", k=3)

@@ -1,0 +1,142 @@
+"""End to end through the real CLI, on the offline profile with real pretrained encoders:
+landing batch → warehouse contract → Qdrant points → clusters, idempotent re-ingest, search, sql."""
+
+import hashlib
+import json
+
+import duckdb
+import pytest
+
+from mm_platform.lib.qdrant_store import QdrantStore
+from mm_platform_tests.e2e.conftest import cli_json, run_cli
+
+pytestmark = pytest.mark.e2e
+
+CONTRACT = {
+    "raw_records": {"record_id", "batch_id", "line_number", "timestamp", "label"},
+    "raw_text": {"record_id", "batch_id", "text", "text_sha256"},
+    "raw_images": {"record_id", "batch_id", "image_path", "sha256", "width", "height", "format"},
+    "rejected_records": {"batch_id", "line_number", "record_id", "modality", "reason", "detail"},
+    "aligned_records": {"record_id", "batch_id", "timestamp", "label", "has_text", "has_image", "has_audio",
+                        "has_tabular"},
+    "text_embeddings": {"record_id", "batch_id", "model", "dim", "embedding"},
+    "image_embeddings": {"record_id", "batch_id", "model", "dim", "embedding"},
+    "fused_vectors": {"record_id", "batch_id", "fusion", "embedding"},
+    "clusters": {"record_id", "cluster_id"},
+    "cluster_summary": {"cluster_id", "size", "representative_record_ids", "top_terms"},
+}
+
+
+def snapshot(paths) -> dict[str, str]:
+    """A content hash of every table in the warehouse (read-only, as a user would)."""
+    con = duckdb.connect(str(paths.duckdb_path), read_only=True)
+    try:
+        out = {}
+        for (name,) in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY 1").fetchall():
+            rows = con.execute(f'SELECT * FROM "{name}"').fetchall()
+            out[name] = hashlib.sha256(repr(sorted(map(repr, rows))).encode()).hexdigest()
+        return out
+    finally:
+        con.close()
+
+
+def qdrant_points(paths) -> dict:
+    with QdrantStore("mm_records", path=paths.qdrant_path) as store:
+        return {str(p.id): (p.payload, {k: list(v) for k, v in p.vector.items()})
+                for p in store.scroll_all(with_vectors=True)}
+
+
+def test_ingest_end_to_end(cli_paths):
+    paths = cli_paths
+    run_cli("make-demo-data", "--records", "150", "--seed", "1", "--out", str(paths.landing_dir / "batch-a"))
+    # a second batch that is all bad input: it must be quarantined, not crash the run
+    bad = paths.landing_dir / "batch-bad"
+    bad.mkdir()
+    (bad / "records.jsonl").write_bytes(
+        b'{"record_id": "x1", "image": "nope.png"}\n{not json\n{"record_id": "x2", "text": "\xff\xfe"}\n'
+        b'{"record_id": "x3"}\n'
+    )
+    # a partial batch (no manifest yet) is not picked up
+    (paths.landing_dir / "batch-partial" / "images").mkdir(parents=True)
+
+    proc = run_cli("ingest")
+    assert "batch batch-a" in proc.stdout and "batch batch-bad" in proc.stdout
+    assert "batch-partial" not in proc.stdout
+
+    con = duckdb.connect(str(paths.duckdb_path), read_only=True)
+    try:
+        # the warehouse contract: every table present with its columns
+        for table, cols in CONTRACT.items():
+            have = {r[0] for r in con.execute(f'DESCRIBE "{table}"').fetchall()}
+            assert cols <= have, f"{table} lacks {cols - have}"
+        # accounting: every non-blank manifest line is aligned or rejected
+        for batch in ("batch-a", "batch-bad"):
+            lines = [i for i, ln in enumerate((paths.landing_dir / batch / "records.jsonl").read_bytes().splitlines(), 1)
+                     if ln.strip()]
+            seen = {r[0] for r in con.execute(
+                "SELECT line_number FROM aligned_records WHERE batch_id = ? UNION "
+                "SELECT line_number FROM rejected_records WHERE batch_id = ?", [batch, batch]).fetchall()}
+            assert set(lines) <= seen, f"{batch}: lines {set(lines) - seen} unaccounted"
+        reasons = {r[0] for r in con.execute(
+            "SELECT reason FROM rejected_records WHERE batch_id = 'batch-bad'").fetchall()}
+        assert {"missing_file", "malformed_json", "no_modality"} <= reasons
+        assert reasons & {"invalid_encoding", "invalid_text"}
+        assert con.execute("SELECT count(*) FROM aligned_records WHERE batch_id = 'batch-bad'").fetchone()[0] == 0
+        n_aligned = con.execute("SELECT count(*) FROM aligned_records").fetchone()[0]
+        assert n_aligned >= 140
+        models = {r[0] for r in con.execute(
+            "SELECT DISTINCT model FROM text_embeddings UNION SELECT DISTINCT model FROM image_embeddings").fetchall()}
+        assert models == {"sentence-transformers/all-MiniLM-L6-v2", "timm/tf_efficientnet_lite0"}
+        # cluster quality: the fused vectors beat each single modality against the labels
+        nmi = dict(con.execute("SELECT space, nmi FROM cluster_metrics").fetchall())
+        assert nmi["fused"] > nmi["text"] and nmi["fused"] > nmi["image"], nmi
+        assert nmi["fused"] > 0.6, nmi
+        summary = con.execute("SELECT count(*), sum(size) FROM cluster_summary").fetchone()
+        assert summary[0] >= 3 and summary[1] == n_aligned
+    finally:
+        con.close()
+
+    # Qdrant: one point per aligned record, named vectors, cluster ids in the payload
+    points = qdrant_points(paths)
+    assert len(points) == n_aligned
+    payloads = [p for p, _ in points.values()]
+    assert all(p["cluster_id"] is not None and p["batch_id"] == "batch-a" for p in payloads)
+    assert all("fused" in v for _, v in points.values())
+
+    # a second ingest with nothing new changes nothing
+    before, before_points = snapshot(paths), points
+    proc = run_cli("ingest")
+    assert "nothing new to ingest" in proc.stdout
+    assert snapshot(paths) == before
+    assert qdrant_points(paths) == before_points
+
+    # search: JSON shape, same-modality and fused; cross-modal refused clearly in the offline profile
+    res = cli_json("search", "--text", "waterproof shoes for muddy trails", "-k", "5", "--modality", "fused")
+    assert len(res["results"]) == 5
+    assert set(res["results"][0]) == {"record_id", "score", "modality", "payload"}
+    assert res["results"][0]["modality"] == "fused"
+    image = next(p["image_uri"] for p in payloads if p.get("image_uri"))
+    res = cli_json("search", "--image", image, "--modality", "image", "-k", "3")
+    assert res["results"][0]["payload"]["image_uri"] == image
+    proc = run_cli("search", "--text", "mug", "--modality", "image", check=False)
+    assert proc.returncode == 2 and "shared" in proc.stderr
+
+    # sql and status
+    out = cli_json("sql", "SELECT count(*) AS n FROM fused_vectors")
+    assert out["rows"] == [{"n": n_aligned}]
+    proc = run_cli("sql", "SELECT * FROM no_such_table", check=False)
+    assert proc.returncode == 2 and "SQL error" in proc.stderr
+    status = cli_json("status")
+    assert status["pending_batches"] == [] and set(status["ingested_batches"]) == {"batch-a", "batch-bad"}
+    assert status["qdrant"]["points"] == n_aligned
+
+
+def test_ingest_exits_non_zero_on_failure(cli_paths):
+    paths = cli_paths
+    run_cli("make-demo-data", "--records", "12", "--broken", "0", "--out", str(paths.landing_dir / "tiny"))
+    proc = run_cli("ingest", env={"MM_CLUSTER_ALGORITHM": "no-such-algorithm"}, check=False)
+    assert proc.returncode == 1
+    assert "unknown cluster algorithm" in proc.stdout + proc.stderr
+    # the batch itself landed; a fixed config finishes the job on the next ingest
+    proc = run_cli("ingest")
+    assert "refreshing" in proc.stdout

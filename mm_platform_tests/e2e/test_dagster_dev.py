@@ -1,0 +1,78 @@
+"""`dagster dev -w workspace.yaml` loads the code location with every asset, check, sensor and schedule."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+QUERY = """{ repositoriesOrError { ... on RepositoryConnection { nodes {
+  name location { name }
+  assetNodes { assetKey { path } groupName isPartitioned }
+  sensors { name } schedules { name }
+  jobs { name }
+} } } }"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def graphql(port: int, query: str) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def test_dagster_dev_loads_code_location(paths, tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    port = free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    dagster = Path(sys.executable).with_name("dagster")
+    proc = subprocess.Popen(
+        [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        repos = None
+        while time.monotonic() < deadline:
+            try:
+                data = graphql(port, QUERY)["data"]["repositoriesOrError"]
+                if data.get("nodes"):
+                    repos = data["nodes"]
+                    break
+            except (OSError, KeyError, TypeError, ValueError):
+                pass
+            assert proc.poll() is None, "dagster dev exited early"
+            time.sleep(2)
+        assert repos, "code location did not load within 180 s"
+        repo = repos[0]
+        assert repo["location"]["name"] == "mm_platform"
+        assets = {"/".join(a["assetKey"]["path"]): a for a in repo["assetNodes"]}
+        for name in ("raw_records", "aligned_records", "text_embeddings", "fused_vectors", "vector_points",
+                     "clusters", "cluster_summary", "cluster_profiles", "rejected_records"):
+            assert name in assets
+        assert assets["raw_records"]["isPartitioned"] and not assets["clusters"]["isPartitioned"]
+        assert {"landing_sensor", "global_automation_sensor"} <= {s["name"] for s in repo["sensors"]}
+        assert {s["name"] for s in repo["schedules"]} == {"nightly_recluster"}
+        assert {"batch_ingest_job", "refresh_global_job"} <= {j["name"] for j in repo["jobs"]}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -1,0 +1,54 @@
+"""The code location loads, with every layer's assets, checks, jobs, sensors and schedules."""
+
+import dagster as dg
+
+from mm_platform.definitions import defs
+
+BATCH_ASSETS = {"raw_records", "raw_text", "raw_images", "rejected_records", "aligned_records",
+                "text_embeddings", "image_embeddings", "fused_vectors", "vector_points"}
+GLOBAL_ASSETS = {"clusters", "cluster_summary", "qdrant_cluster_payloads"}
+GROUPS = {"raw", "aligned", "embeddings", "fused", "clusters", "vector_index", "sql_models"}
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_assets_groups_and_partitions():
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert BATCH_ASSETS | GLOBAL_ASSETS <= keys
+    assert {"stg_raw_records", "cluster_profiles", "batch_quality"} <= keys
+    groups = {graph.get(k).group_name for k in graph.get_all_asset_keys()}
+    assert groups == GROUPS
+    for name in BATCH_ASSETS:
+        node = graph.get(dg.AssetKey(name))
+        assert node.partitions_def is not None and node.partitions_def.name == "batches"
+        assert node.description, f"{name} has no docstring"
+    for name in GLOBAL_ASSETS:
+        node = graph.get(dg.AssetKey(name))
+        assert node.partitions_def is None
+        assert node.automation_condition is not None
+
+
+def test_sql_model_dependencies_are_parsed_into_the_graph():
+    graph = defs.resolve_asset_graph()
+    profiles = graph.get(dg.AssetKey("cluster_profiles"))
+    assert {p.to_user_string() for p in profiles.parent_keys} == {"int_records_with_clusters", "stg_cluster_summary"}
+    staging = graph.get(dg.AssetKey("stg_raw_records"))
+    assert {p.to_user_string() for p in staging.parent_keys} == {"raw_records"}
+
+
+def test_checks_jobs_sensors_schedules():
+    checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
+    assert {"every_line_accounted", "vectors_valid", "clusters_cover_fused_vectors", "summary_sizes_match"} <= checks
+    assert {j.name for j in [defs.resolve_job_def("batch_ingest_job"), defs.resolve_job_def("refresh_global_job")]}
+    sensors = {s.name for s in defs.sensors}
+    assert {"landing_sensor", "global_automation_sensor"} <= sensors
+    assert {s.name for s in defs.schedules} == {"nightly_recluster"}
+
+
+def test_qdrant_writers_share_a_pool():
+    graph = defs.resolve_asset_graph()
+    for name in ("vector_points", "qdrant_cluster_payloads"):
+        assert graph.get(dg.AssetKey(name)).pools == {"qdrant"}
