@@ -25,7 +25,8 @@ from pathlib import Path
 
 def cli(*args: str, env: dict) -> tuple[float, str]:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "mm_platform.cli", *args], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "mm_platform.cli", *args], env=env, capture_output=True, text=True,
+                          check=False)
     dt = time.perf_counter() - t0
     if proc.returncode:
         sys.exit(f"mm-platform {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")

@@ -7,6 +7,8 @@ summaries, Qdrant payloads, SQL marts) follow new batches on its own.
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
 from mm_platform.defs.clusters import assets as cluster_assets
@@ -14,11 +16,12 @@ from mm_platform.defs.clusters import checks as cluster_checks
 from mm_platform.defs.embeddings import assets as embedding_assets
 from mm_platform.defs.fusion import assets as fusion_assets
 from mm_platform.defs.ingest import assets as ingest_assets
-from mm_platform.defs.ingest.sensors import build_landing_sensor
+from mm_platform.defs.ingest.sensors import DEFAULT_MAX_BATCHES_PER_TICK, build_landing_sensor
 from mm_platform.defs.jobs import batch_ingest_job, nightly_recluster_schedule, refresh_global_job
 from mm_platform.defs.resources import build_resources
 from mm_platform.defs.sql_models.assets import build_sql_model_assets
 from mm_platform.defs.vector_index import assets as vector_assets
+
 
 def build_definitions() -> dg.Definitions:
     assets = [
@@ -33,7 +36,7 @@ def build_definitions() -> dg.Definitions:
         jobs=[batch_ingest_job, refresh_global_job],
         schedules=[nightly_recluster_schedule],
         sensors=[
-            build_landing_sensor(),
+            build_landing_sensor(int(os.environ.get("MM_SENSOR_MAX_BATCHES") or DEFAULT_MAX_BATCHES_PER_TICK)),
             dg.AutomationConditionSensorDefinition(
                 "global_automation_sensor",
                 target=dg.AssetSelection.all(),

@@ -144,6 +144,7 @@ class PipelineConfigResource(dg.ConfigurableResource):
     cluster_algorithm: str = "kmeans"
     cluster_k: int = 0  # 0 = automatic (best silhouette over 2..cluster_k_max)
     cluster_k_max: int = 12
+    cluster_reduce_dim: int = 16  # PCA components clustered on (0 = cluster the raw vectors)
     hdbscan_min_cluster_size: int = 5
     seed: int = 0
 
@@ -190,5 +191,6 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             cluster_algorithm=_env("MM_CLUSTER_ALGORITHM", "kmeans"),
             cluster_k=_env_int("MM_CLUSTER_K", 0),
             cluster_k_max=_env_int("MM_CLUSTER_K_MAX", 12),
+            cluster_reduce_dim=_env_int("MM_CLUSTER_REDUCE_DIM", 16),
         ),
     }

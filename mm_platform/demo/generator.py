@@ -71,7 +71,10 @@ P_SWAP = 0.10
 P_TEXT_ONLY = 0.07
 P_IMAGE_ONLY = 0.07
 # Probability that a caption names the product itself (the only category-specific text cue).
-P_NOUN = 0.25
+P_NOUN = 0.6
+# Probability that a picture shows its own category's visual variant (else the variant of the other
+# category sharing its style): the only category-specific picture cue.
+P_VARIANT_CUE = 0.9
 
 _TOPICS: dict[str, dict[str, tuple[str, ...]]] = {
     "kitchen": {
@@ -266,7 +269,8 @@ _STYLES = {"discs": _draw_discs, "stripes": _draw_stripes, "checker": _draw_chec
 def make_picture(cat: Category, rng: np.random.Generator) -> Image.Image:
     """A jittered 96-128 px RGB picture in ``cat``'s style."""
     size = int(rng.integers(96, 129))
-    img = _STYLES[cat.style](rng, size, cat.variant)
+    variant = cat.variant if rng.random() < P_VARIANT_CUE else 1 - cat.variant
+    img = _STYLES[cat.style](rng, size, variant)
     if rng.random() < 0.3:
         img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.0))))
     return img
@@ -369,10 +373,6 @@ def make_demo_batch(
             rel = f"images/{rid}.png"
             _write_bytes(out_dir / rel, _png_bytes(picture))
             rec["image"] = rel
-        rec["fields"] = {
-            "price_eur": round(float(rng.uniform(8, 120)), 2),
-            "rating": int(rng.integers(1, 6)),
-        }
         rec["label"] = cat.label
         good.append(rec)
         labels[rid] = cat.label

@@ -144,6 +144,27 @@ def _single_cluster(X: np.ndarray, algorithm: str, params: dict[str, Any], reaso
 # -- K-Means -------------------------------------------------------------------------------------------
 
 
+def reduce_dimensions(X: np.ndarray, dim: int, seed: int = 0, sample_size: int = 20000) -> tuple[np.ndarray, dict[str, Any]]:
+    """PCA to ``dim`` components (fitted on a seeded sample of <= ``sample_size`` rows), rows re-normalised.
+
+    High-dimensional embeddings spread much of their variance over directions that carry no group structure
+    (texture, phrasing), which flattens silhouette curves and makes automatic k unreliable; clustering in a
+    small PCA space (as BERTopic does with UMAP) keeps the directions that separate groups. ``dim <= 0`` or a
+    matrix already that small returns the rows unit-normalised and unreduced.
+    """
+    X = _as_matrix(X)
+    n, d = X.shape
+    k = min(dim, d, n - 1)
+    if dim <= 0 or k < 2 or k >= d:
+        return _unit_rows(X), {"reduction": "none"}
+    from sklearn.decomposition import PCA
+
+    idx = _sample_index(n, sample_size, seed)
+    pca = PCA(n_components=k, random_state=seed).fit(X[idx])
+    Z = _unit_rows(pca.transform(X).astype(np.float32))
+    return Z, {"reduction": f"pca{k}", "explained_variance": round(float(pca.explained_variance_ratio_.sum()), 4)}
+
+
 def kmeans_auto(
     X: np.ndarray,
     k: int | None = None,

@@ -24,7 +24,6 @@ import stat as _stat
 import struct
 import unicodedata
 import wave
-import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -318,26 +317,47 @@ def _read_limited(path: Path, max_bytes: int, kind: str) -> bytes:
     return data
 
 
+_TRUNCATION_HINTS = ("truncated", "broken data stream", "premature", "end of file", "unexpected end")
+
+
+def _looks_truncated(exc: Exception) -> bool:
+    return isinstance(exc, EOFError) or any(h in str(exc).lower() for h in _TRUNCATION_HINTS)
+
+
+def _container_truncated(fmt: str, data: bytes) -> str | None:
+    """Why the file's own framing says it is cut off (None when it looks complete)."""
+    if fmt == "PNG" and data.rfind(_PNG_IEND) < 0:
+        return f"PNG has no IEND chunk ({len(data)} bytes)"
+    if fmt == "WEBP" and len(data) >= 8 and struct.unpack("<I", data[4:8])[0] + 8 > len(data):
+        return f"RIFF header declares {struct.unpack('<I', data[4:8])[0] + 8} bytes, file has {len(data)}"
+    if fmt == "BMP" and len(data) >= 6 and struct.unpack("<I", data[2:6])[0] > len(data):
+        return f"BMP header declares {struct.unpack('<I', data[2:6])[0]} bytes, file has {len(data)}"
+    if fmt == "JPEG" and data.rfind(b"\xff\xd9") < 0:
+        return f"JPEG has no end-of-image marker ({len(data)} bytes)"
+    return None
+
+
 def _decode(data: bytes, label: str, max_pixels: int) -> tuple[Image.Image, str]:
-    """Header checks, then PIL open + full decode. Returns (loaded image, format)."""
+    """Header checks, then PIL open + full decode. Returns (loaded image, format).
+
+    ``max_pixels`` is capped at PIL's own limit (``Image.MAX_IMAGE_PIXELS``, about 89 MP) so PIL never
+    warns or refuses on its own and no global state is touched."""
+    max_pixels = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
     fmt, w, h = sniff_image_header(data)
     if w * h > max_pixels:
         raise MediaError(
             "decompression_bomb", f"{label}: header declares {w}x{h} = {w * h} pixels > limit {max_pixels}"
         )
-    if fmt == "PNG" and data.rfind(_PNG_IEND) < 0:
-        raise MediaError("truncated_image", f"{label}: PNG has no IEND chunk ({len(data)} bytes), file is cut off")
+    cut = _container_truncated(fmt, data)
+    if cut:
+        raise MediaError("truncated_image", f"{label}: {cut}, file is cut off")
     try:
-        if max_pixels > (Image.MAX_IMAGE_PIXELS or max_pixels):
-            # Only reachable when the caller raised the limit above PIL's own; silence PIL's warning.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                im = Image.open(io.BytesIO(data), formats=[fmt])
-        else:
-            im = Image.open(io.BytesIO(data), formats=[fmt])
+        im = Image.open(io.BytesIO(data), formats=[fmt])
     except Image.DecompressionBombError as exc:
         raise MediaError("decompression_bomb", f"{label}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad input
+        if _looks_truncated(exc):
+            raise MediaError("truncated_image", f"{label}: {fmt} data is incomplete: {exc}") from None
         raise MediaError("unreadable_image", f"{label}: cannot open as {fmt}: {type(exc).__name__}: {exc}") from None
     iw, ih = im.size
     if iw * ih > max_pixels:
@@ -346,13 +366,10 @@ def _decode(data: bytes, label: str, max_pixels: int) -> tuple[Image.Image, str]
         im.load()
     except Image.DecompressionBombError as exc:
         raise MediaError("decompression_bomb", f"{label}: {exc}") from None
-    except EOFError as exc:
-        raise MediaError("truncated_image", f"{label}: unexpected end of {fmt} data: {exc}") from None
     except Exception as exc:  # noqa: BLE001
-        msg = str(exc)
-        if "truncated" in msg.lower() or "broken data stream" in msg.lower() or "premature" in msg.lower():
-            raise MediaError("truncated_image", f"{label}: {fmt} data is incomplete: {msg}") from None
-        raise MediaError("corrupt_image", f"{label}: cannot decode {fmt} data: {type(exc).__name__}: {msg}") from None
+        if _looks_truncated(exc):
+            raise MediaError("truncated_image", f"{label}: {fmt} data is incomplete: {exc}") from None
+        raise MediaError("corrupt_image", f"{label}: cannot decode {fmt} data: {type(exc).__name__}: {exc}") from None
     return im, fmt
 
 

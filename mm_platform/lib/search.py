@@ -106,9 +106,7 @@ def search(store: QdrantStore, encoders: EncoderSet, *, text: str | None = None,
         if query.modality not in order:
             raise SearchError(f"the fused vectors have no {query.modality} block ({order})")
         vec = fused_query(query, encoders, dims, order, weights)
-    elif target == query.modality:
-        vec = query.vector
-    elif encoders.shares_space(query.modality, target):
+    elif target == query.modality or encoders.shares_space(query.modality, target):
         vec = query.vector
     else:
         raise SearchError(

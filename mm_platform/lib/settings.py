@@ -33,6 +33,7 @@ ENV_DOC: dict[str, str] = {
     "MM_CLUSTER_ALGORITHM": "kmeans | hdbscan (default kmeans)",
     "MM_CLUSTER_K": "fixed k for K-Means; empty = automatic (silhouette)",
     "MM_CLUSTER_K_MAX": "largest k tried by automatic K-Means (default 12)",
+    "MM_CLUSTER_REDUCE_DIM": "PCA components the clustering runs on; 0 = none (default 16)",
     "MM_SENSOR_MAX_BATCHES": "batches the landing sensor registers per tick (default 10)",
 }
 

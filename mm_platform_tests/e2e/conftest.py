@@ -13,7 +13,7 @@ CLI = [sys.executable, "-m", "mm_platform.cli"]
 
 def run_cli(*args: str, env: dict | None = None, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     proc = subprocess.run([*CLI, *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
-                          timeout=timeout)
+                          timeout=timeout, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"mm-platform {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -2,7 +2,6 @@
 landing batch → warehouse contract → Qdrant points → clusters, idempotent re-ingest, search, sql."""
 
 import hashlib
-import json
 
 import duckdb
 import pytest

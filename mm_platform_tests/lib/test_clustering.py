@@ -249,3 +249,22 @@ def test_label_summary() -> None:
     truth = ["cat", "dog", "cat", None, "cat", ""]
     assert label_summary(labels, truth) == {-1: {"cat": 1}, 0: {"cat": 2, "dog": 1}, 1: {}}
     assert list(label_summary(labels, truth)[0]) == ["cat", "dog"]
+
+
+def test_reduce_dimensions_keeps_group_structure_and_is_reproducible():
+    from sklearn.datasets import load_digits
+
+    from mm_platform.lib.clustering import reduce_dimensions
+
+    X, y = load_digits(return_X_y=True)
+    Z1, info = reduce_dimensions(X, 16, seed=0)
+    Z2, _ = reduce_dimensions(X, 16, seed=0)
+    assert Z1.shape == (X.shape[0], 16) and info["reduction"] == "pca16"
+    assert np.allclose(np.linalg.norm(Z1, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(Z1, Z2)
+    res = kmeans_auto(Z1, k=10, seed=0)
+    assert external_scores(res.labels, [str(v) for v in y])["nmi"] > 0.65
+    # nothing to reduce: unit rows back, unreduced
+    small, info = reduce_dimensions(X[:, :8], 16)
+    assert small.shape == (X.shape[0], 8) and info == {"reduction": "none"}
+    assert reduce_dimensions(X, 0)[1] == {"reduction": "none"}

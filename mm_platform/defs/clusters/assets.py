@@ -22,6 +22,7 @@ from mm_platform.lib.clustering import (
     hdbscan_cluster,
     kmeans_auto,
     label_summary,
+    reduce_dimensions,
     representatives,
     top_terms,
 )
@@ -37,12 +38,17 @@ def vectors_of(lake: Lake, table: str) -> tuple[list[str], np.ndarray]:
     return df["record_id"].to_list(), np.asarray(df["embedding"].to_list(), dtype=np.float32)
 
 
-def run_clustering(X: np.ndarray, pipeline: PipelineConfigResource) -> ClusterResult:
-    if pipeline.cluster_algorithm == "hdbscan":
-        return hdbscan_cluster(X, min_cluster_size=pipeline.hdbscan_min_cluster_size, seed=pipeline.seed)
-    if pipeline.cluster_algorithm != "kmeans":
+def run_clustering(X: np.ndarray, pipeline: PipelineConfigResource) -> tuple[ClusterResult, np.ndarray]:
+    """Cluster ``X`` as configured, in its PCA-reduced space; returns the result and the space it ran in."""
+    if pipeline.cluster_algorithm not in ("kmeans", "hdbscan"):
         raise dg.Failure(f"unknown cluster algorithm {pipeline.cluster_algorithm!r} (kmeans | hdbscan)")
-    return kmeans_auto(X, k=pipeline.cluster_k or None, k_max=pipeline.cluster_k_max, seed=pipeline.seed)
+    Z, reduction = reduce_dimensions(X, pipeline.cluster_reduce_dim, seed=pipeline.seed)
+    if pipeline.cluster_algorithm == "hdbscan":
+        res = hdbscan_cluster(Z, min_cluster_size=pipeline.hdbscan_min_cluster_size, seed=pipeline.seed)
+    else:
+        res = kmeans_auto(Z, k=pipeline.cluster_k or None, k_max=pipeline.cluster_k_max, seed=pipeline.seed)
+    res.params.update(reduction)
+    return res, Z
 
 
 def fingerprint(lake: Lake) -> str:
@@ -70,8 +76,8 @@ def _metrics_row(run_id: str, space: str, res: ClusterResult, scores: dict, n: i
 def clusters(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline: PipelineConfigResource
 ) -> dg.MaterializeResult:
-    """The cluster of every record, from its fused vector (K-Means with k chosen by silhouette, or HDBSCAN
-    with outliers as -1). Each single modality is clustered the same way for comparison; silhouette and,
+    """The cluster of every record, from its fused vector reduced by PCA (K-Means with k chosen by silhouette,
+    or HDBSCAN with outliers as -1). Each single modality is clustered the same way for comparison; silhouette and,
     where labels exist, NMI/ARI of every space go to ``cluster_metrics`` and this asset's metadata."""
     lake = warehouse.lake
     run_id = uuid.uuid4().hex[:12]
@@ -86,7 +92,7 @@ def clusters(
     truth_map = dict(zip(truth_df["record_id"].to_list(), truth_df["label"].to_list(), strict=True))
     batch_map = dict(zip(truth_df["record_id"].to_list(), truth_df["batch_id"].to_list(), strict=True))
 
-    res = run_clustering(X, pipeline)
+    res, Z = run_clustering(X, pipeline)
     scores = external_scores(res.labels, [truth_map.get(r) for r in ids])
     metrics = [_metrics_row(run_id, "fused", res, scores, len(ids), fp)]
     per_space: dict[str, dict] = {"fused": {"k": res.k, "silhouette": res.silhouette, **scores}}
@@ -94,12 +100,12 @@ def clusters(
         m_ids, m_X = vectors_of(lake, table)
         if len(m_ids) < 3:
             continue
-        m_res = run_clustering(m_X, pipeline)
+        m_res, _ = run_clustering(m_X, pipeline)
         m_scores = external_scores(m_res.labels, [truth_map.get(r) for r in m_ids])
         metrics.append(_metrics_row(run_id, modality, m_res, m_scores, len(m_ids), fp))
         per_space[modality] = {"k": m_res.k, "silhouette": m_res.silhouette, **m_scores}
 
-    dist = distances_to_centroid(X, res.labels, res.centroids)
+    dist = distances_to_centroid(Z, res.labels, res.centroids)
     df = pl.DataFrame(
         {
             "record_id": ids,

@@ -9,10 +9,16 @@ import polars as pl
 
 from mm_platform.defs.clusters.assets import GLOBAL_AUTOMATION, clusters
 from mm_platform.defs.fusion.assets import EMBEDDING_TABLES, fused_vectors
-from mm_platform.defs.ingest.assets import aligned_records, raw_images, raw_records, raw_text, rejected_records
+from mm_platform.defs.ingest.assets import (
+    aligned_records,
+    raw_images,
+    raw_records,
+    raw_text,
+    rejected_records,
+)
+from mm_platform.defs.ingest.checks import manifest_line_numbers
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.partitions import batches_partitions
-from mm_platform.defs.ingest.checks import manifest_line_numbers
 from mm_platform.defs.resources import LandingResource, QdrantResource, WarehouseResource
 from mm_platform.lib.qdrant_store import PointData, point_id
 
