@@ -209,7 +209,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return code
     con = connect_readonly(Lake(paths.lake_dir), paths.duckdb_path)
     try:
-        q = lambda sql: [dict(zip([d[0] for d in c.description], r, strict=True)) for c in [con.execute(sql)] for r in c.fetchall()]
+        def q(sql: str) -> list[dict]:
+            cur = con.execute(sql)
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
         totals = q("SELECT (SELECT count(*) FROM aligned_records) AS aligned_records, "
                    "(SELECT count(DISTINCT (batch_id, line_number)) FROM rejected_records) AS rejected_lines, "
                    "(SELECT count(*) FROM fused_vectors) AS fused_vectors, "
