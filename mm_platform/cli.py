@@ -1,4 +1,4 @@
-"""``mm-platform``: demo, make-demo-data, ingest, search, sql, status, home."""
+"""``mm-platform``: demo, make-demo-data, ingest, recluster, search, sql, status, home."""
 
 from __future__ import annotations
 
@@ -79,8 +79,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     paths = Paths.from_env()
     try:
-        report = ingest(paths, batch_ids=args.batch or None, force=args.force, log_level=args.log_level,
-                        echo=lambda s: print(s, flush=True))
+        report = ingest(paths, batch_ids=args.batch or None, force=args.force, recluster=args.recluster,
+                        log_level=args.log_level, echo=lambda s: print(s, flush=True))
     except ValueError as exc:
         _err(str(exc))
         return 2
@@ -93,6 +93,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         _err("ingest failed; details in the Dagster run logs (`make ui`, Runs)")
         return 1
     return 0
+
+
+def cmd_recluster(args: argparse.Namespace) -> int:
+    return cmd_ingest(argparse.Namespace(batch=None, force=False, recluster=True, log_level=args.log_level))
 
 
 def _print_hits(hits: list, as_json: bool) -> None:
@@ -148,7 +152,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 def status_report(paths: Paths) -> dict[str, Any]:
     from mm_platform.lib.lake import Lake
     from mm_platform.lib.qdrant_store import QdrantBusy
-    from mm_platform.orchestrate import ingested_hashes, pending_batches, table_counts
+    from mm_platform.orchestrate import current_profile, ingested_hashes, pending_batches, table_counts
 
     lake = Lake(paths.lake_dir)
     lake.ensure_initialized()
@@ -157,7 +161,8 @@ def status_report(paths: Paths) -> dict[str, Any]:
         "data_dir": str(paths.data_dir),
         "landing_dir": str(paths.landing_dir),
         "ingested_batches": sorted(ingested_hashes(lake)),
-        "pending_batches": [b.batch_id for b in pending_batches(paths, lake)],
+        "pending_batches": [b.batch_id for b in pending_batches(paths, lake, current_profile())],
+        "current_records": lake.current_records().height,
         "tables": table_counts(lake),
         "cluster_metrics": metrics.drop("params_json").to_dicts(),
     }
@@ -204,7 +209,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                               broken=7, id_prefix=f"demo{args.seed}"))
     else:
         print(f"demo batch {out.name} already in the landing dir")
-    code = cmd_ingest(argparse.Namespace(batch=None, force=False, log_level=args.log_level))
+    code = cmd_ingest(argparse.Namespace(batch=None, force=False, recluster=False, log_level=args.log_level))
     if code:
         return code
     con = connect_readonly(Lake(paths.lake_dir), paths.duckdb_path)
@@ -266,8 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("ingest", help="materialize every pending batch, then clusters and marts (synchronous)")
     i.add_argument("--batch", action="append", help="only this batch (repeatable)")
     i.add_argument("--force", action="store_true", help="re-run batches even if already ingested")
+    i.add_argument("--recluster", action="store_true", help="also run a full re-cluster (ids kept by overlap)")
     i.add_argument("--log-level", default="WARNING", help="Dagster console log level (INFO shows every step)")
     i.set_defaults(fn=cmd_ingest)
+
+    r = sub.add_parser("recluster", help="ingest what is pending, then a full re-cluster (cluster ids kept)")
+    r.add_argument("--log-level", default="WARNING")
+    r.set_defaults(fn=cmd_recluster)
 
     s = sub.add_parser("search", help="search records by text or image")
     g = s.add_mutually_exclusive_group(required=True)

@@ -17,7 +17,7 @@ from mm_platform.defs.embeddings import assets as embedding_assets
 from mm_platform.defs.fusion import assets as fusion_assets
 from mm_platform.defs.ingest import assets as ingest_assets
 from mm_platform.defs.ingest.sensors import DEFAULT_MAX_BATCHES_PER_TICK, build_landing_sensor
-from mm_platform.defs.jobs import batch_ingest_job, nightly_recluster_schedule, refresh_global_job
+from mm_platform.defs.jobs import batch_ingest_job, nightly_recluster_schedule, recluster_job, refresh_job
 from mm_platform.defs.resources import build_resources
 from mm_platform.defs.sql_models.assets import build_sql_model_assets
 from mm_platform.defs.vector_index import assets as vector_assets
@@ -33,7 +33,7 @@ def build_definitions() -> dg.Definitions:
     return dg.Definitions(
         assets=assets,
         asset_checks=dg.load_asset_checks_from_modules([cluster_checks]),
-        jobs=[batch_ingest_job, refresh_global_job],
+        jobs=[batch_ingest_job, recluster_job, refresh_job],
         schedules=[nightly_recluster_schedule],
         sensors=[
             build_landing_sensor(int(os.environ.get("MM_SENSOR_MAX_BATCHES") or DEFAULT_MAX_BATCHES_PER_TICK)),

@@ -1,8 +1,10 @@
 """Running the asset graph from the CLI: the same Definitions, a real Dagster instance, synchronously.
 
 ``ingest`` registers every pending complete batch as a partition and executes the batch job for it in
-process, then refreshes the global layer (clusters, summaries, Qdrant payloads, SQL marts) when anything
-changed. A batch is pending when its manifest hash differs from the one in the ``batches`` ledger.
+process (new records are placed into the existing clusters at once), then refreshes summaries, Qdrant
+payloads and SQL marts when anything changed. A full re-cluster runs when none exists yet, or when asked
+(``--recluster``, ``mm-platform recluster``). A batch is pending when its manifest hash differs from the one
+in the ``batches`` ledger, or when it was embedded under another model profile than the current one.
 """
 
 from __future__ import annotations
@@ -44,9 +46,29 @@ def ingested_hashes(lake: Lake) -> dict[str, str]:
     return dict(ledger.select("batch_id", "manifest_sha256").iter_rows())
 
 
-def pending_batches(paths: Paths, lake: Lake) -> list[BatchInfo]:
-    done = ingested_hashes(lake)
-    return [b for b in list_complete_batches(paths.landing_dir) if done.get(b.batch_id) != b.manifest_sha256]
+def current_profile() -> str:
+    """The profile key the environment's encoder settings resolve to (no model is loaded)."""
+    from mm_platform.defs.resources import current_profile_key
+
+    with dg.build_resources({"encoders": _encoders_resource()}) as res:
+        return current_profile_key(res.encoders.settings())
+
+
+def _encoders_resource():
+    from mm_platform.defs.resources import build_resources
+
+    return build_resources()["encoders"]
+
+
+def pending_batches(paths: Paths, lake: Lake, profile: str | None = None) -> list[BatchInfo]:
+    """Complete batches not ingested with their current manifest (and, given ``profile``, that profile)."""
+    ledger = lake.read_table("batches")
+    done = {b: (h, p) for b, h, p in ledger.select("batch_id", "manifest_sha256", "profile_key").iter_rows()}
+    return [
+        b for b in list_complete_batches(paths.landing_dir)
+        if b.batch_id not in done or done[b.batch_id][0] != b.manifest_sha256
+        or (profile is not None and done[b.batch_id][1] != profile)
+    ]
 
 
 GLOBAL_STAMP = "_global_refresh.fingerprint"
@@ -80,6 +102,7 @@ class BatchOutcome:
 class IngestReport:
     batches: list[BatchOutcome] = field(default_factory=list)
     global_refreshed: bool = False
+    reclustered: bool = False
     global_error: str = ""
     seconds: float = 0.0
 
@@ -102,31 +125,51 @@ def run_config(log_level: str) -> dict:
     return {"loggers": {"console": {"config": {"log_level": log_level.upper()}}}}
 
 
+def _run_global(job_name: str, instance: dg.DagsterInstance, lake: Lake, log_level: str,
+                echo: Callable[[str], None], report: IngestReport) -> None:
+    from mm_platform.definitions import defs
+
+    what = "full re-cluster, summaries, Qdrant payloads, SQL marts" if job_name == "recluster_job" else \
+        "cluster summaries, Qdrant payloads, SQL marts"
+    echo(f"{what}: refreshing …")
+    t0 = time.monotonic()
+    result = defs.resolve_job_def(job_name).execute_in_process(
+        instance=instance, raise_on_error=False, run_config=run_config(log_level), tags={"mm/source": "cli"},
+    )
+    report.global_refreshed = result.success
+    report.reclustered = result.success and job_name == "recluster_job"
+    report.global_error = "" if result.success else _first_error(result)
+    if result.success:
+        mark_global_fresh(lake)
+    echo("global layer: " + (f"done in {time.monotonic() - t0:.1f}s" if result.success
+                              else f"FAILED: {report.global_error}"))
+
+
 def ingest(
     paths: Paths,
     batch_ids: list[str] | None = None,
     force: bool = False,
+    recluster: bool = False,
     log_level: str = "WARNING",
     echo: Callable[[str], None] = print,
 ) -> IngestReport:
     """Materialize every pending batch (or the named ones) through the batch job, then the global layer."""
     from mm_platform.definitions import defs
+    from mm_platform.defs.clusters.assets import load_cluster_model
     from mm_platform.defs.partitions import batches_partitions
 
     start = time.monotonic()
     instance = get_instance(paths)
     lake = Lake(paths.lake_dir)
     complete = {b.batch_id: b for b in list_complete_batches(paths.landing_dir)}
+    pending = {b.batch_id for b in pending_batches(paths, lake, current_profile())}
     if batch_ids:
         unknown = [b for b in batch_ids if b not in complete]
         if unknown:
             raise ValueError(f"no complete batch (with records.jsonl) named {unknown} in {paths.landing_dir}")
-        todo = [complete[b] for b in batch_ids]
-        if not force:
-            done = ingested_hashes(lake)
-            todo = [b for b in todo if done.get(b.batch_id) != b.manifest_sha256]
+        todo = [complete[b] for b in batch_ids if force or b in pending]
     else:
-        todo = list(complete.values()) if force else pending_batches(paths, lake)
+        todo = [b for b in complete.values() if force or b.batch_id in pending]
     report = IngestReport()
     known = set(instance.get_dynamic_partitions(batches_partitions.name))
     new = [b.batch_id for b in todo if b.batch_id not in known]
@@ -146,18 +189,10 @@ def ingest(
         report.batches.append(outcome)
         echo(f"[{i}/{len(todo)}] batch {batch.batch_id}: "
              + (f"done in {outcome.seconds:.1f}s" if outcome.success else f"FAILED: {outcome.error}"))
-    if any(b.success for b in report.batches) or global_layer_stale(lake):
-        echo("clusters, summaries, Qdrant payloads, SQL marts: refreshing …")
-        t0 = time.monotonic()
-        result = defs.resolve_job_def("refresh_global_job").execute_in_process(
-            instance=instance, raise_on_error=False, run_config=run_config(log_level), tags={"mm/source": "cli"},
-        )
-        report.global_refreshed = result.success
-        if result.success:
-            mark_global_fresh(lake)
-        report.global_error = "" if result.success else _first_error(result)
-        echo("global layer: " + (f"done in {time.monotonic() - t0:.1f}s" if result.success
-                                  else f"FAILED: {report.global_error}"))
+    if lake.partitions("fused_vectors") and (recluster or load_cluster_model(lake) is None):
+        _run_global("recluster_job", instance, lake, log_level, echo, report)
+    elif any(b.success for b in report.batches) or global_layer_stale(lake):
+        _run_global("refresh_job", instance, lake, log_level, echo, report)
     report.seconds = time.monotonic() - start
     return report
 

@@ -5,7 +5,7 @@ import dagster as dg
 from mm_platform.definitions import defs
 
 BATCH_ASSETS = {"raw_records", "raw_text", "raw_images", "rejected_records", "aligned_records",
-                "text_embeddings", "image_embeddings", "fused_vectors", "vector_points"}
+                "text_embeddings", "image_embeddings", "fused_vectors", "cluster_assignments", "vector_points"}
 GLOBAL_ASSETS = {"clusters", "cluster_summary", "qdrant_cluster_payloads"}
 GROUPS = {"raw", "aligned", "embeddings", "fused", "clusters", "vector_index", "sql_models"}
 
@@ -29,10 +29,15 @@ def test_assets_groups_and_partitions():
         node = graph.get(dg.AssetKey(name))
         assert node.partitions_def is None
         assert node.automation_condition is not None
+    # the full re-cluster runs on a cron automation condition; what summarises clusters follows eagerly
+    label = str(graph.get(dg.AssetKey("clusters")).automation_condition.get_snapshot())
+    assert "0 3 * * *" in label
 
 
 def test_sql_model_dependencies_are_parsed_into_the_graph():
     graph = defs.resolve_asset_graph()
+    clusters_stg = graph.get(dg.AssetKey("stg_clusters"))  # reads the `clusters` view: both cluster writers
+    assert {p.to_user_string() for p in clusters_stg.parent_keys} == {"clusters", "cluster_assignments", "raw_records"}
     profiles = graph.get(dg.AssetKey("cluster_profiles"))
     assert {p.to_user_string() for p in profiles.parent_keys} == {"int_records_with_clusters", "stg_cluster_summary"}
     staging = graph.get(dg.AssetKey("stg_raw_records"))
@@ -42,7 +47,8 @@ def test_sql_model_dependencies_are_parsed_into_the_graph():
 def test_checks_jobs_sensors_schedules():
     checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
     assert {"every_line_accounted", "vectors_valid", "clusters_cover_fused_vectors", "summary_sizes_match"} <= checks
-    assert {j.name for j in [defs.resolve_job_def("batch_ingest_job"), defs.resolve_job_def("refresh_global_job")]}
+    for job in ("batch_ingest_job", "recluster_job", "refresh_job"):
+        assert defs.resolve_job_def(job)
     sensors = {s.name for s in defs.sensors}
     assert {"landing_sensor", "global_automation_sensor"} <= sensors
     assert {s.name for s in defs.schedules} == {"nightly_recluster"}

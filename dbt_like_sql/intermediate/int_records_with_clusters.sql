@@ -4,7 +4,7 @@
 
 with aligned as (
 
-    select * from stg_aligned_records
+    select * from stg_aligned_records where is_current
 
 ),
 

@@ -1,15 +1,17 @@
 """Jobs and schedules over the asset graph."""
 
-from __future__ import annotations
-
 import dagster as dg
 
+from mm_platform.defs.clusters.assets import RECLUSTER_CRON
 from mm_platform.defs.ingest.sensors import BATCH_JOB_NAME
 from mm_platform.defs.partitions import batches_partitions
 
-#: Everything computed per landing batch, in one run: raw → aligned → embeddings → fused → Qdrant points.
+#: Everything computed per landing batch, in one run: raw → aligned → embeddings → fused → eager cluster
+#: assignment → Qdrant points.
 BATCH_LAYERS = ("raw", "aligned", "embeddings", "fused")
-batch_selection = dg.AssetSelection.groups(*BATCH_LAYERS) | dg.AssetSelection.assets("vector_points")
+batch_selection = dg.AssetSelection.groups(*BATCH_LAYERS) | dg.AssetSelection.assets(
+    "cluster_assignments", "vector_points"
+)
 batch_ingest_job = dg.define_asset_job(
     name=BATCH_JOB_NAME,
     selection=batch_selection,
@@ -19,21 +21,29 @@ batch_ingest_job = dg.define_asset_job(
     op_retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
 )
 
-#: Everything computed over all batches: clusters, summaries, the Qdrant cluster payloads, SQL models.
-global_selection = (
-    dg.AssetSelection.groups("clusters", "sql_models") | dg.AssetSelection.assets("qdrant_cluster_payloads")
+#: What follows cluster changes: summaries, Qdrant cluster payloads, SQL models.
+refresh_selection = dg.AssetSelection.groups("sql_models") | dg.AssetSelection.assets(
+    "cluster_summary", "qdrant_cluster_payloads"
 )
-refresh_global_job = dg.define_asset_job(
-    name="refresh_global_job",
-    selection=global_selection,
-    description="Re-cluster all records, rebuild summaries, Qdrant cluster payloads and SQL marts.",
-    tags={"mm/job": "global"},
+refresh_job = dg.define_asset_job(
+    name="refresh_job",
+    selection=refresh_selection,
+    description="Rebuild cluster summaries, Qdrant cluster payloads and SQL marts from the current clusters.",
+    tags={"mm/job": "refresh"},
+)
+recluster_job = dg.define_asset_job(
+    name="recluster_job",
+    selection=refresh_selection | dg.AssetSelection.assets("clusters"),
+    description="Full re-cluster of every current record (cluster ids kept by overlap), then the refresh.",
+    tags={"mm/job": "recluster"},
 )
 
+#: The re-cluster also runs from its cron automation condition; this schedule is the same cadence for
+#: deployments that run schedules but not declarative automation (stopped by default: turn one on, not both).
 nightly_recluster_schedule = dg.ScheduleDefinition(
     name="nightly_recluster",
-    job=refresh_global_job,
-    cron_schedule="0 3 * * *",
+    job=recluster_job,
+    cron_schedule=RECLUSTER_CRON,
     default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Full re-cluster and mart rebuild every night at 03:00.",
+    description="Full re-cluster and mart rebuild every night (alternative to the automation condition).",
 )

@@ -15,7 +15,7 @@ import duckdb
 from pydantic import PrivateAttr
 
 from mm_platform.lib.device import DeviceConfig, resolve_device
-from mm_platform.lib.encoders.registry import EncoderSet, EncoderSettings, load_encoders
+from mm_platform.lib.encoders.registry import EncoderSet, EncoderSettings, load_encoders, resolve_profile
 from mm_platform.lib.fusion import parse_weights
 from mm_platform.lib.lake import Lake, WarehouseBusy, refresh_warehouse, register_views
 from mm_platform.lib.qdrant_store import QdrantStore
@@ -109,6 +109,17 @@ class TorchDeviceResource(dg.ConfigurableResource):
 _LOADED_ENCODERS: dict[tuple, EncoderSet] = {}
 
 
+def profile_key(resolved_profile: str, settings: EncoderSettings) -> str:
+    if resolved_profile == "clip":
+        return f"clip:{settings.clip_arch}:{settings.clip_pretrained}:{settings.clip_config or ''}"
+    return resolved_profile
+
+
+def current_profile_key(settings: EncoderSettings) -> str:
+    """The profile key the current settings resolve to (cheap: no model is loaded)."""
+    return profile_key(resolve_profile(settings)[0], settings)
+
+
 class EncodersResource(dg.ConfigurableResource):
     """The per-modality encoders of ``profile`` (auto | offline | clip), loaded lazily, once per process."""
 
@@ -135,6 +146,12 @@ class EncodersResource(dg.ConfigurableResource):
     @property
     def encoders(self) -> EncoderSet:
         return self._encoders
+
+    def profile_key(self) -> str:
+        """What decides which weights embed: the resolved profile and, for CLIP, the model settings. A batch
+        embedded under another key is re-ingested by ``mm-platform ingest`` (the cache keeps unchanged
+        modalities cheap)."""
+        return profile_key(self._encoders.profile, self.settings())
 
 
 class PipelineConfigResource(dg.ConfigurableResource):

@@ -34,7 +34,7 @@ PARTITIONED_TABLES: dict[str, dict[str, pl.DataType]] = {
     "raw_records": {
         "batch_id": pl.String, "line_number": pl.Int32, "record_id": pl.String, "op": pl.String,
         "timestamp": TS, "label": pl.String, "text_declared": pl.Boolean, "image_path": pl.String,
-        "audio_path": pl.String, "fields_json": pl.String, "manifest_sha256": pl.String, "ingested_at": TS,
+        "audio_path": pl.String, "fields_json": pl.String, "manifest_sha256": pl.String, "ingested_at": TS, "landed_at": TS,
     },
     "raw_text": {
         "record_id": pl.String, "batch_id": pl.String, "line_number": pl.Int32, "text": pl.String,
@@ -57,10 +57,12 @@ PARTITIONED_TABLES: dict[str, dict[str, pl.DataType]] = {
     "text_embeddings": {
         "record_id": pl.String, "batch_id": pl.String, "model": pl.String, "model_version": pl.String,
         "space": pl.String, "dim": pl.Int32, "content_sha256": pl.String, "embedding": F32_LIST,
+        "cache_hit": pl.Boolean,
     },
     "image_embeddings": {
         "record_id": pl.String, "batch_id": pl.String, "model": pl.String, "model_version": pl.String,
         "space": pl.String, "dim": pl.Int32, "content_sha256": pl.String, "embedding": F32_LIST,
+        "cache_hit": pl.Boolean,
     },
     "fused_vectors": {
         "record_id": pl.String, "batch_id": pl.String, "fusion": pl.String, "modalities": pl.List(pl.String),
@@ -68,7 +70,8 @@ PARTITIONED_TABLES: dict[str, dict[str, pl.DataType]] = {
     },
     "batches": {
         "batch_id": pl.String, "manifest_sha256": pl.String, "manifest_lines": pl.Int32,
-        "aligned_records": pl.Int32, "rejected_lines": pl.Int32, "points": pl.Int32, "completed_at": TS,
+        "aligned_records": pl.Int32, "rejected_lines": pl.Int32, "points": pl.Int32, "deletes": pl.Int32,
+        "completed_at": TS, "profile_key": pl.String,
     },
     "vector_points": {
         "record_id": pl.String, "batch_id": pl.String, "point_id": pl.String, "vectors": pl.List(pl.String),
@@ -76,12 +79,17 @@ PARTITIONED_TABLES: dict[str, dict[str, pl.DataType]] = {
     },
 }
 
+#: One cluster assignment per record: written whole by a full re-cluster (``recluster_assignments``) and
+#: per batch by the eager assignment of new records to the existing clusters (``cluster_assignments``).
+CLUSTER_ASSIGNMENT_SCHEMA: dict[str, pl.DataType] = {
+    "record_id": pl.String, "batch_id": pl.String, "cluster_id": pl.Int32, "algorithm": pl.String,
+    "distance_to_centroid": pl.Float64, "is_outlier": pl.Boolean, "run_id": pl.String, "clustered_at": TS,
+}
+PARTITIONED_TABLES["cluster_assignments"] = CLUSTER_ASSIGNMENT_SCHEMA
+
 #: Tables recomputed whole over all batches.
 GLOBAL_TABLES: dict[str, dict[str, pl.DataType]] = {
-    "clusters": {
-        "record_id": pl.String, "batch_id": pl.String, "cluster_id": pl.Int32, "algorithm": pl.String,
-        "distance_to_centroid": pl.Float64, "is_outlier": pl.Boolean, "run_id": pl.String, "clustered_at": TS,
-    },
+    "recluster_assignments": CLUSTER_ASSIGNMENT_SCHEMA,
     "cluster_summary": {
         "cluster_id": pl.Int32, "name": pl.String, "size": pl.Int32,
         "representative_record_ids": pl.List(pl.String), "top_terms": pl.List(pl.String),
@@ -92,8 +100,16 @@ GLOBAL_TABLES: dict[str, dict[str, pl.DataType]] = {
         "run_id": pl.String, "created_at": TS, "algorithm": pl.String, "space": pl.String, "k": pl.Int32,
         "n_records": pl.Int32, "n_outliers": pl.Int32, "silhouette": pl.Float64, "nmi": pl.Float64,
         "ari": pl.Float64, "n_labelled": pl.Int32, "input_fingerprint": pl.String, "params_json": pl.String,
+        "moved": pl.Int32, "common": pl.Int32, "new_clusters": pl.Int32, "retired_clusters": pl.Int32,
     },
 }
+
+#: Per-record tables: the lake keeps every version (view ``<table>_history``); the view ``<table>`` shows
+#: the current version of each record only (its latest landed batch, unless that was a delete).
+RECORD_TABLES = (
+    "raw_text", "raw_images", "aligned_records", "text_embeddings", "image_embeddings", "fused_vectors",
+    "vector_points",
+)
 
 ALL_TABLES: dict[str, dict[str, pl.DataType]] = {**PARTITIONED_TABLES, **GLOBAL_TABLES}
 SCHEMA_DIR = "_schema"
@@ -228,6 +244,37 @@ class Lake:
             return empty_frame(table) if table in ALL_TABLES else pl.DataFrame()
         return read_parquet(path)
 
+    # -- current state ------------------------------------------------------------------------------
+    def record_versions(self) -> pl.DataFrame:
+        """Every record version (one per raw_records row), newest first per record, with ``is_current``.
+
+        A record's versions are ordered by the time their batch landed (manifest mtime), then batch id; the
+        newest is current. A current ``delete`` removes the record from every current view.
+        """
+        raw = self.read_table("raw_records").select("record_id", "batch_id", "line_number", "op", "landed_at")
+        raw = raw.sort(["record_id", "landed_at", "batch_id"], descending=[False, True, True], nulls_last=True)
+        return raw.with_columns((pl.int_range(pl.len()).over("record_id") == 0).alias("is_current"))
+
+    def current_records(self) -> pl.DataFrame:
+        """(record_id, batch_id) of every current, non-deleted record."""
+        v = self.record_versions()
+        return v.filter(pl.col("is_current") & (pl.col("op") == "upsert")).select("record_id", "batch_id")
+
+    def read_current(self, table: str) -> pl.DataFrame:
+        """The rows of a per-record table that belong to current record versions."""
+        return self.read_table(table).join(self.current_records(), on=["record_id", "batch_id"], how="semi")
+
+    def current_clusters(self) -> pl.DataFrame:
+        """The current cluster of every current record: the latest of its full re-cluster and eager assignment."""
+        full = self.read_table("recluster_assignments").with_columns(pl.lit("recluster").alias("source"))
+        inc = self.read_table("cluster_assignments").with_columns(pl.lit("incremental").alias("source"))
+        both = pl.concat([full, inc], how="diagonal_relaxed")
+        both = both.join(self.current_records(), on=["record_id", "batch_id"], how="semi")
+        return (
+            both.sort(["record_id", "clustered_at", "source"], descending=[False, True, False], nulls_last=True)
+            .unique("record_id", keep="first", maintain_order=True)
+        )
+
     def model_tables(self) -> list[str]:
         """Tables written by SQL models (a global ``part.parquet`` under a name no Python asset owns)."""
         if not self.root.is_dir():
@@ -240,19 +287,77 @@ class Lake:
 
 # -- the DuckDB warehouse (views only) --------------------------------------------------------------
 
-def view_sql(lake: Lake, table: str) -> str:
-    path = lake.glob(table) if table in ALL_TABLES else str(lake.global_path(table))
-    escaped = path.replace("'", "''")
-    return f"CREATE OR REPLACE VIEW \"{table}\" AS SELECT * FROM read_parquet('{escaped}', union_by_name=true)"
+def _scan(lake: Lake, table: str) -> str:
+    path = (lake.glob(table) if table in ALL_TABLES else str(lake.global_path(table))).replace("'", "''")
+    return f"SELECT * FROM read_parquet('{path}', union_by_name=true)"
+
+
+#: Views derived from the lake tables: record versions (latest landed batch wins), the current records,
+#: the audit of deletes, and the current cluster of each current record (the latest of the full
+#: re-cluster and the eager per-batch assignment).
+DERIVED_VIEWS: dict[str, str] = {
+    "record_versions": """
+        SELECT record_id, batch_id, line_number, op, landed_at, label,
+               row_number() OVER w = 1 AS is_current,
+               lead(batch_id) OVER w AS previous_batch_id
+        FROM raw_records
+        WINDOW w AS (PARTITION BY record_id ORDER BY landed_at DESC, batch_id DESC)""",
+    "current_records": """
+        SELECT record_id, batch_id, landed_at, label FROM record_versions WHERE is_current AND op = 'upsert'""",
+    "record_deletions": """
+        SELECT record_id, batch_id, line_number, landed_at, is_current AS in_effect,
+               previous_batch_id AS deleted_version_batch_id
+        FROM record_versions WHERE op = 'delete'""",
+    "clusters": """
+        SELECT c.* FROM (
+            SELECT *, 'recluster' AS source FROM recluster_assignments
+            UNION ALL BY NAME
+            SELECT *, 'incremental' AS source FROM cluster_assignments
+        ) c
+        SEMI JOIN current_records r ON c.record_id = r.record_id AND c.batch_id = r.batch_id
+        QUALIFY row_number() OVER (PARTITION BY c.record_id ORDER BY c.clustered_at DESC, c.source) = 1""",
+}
+
+#: Which lake tables each derived name reads (SQL models depending on a view depend on these assets).
+VIEW_SOURCES: dict[str, tuple[str, ...]] = {
+    "record_versions": ("raw_records",),
+    "current_records": ("raw_records",),
+    "record_deletions": ("raw_records",),
+    "clusters": ("recluster_assignments", "cluster_assignments", "raw_records"),
+    **{f"{t}_history": (t,) for t in RECORD_TABLES},
+    **{t: (t, "raw_records") for t in RECORD_TABLES},
+}
+
+
+def view_statements(lake: Lake) -> list[tuple[str, str]]:
+    """Every warehouse view as (name, SELECT), in dependency order."""
+    views: list[tuple[str, str]] = []
+    for table in [*ALL_TABLES, *lake.model_tables()]:
+        if table in RECORD_TABLES:
+            views.append((f"{table}_history", _scan(lake, table)))
+        else:
+            views.append((table, _scan(lake, table)))
+    views += [(name, DERIVED_VIEWS[name]) for name in ("record_versions", "current_records", "record_deletions")]
+    views += [
+        (t, f"SELECT h.* FROM {t}_history h SEMI JOIN current_records c "
+            "ON h.record_id = c.record_id AND h.batch_id = c.batch_id")
+        for t in RECORD_TABLES
+    ]
+    views.append(("clusters", DERIVED_VIEWS["clusters"]))
+    return views
+
+
+def _create_view(name: str, select: str) -> str:
+    return f'CREATE OR REPLACE VIEW "{name}" AS {select.strip()}'
 
 
 def register_views(con: duckdb.DuckDBPyConnection, lake: Lake, extra: Mapping[str, str] | None = None) -> None:
     """Create the lake's views on any connection (an in-memory one for computing, the warehouse file for users)."""
     lake.ensure_initialized()
-    for table in [*ALL_TABLES, *lake.model_tables()]:
-        con.execute(view_sql(lake, table))
+    for name, select in view_statements(lake):
+        con.execute(_create_view(name, select))
     for name, sql in (extra or {}).items():
-        con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {sql}')
+        con.execute(_create_view(name, sql))
 
 
 @contextlib.contextmanager
@@ -285,8 +390,9 @@ def refresh_warehouse(lake: Lake, duckdb_path: Path, timeout_s: float = 30.0) ->
     never contend with a user holding the file). Raises ``WarehouseBusy`` after ``timeout_s`` of retries.
     """
     lake.ensure_initialized()
-    tables = [*ALL_TABLES, *lake.model_tables()]
-    statements = [view_sql(lake, t) for t in tables]
+    views = view_statements(lake)
+    tables = [name for name, _ in views]
+    statements = [_create_view(name, select) for name, select in views]
     fingerprint = hashlib.sha256("\n".join(statements).encode()).hexdigest()
     stamp = duckdb_path.with_name(duckdb_path.name + ".views")
     if duckdb_path.exists() and stamp.exists() and stamp.read_text() == fingerprint:
@@ -308,7 +414,7 @@ def refresh_warehouse(lake: Lake, duckdb_path: Path, timeout_s: float = 30.0) ->
             existing = {r[0] for r in con.execute(
                 "SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
             for stale in existing - set(tables):
-                con.execute(f'DROP VIEW IF EXISTS "{stale}"')
+                con.execute(f'DROP VIEW IF EXISTS "{stale}" CASCADE')
             for sql in statements:
                 con.execute(sql)
         finally:

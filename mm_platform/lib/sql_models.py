@@ -32,23 +32,18 @@ from typing import Any
 
 import duckdb
 
+from mm_platform.lib import lake as _lake
+
 LAYERS: tuple[str, ...] = ("staging", "intermediate", "marts")
 
-#: Warehouse tables (views over the Parquet lake) that models may read.
+#: Warehouse tables (views over the Parquet lake) that models may read: every lake table, the ``<t>_history``
+#: view of each per-record table, and the derived views -- the names ``lake.view_statements`` creates for an
+#: empty lake (SQL model outputs aside), derived from the lake's declarations rather than listed by hand.
 WAREHOUSE_TABLES: frozenset[str] = frozenset(
     {
-        "raw_records",
-        "raw_text",
-        "raw_images",
-        "rejected_records",
-        "aligned_records",
-        "text_embeddings",
-        "image_embeddings",
-        "fused_vectors",
-        "vector_points",
-        "clusters",
-        "cluster_summary",
-        "cluster_metrics",
+        *_lake.ALL_TABLES,
+        *(f"{table}_history" for table in _lake.RECORD_TABLES),
+        *_lake.DERIVED_VIEWS,
     }
 )
 

@@ -23,7 +23,7 @@ from mm_platform.lib.search import SearchError, search
 from mm_platform_tests.conftest import make_resources
 
 BATCH_ASSETS = dg.load_assets_from_modules([ingest_assets, embedding_assets, fusion_assets]) + [
-    vector_assets.vector_points]
+    cluster_assets.cluster_assignments, vector_assets.vector_points]
 GLOBAL_ASSETS = [cluster_assets.clusters, cluster_assets.cluster_summary, vector_assets.qdrant_cluster_payloads]
 
 
@@ -37,7 +37,8 @@ def run_global(instance, resources):
     return dg.materialize(
         [*BATCH_ASSETS, *GLOBAL_ASSETS, *build_sql_model_assets(),
          *dg.load_asset_checks_from_modules([cluster_checks])], instance=instance, resources=resources,
-        selection=dg.AssetSelection.groups("clusters", "sql_models") | dg.AssetSelection.assets("qdrant_cluster_payloads"),
+        selection=dg.AssetSelection.groups("sql_models")
+        | dg.AssetSelection.assets("clusters", "cluster_summary", "qdrant_cluster_payloads"),
     )
 
 
@@ -86,9 +87,9 @@ def test_qdrant_points_and_idempotent_rerun(ingested, paths, instance):
         assert set(store.vector_dims()) == {"text", "image", "fused"}
         first = {str(p.id): p.payload for p in store.scroll_all()}
     assert set(first) == {point_id(r) for r in aligned["record_id"]}
-    before = {t: lake.read_partition(t, "b1").drop(c for c in ("ingested_at", "rejected_at", "upserted_at")
-                                                     if c in lake.read_partition(t, "b1").columns)
-              for t in ("raw_records", "aligned_records", "rejected_records", "fused_vectors")}
+    volatile = ("ingested_at", "rejected_at", "upserted_at", "cache_hit")
+    before = {t: lake.read_partition(t, "b1").drop(c for c in volatile if c in lake.read_partition(t, "b1").columns)
+              for t in ("raw_records", "aligned_records", "rejected_records", "text_embeddings", "fused_vectors")}
     assert run_batch("b1", instance, resources).success
     with QdrantStore("mm_records", path=paths.qdrant_path) as store:
         assert store.count() == aligned.height
@@ -97,6 +98,9 @@ def test_qdrant_points_and_idempotent_rerun(ingested, paths, instance):
     for table, df in before.items():
         now = lake.read_partition(table, "b1").select(df.columns)
         assert now.equals(df), table
+    # the re-run embedded nothing: every vector came from the cache (same content, same model)
+    assert lake.read_partition("text_embeddings", "b1")["cache_hit"].all()
+    assert lake.read_partition("image_embeddings", "b1")["cache_hit"].all()
 
 
 def test_rewritten_manifest_removes_dropped_points(ingested, paths, instance):
@@ -119,8 +123,8 @@ def test_global_layer_clusters_summaries_payloads_and_sql(ingested, paths, insta
     result = run_global(instance, resources)
     assert result.success
     lake = Lake(paths.lake_dir)
-    clusters = lake.read_table("clusters")
-    fused = lake.read_table("fused_vectors")
+    clusters = lake.current_clusters()
+    fused = lake.read_current("fused_vectors")
     assert set(clusters["record_id"]) == set(fused["record_id"])
     assert clusters["cluster_id"].n_unique() == 4  # cluster_k=4 was asked for
     summary = lake.read_table("cluster_summary")

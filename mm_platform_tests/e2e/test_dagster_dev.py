@@ -68,7 +68,7 @@ def test_dagster_dev_loads_code_location(paths, tmp_path):
         assert assets["raw_records"]["isPartitioned"] and not assets["clusters"]["isPartitioned"]
         assert {"landing_sensor", "global_automation_sensor"} <= {s["name"] for s in repo["sensors"]}
         assert {s["name"] for s in repo["schedules"]} == {"nightly_recluster"}
-        assert {"batch_ingest_job", "refresh_global_job"} <= {j["name"] for j in repo["jobs"]}
+        assert {"batch_ingest_job", "recluster_job", "refresh_job"} <= {j["name"] for j in repo["jobs"]}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -2,38 +2,37 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
+import polars as pl
 import pytest
 
+from mm_platform.lib.lake import (
+    ALL_TABLES,
+    DERIVED_VIEWS,
+    GLOBAL_TABLES,
+    RECORD_TABLES,
+    VIEW_SOURCES,
+    Lake,
+    atomic_write_parquet,
+    register_views,
+    view_statements,
+)
 from mm_platform.lib.sql_models import (
     WAREHOUSE_TABLES,
     SqlModel,
     _tokenizer_table_names,
     discover_models,
     parse_dependencies,
-    register_view,
     run_all,
     run_model,
     topo_order,
 )
 
 SQL_ROOT = Path(__file__).resolve().parents[2] / "dbt_like_sql"
-
-#: The warehouse tables the models may read (the brief's list).
-ALLOWED_SOURCES = {
-    "raw_records",
-    "raw_text",
-    "raw_images",
-    "rejected_records",
-    "aligned_records",
-    "text_embeddings",
-    "image_embeddings",
-    "fused_vectors",
-    "clusters",
-    "cluster_summary",
-}
 
 
 # -- dependency parsing ----------------------------------------------------------------------------------
@@ -210,6 +209,17 @@ def real_models() -> dict[str, SqlModel]:
     return discover_models(SQL_ROOT)
 
 
+def test_warehouse_tables_are_the_lake_views(tmp_path: Path) -> None:
+    names = [name for name, _ in view_statements(Lake(tmp_path / "lake"))]  # an empty lake
+    assert len(names) == len(set(names))
+    assert WAREHOUSE_TABLES == frozenset(names)
+    assert set(ALL_TABLES) | set(DERIVED_VIEWS) | {f"{t}_history" for t in RECORD_TABLES} == WAREHOUSE_TABLES
+    assert "clusters" in WAREHOUSE_TABLES and "recluster_assignments" in WAREHOUSE_TABLES
+    # every view maps to the lake tables (Dagster assets) it reads
+    for name in WAREHOUSE_TABLES - set(ALL_TABLES):
+        assert name in VIEW_SOURCES and set(VIEW_SOURCES[name]) <= set(ALL_TABLES), name
+
+
 def test_real_models_structure(real_models: dict[str, SqlModel]) -> None:
     expected = {
         "stg_raw_records",
@@ -224,19 +234,20 @@ def test_real_models_structure(real_models: dict[str, SqlModel]) -> None:
         "batch_quality",
     }
     assert expected <= set(real_models)
-    assert ALLOWED_SOURCES <= WAREHOUSE_TABLES
     for name, m in real_models.items():
         assert m.description, f"{name} has no leading comment"
         assert "select * from final" in m.sql.lower(), f"{name} does not end in the final CTE"
         for dep in m.deps:
-            assert dep in ALLOWED_SOURCES or dep in real_models, f"{name} reads unknown {dep}"
-        if m.layer == "staging":
-            assert len(m.deps) == 1 and next(iter(m.deps)) in ALLOWED_SOURCES, name
+            assert dep in WAREHOUSE_TABLES or dep in real_models, f"{name} reads unknown {dep}"
+        if m.layer == "staging":  # staging reads warehouse tables only
+            assert m.deps and m.deps <= WAREHOUSE_TABLES and not m.model_deps(real_models), name
         else:  # intermediate and marts read models only, never raw tables
             assert m.deps and all(d in real_models for d in m.deps), name
         assert ".parquet" not in m.sql and "read_parquet" not in m.sql
     order = topo_order(real_models)
     assert len(order) == len(real_models)
+    assert real_models["stg_aligned_records"].deps == {"aligned_records_history", "current_records"}
+    assert real_models["stg_clusters"].deps == {"clusters"}
     assert real_models["int_records_with_clusters"].deps == {"stg_aligned_records", "stg_clusters"}
     assert real_models["cluster_profiles"].deps == {"int_records_with_clusters", "stg_cluster_summary"}
     assert real_models["batch_quality"].deps == {
@@ -246,102 +257,141 @@ def test_real_models_structure(real_models: dict[str, SqlModel]) -> None:
     }
 
 
-WAREHOUSE_DDL = """
-create table raw_records (batch_id varchar, line_number int, record_id varchar, op varchar,
-    "timestamp" timestamptz, label varchar, text_declared boolean, image_path varchar, audio_path varchar,
-    fields_json varchar, manifest_sha256 varchar, ingested_at timestamptz);
-create table raw_text (record_id varchar, batch_id varchar, line_number int, text varchar,
-    text_sha256 varchar, n_chars int);
-create table raw_images (record_id varchar, batch_id varchar, line_number int, image_path varchar,
-    uri varchar, sha256 varchar, width int, height int, format varchar, mode varchar, n_bytes bigint);
-create table rejected_records (batch_id varchar, line_number int, record_id varchar, modality varchar,
-    reason varchar, detail varchar, stage varchar, rejected_at timestamptz);
-create table aligned_records (record_id varchar, batch_id varchar, line_number int, "timestamp" timestamptz,
-    label varchar, has_text boolean, has_image boolean, has_audio boolean, has_tabular boolean,
-    text_sha256 varchar, image_sha256 varchar);
-create table text_embeddings (record_id varchar, batch_id varchar, model varchar, model_version varchar,
-    space varchar, dim int, content_sha256 varchar, embedding float[]);
-create table image_embeddings (record_id varchar, batch_id varchar, model varchar, model_version varchar,
-    space varchar, dim int, content_sha256 varchar, embedding float[]);
-create table fused_vectors (record_id varchar, batch_id varchar, fusion varchar, modalities varchar[],
-    dim int, embedding float[]);
-create table clusters (record_id varchar, batch_id varchar, cluster_id int, algorithm varchar,
-    distance_to_centroid double, is_outlier boolean, run_id varchar, clustered_at timestamptz);
-create table cluster_summary (cluster_id int, name varchar, size int, representative_record_ids varchar[],
-    top_terms varchar[], label_counts_json varchar, text_coverage double, image_coverage double,
-    algorithm varchar, run_id varchar);
-"""
+# -- a small lake, written through the real lake code ------------------------------------------------------
 
-T = "timestamptz '2024-05-01 10:00:00+00'"
-WAREHOUSE_ROWS = f"""
-insert into raw_records values
-    ('b1', 1, 'r1', 'upsert', {T}, 'cat', true, 'img/r1.png', null, null, 'm1', {T}),
-    ('b1', 2, 'r2', 'upsert', {T}, 'dog', true, null, null, null, 'm1', {T}),
-    ('b1', 3, 'r3', ' UPSERT ', null, 'cat', false, 'img/r3.png', '', '', 'm1', {T}),
-    ('b1', 4, 'r4', 'upsert', {T}, 'dog', true, 'img/r4.png', 'a/r4.wav', '{{"x": 1}}', 'm1', {T}),
-    ('b2', 1, 'r5', 'upsert', {T}, '', true, 'img/r5.png', 'a/r5.wav', null, 'm2', {T}),
-    ('b2', 2, 'r1', 'upsert', {T}, 'cat', true, null, null, null, 'm2', {T}),
-    ('b2', 3, 'r6', 'delete', {T}, null, true, null, null, '{{}}', 'm2', {T});
-insert into raw_text values
-    ('r1', 'b1', 1, 'a  cat on a mat', 'h1', 15), ('r2', 'b1', 2, '   ', 'h2', 3);
-insert into raw_images values
-    ('r1', 'b1', 1, 'img/r1.png', 'file:///img/r1.png', 's1', 2000, 1000, 'png', 'RGB', 1234),
-    ('r3', 'b1', 3, 'img/r3.png', 'file:///img/r3.png', 's3', 10, 10, 'jpeg', 'L', 99);
-insert into rejected_records values
-    ('b1', 4, 'r4', 'image', 'decode_error', 'truncated', 'raw_images', {T}),
-    ('b1', 4, 'r4', 'audio', 'missing_file', 'a/r4.wav', 'raw_audio', {T}),
-    ('b1', 5, null, null, 'bad_json', 'line 5', 'manifest', {T}),
-    ('b3', 1, null, '', 'bad_json', 'line 1', 'manifest', {T});
-insert into aligned_records values
-    ('r1', 'b1', 1, {T}, 'cat', true, true, false, false, 'h1', 's1'),
-    ('r2', 'b1', 2, {T}, 'dog', true, false, false, false, 'h2', null),
-    ('r3', 'b1', 3, null, 'cat', false, true, false, false, null, 's3'),
-    ('r4', 'b1', 4, {T}, 'dog', true, false, false, true, 'h4', null),
-    ('r5', 'b2', 1, {T}, '', true, true, true, false, 'h5', 's5'),
-    ('r1', 'b2', 2, {T}, 'cat', true, null, false, false, 'h1b', null),
-    ('r6', 'b2', 3, {T}, null, true, false, false, false, 'h6', null);
-insert into clusters values
-    ('r1', 'b1', 0, 'hdbscan', 0.1, false, 'run2', timestamptz '2024-05-02 00:00:00+00'),
-    ('r3', 'b1', 0, 'hdbscan', 0.3, false, 'run2', timestamptz '2024-05-02 00:00:00+00'),
-    ('r4', 'b1', 0, 'hdbscan', 0.2, null, 'run2', timestamptz '2024-05-02 00:00:00+00'),
-    ('r2', 'b1', 1, 'hdbscan', 0.4, false, 'run2', timestamptz '2024-05-02 00:00:00+00'),
-    ('r5', 'b2', 1, 'hdbscan', 0.0, false, 'run2', timestamptz '2024-05-02 00:00:00+00'),
-    ('r1', 'b2', -1, 'hdbscan', null, null, 'run2', timestamptz '2024-05-02 00:00:00+00'),
-    ('r1', 'b1', 7, 'kmeans', 0.5, false, 'run1', timestamptz '2024-05-01 00:00:00+00');
-insert into cluster_summary values
-    (0, 'cats', 3, ['r1', 'r3'], ['cat', 'kitten'], '{{"cat": 2, "dog": 1}}', 0.67, 0.67, 'hdbscan', 'run2'),
-    (1, 'dogs', 2, ['r5'], ['dog'], '{{"dog": 1}}', 1.0, 0.5, 'hdbscan', 'run2'),
-    (0, 'stale name', 9, [], [], '{{}}', 0.0, 0.0, 'kmeans', 'run1');
-"""
+T = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
+LANDED = {"b1": datetime(2024, 5, 1, 10, 0, tzinfo=UTC), "b2": datetime(2024, 5, 1, 12, 0, tzinfo=UTC)}
+
+
+def _ts(day: int, hour: int, minute: int = 0) -> datetime:
+    return datetime(2024, 5, day, hour, minute, tzinfo=UTC)
+
+
+def _frame(table: str, rows: list[tuple]) -> pl.DataFrame:
+    """Rows given in the table's declared column order (raw_records: without landed_at)."""
+    schema = ALL_TABLES[table]
+    cols = [c for c in schema if not (table == "raw_records" and c == "landed_at")]
+    return pl.DataFrame(rows, schema={c: schema[c] for c in cols}, orient="row")
+
+
+def _write_lake(lake: Lake, table: str, rows: list[tuple]) -> None:
+    """Write ``rows`` one partition per batch_id (or the whole global table)."""
+    df = _frame(table, rows)
+    if table in GLOBAL_TABLES:
+        lake.write_global(table, df)
+        return
+    if table == "raw_records":
+        df = df.with_columns(
+            landed_at=pl.col("batch_id").replace_strict(LANDED, return_dtype=pl.Datetime("us", "UTC"))
+        )
+    for (batch_id,), part in df.group_by("batch_id", maintain_order=True):
+        lake.write_partition(table, str(batch_id), part)
+
+
+# b1 lands r1..r4; b2 (landed later) updates r1, deletes r2 and adds r5, r6, r7; b3 only has a rejected line.
+# Clustering: an eager assignment of b1 (run1, 10:30), then a full re-cluster of b1 (run2, 11:00), then an
+# eager assignment of b2 into run2's clusters (12:30). Current records: r1@b2, r3, r4, r5, r6, r7.
+LAKE_ROWS: dict[str, list[tuple]] = {
+    "raw_records": [
+        ("b1", 1, "r1", "upsert", T, "cat", True, "img/r1.png", None, None, "m1", T),
+        ("b1", 2, "r2", "upsert", T, "dog", True, None, None, None, "m1", T),
+        ("b1", 3, "r3", "upsert", None, "cat", False, "img/r3.png", "", "", "m1", T),
+        ("b1", 4, "r4", "upsert", T, "dog", True, "img/r4.png", "a/r4.wav", '{"x": 1}', "m1", T),
+        ("b2", 1, "r5", "upsert", T, "", True, "img/r5.png", "a/r5.wav", None, "m2", T),
+        ("b2", 2, "r1", "upsert", T, "cat", True, None, None, None, "m2", T),
+        ("b2", 3, "r2", "delete", T, None, True, None, None, "{}", "m2", T),
+        ("b2", 4, "r6", "upsert", T, "dog", True, None, None, None, "m2", T),
+        ("b2", 5, "r7", "upsert", T, "cat", True, None, None, None, "m2", T),
+    ],
+    "raw_text": [
+        ("r1", "b1", 1, "the old text", "h1", 12),
+        ("r2", "b1", 2, "deleted later", "h2", 13),
+        ("r4", "b1", 4, "   ", "h4", 3),
+        ("r1", "b2", 2, "a  cat on a mat", "h1b", 15),
+    ],
+    "raw_images": [
+        ("r1", "b1", 1, "img/r1.png", "file:///img/r1.png", "s1", 10, 20, "png", "RGB", 1),
+        ("r3", "b1", 3, "img/r3.png", "file:///img/r3.png", "s3", 10, 10, "jpeg", "L", 99),
+        ("r5", "b2", 1, "img/r5.png", "file:///img/r5.png", "s5", 2000, 1000, "png", "RGB", 1234),
+    ],
+    "rejected_records": [
+        ("b1", 4, "r4", "image", "decode_error", "truncated", "raw_images", T),
+        ("b1", 4, "r4", "audio", "missing_file", "a/r4.wav", "raw_audio", T),
+        ("b1", 5, None, None, "bad_json", "line 5", "manifest", T),
+        ("b3", 1, None, "", "bad_json", "line 1", "manifest", T),
+    ],
+    "aligned_records": [
+        ("r1", "b1", 1, T, "cat", True, True, False, False, "h1", "s1"),
+        ("r2", "b1", 2, T, "dog", True, False, False, False, "h2", None),
+        ("r3", "b1", 3, None, "cat", False, True, False, False, None, "s3"),
+        ("r4", "b1", 4, T, "dog", True, False, False, True, "h4", None),
+        ("r5", "b2", 1, T, "", True, True, True, False, "h5", "s5"),
+        ("r1", "b2", 2, T, "cat", True, None, False, False, "h1b", None),
+        ("r6", "b2", 4, T, "dog", True, False, False, False, "h6", None),
+        ("r7", "b2", 5, T, "cat", True, False, False, False, "h7", None),
+    ],
+    "cluster_assignments": [
+        ("r1", "b1", 7, "kmeans+assign", 0.5, False, "run1", _ts(1, 10, 30)),
+        ("r3", "b1", 5, "kmeans+assign", 0.9, False, "run1", _ts(1, 10, 30)),
+        ("r5", "b2", 1, "hdbscan+assign", 0.0, False, "run2", _ts(1, 12, 30)),
+        ("r1", "b2", -1, "hdbscan+assign", None, None, "run2", _ts(1, 12, 30)),
+        ("r7", "b2", 0, "hdbscan+assign", 0.1, False, "run2", _ts(1, 12, 30)),
+    ],
+    "recluster_assignments": [
+        ("r1", "b1", 0, "hdbscan", 0.1, False, "run2", _ts(1, 11)),
+        ("r2", "b1", 1, "hdbscan", 0.4, False, "run2", _ts(1, 11)),
+        ("r3", "b1", 0, "hdbscan", 0.3, False, "run2", _ts(1, 11)),
+        ("r4", "b1", 0, "hdbscan", 0.2, None, "run2", _ts(1, 11)),
+    ],
+    "cluster_summary": [
+        (
+            0,
+            "cats",
+            3,
+            ["r1", "r3"],
+            ["cat", "kitten"],
+            '{"cat": 2, "dog": 1}',
+            0.67,
+            0.67,
+            "hdbscan",
+            "run2",
+        ),
+        (1, "dogs", 2, ["r5"], ["dog"], '{"dog": 1}', 1.0, 0.5, "hdbscan", "run2"),
+        (0, "stale name", 9, [], [], "{}", 0.0, 0.0, "kmeans", "run1"),
+    ],
+}
 
 
 @pytest.fixture(scope="module")
 def warehouse(real_models: dict[str, SqlModel], tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    lake = Lake(tmp_path_factory.mktemp("lake"))
+    for table, rows in LAKE_ROWS.items():
+        _write_lake(lake, table, rows)
     con = duckdb.connect()
-    con.execute(WAREHOUSE_DDL)
-    con.execute(WAREHOUSE_ROWS)
+    register_views(con, lake)
     out_dir = tmp_path_factory.mktemp("models")
-    counts: dict[str, int] = {}
-    for name in topo_order(real_models):  # run_model + views, as the Dagster assets do
-        path = out_dir / f"{name}.parquet"
-        counts[name] = run_model(con, real_models[name], path)
-        register_view(con, name, path)
+    counts = run_all(con, real_models, out_dir)  # topological order, each output registered as a view
     yield con, counts, out_dir
     con.close()
 
 
-def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict]:
+def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
     cur = con.execute(sql)
     cols = [d[0] for d in cur.description]
     return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
 
+def _keyed(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, dict[str, Any]]:
+    return {r["record_id"] + r["batch_id"]: r for r in _rows(con, f"select * from {table}")}
+
+
 def test_real_models_run_and_write(warehouse) -> None:  # type: ignore[no-untyped-def]
     _, counts, out_dir = warehouse
-    assert counts["stg_raw_records"] == 7
-    assert counts["stg_clusters"] == 6  # only the latest run
+    assert counts["stg_raw_records"] == 9  # every version, deletes included
+    assert counts["stg_aligned_records"] == 8  # every aligned version
+    assert counts["stg_clusters"] == 5  # current records with a cluster: r1@b2, r3, r4, r5, r7
     assert counts["stg_cluster_summary"] == 3
-    assert counts["int_records_with_clusters"] == 7
+    assert counts["int_records_with_clusters"] == 6  # current aligned records
     assert counts["cluster_profiles"] == 3
     assert counts["batch_quality"] == 3
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(f"{n}.parquet" for n in counts)
@@ -349,33 +399,68 @@ def test_real_models_run_and_write(warehouse) -> None:  # type: ignore[no-untype
 
 def test_staging_derivations(warehouse) -> None:  # type: ignore[no-untyped-def]
     con, _, _ = warehouse
-    rec = {r["record_id"] + r["batch_id"]: r for r in _rows(con, "select * from stg_raw_records")}
+    rec = _keyed(con, "stg_raw_records")
     assert rec["r3b1"]["op"] == "upsert" and rec["r3b1"]["has_timestamp"] is False
     assert rec["r3b1"]["audio_path"] is None and rec["r3b1"]["declares_tabular"] is False
-    assert rec["r4b1"]["declares_tabular"] is True and rec["r6b2"]["declares_tabular"] is False
-    assert rec["r5b2"]["label"] is None and rec["r6b2"]["is_delete"] is True
-    img = {r["record_id"]: r for r in _rows(con, "select * from stg_raw_images")}
-    assert img["r1"]["megapixels"] == pytest.approx(2.0) and img["r1"]["aspect_ratio"] == pytest.approx(2.0)
-    assert img["r1"]["orientation"] == "landscape" and img["r3"]["orientation"] == "square"
-    assert img["r1"]["image_sha256"] == "s1" and img["r1"]["image_format"] == "PNG"
-    txt = {r["record_id"]: r for r in _rows(con, "select * from stg_raw_text")}
-    assert txt["r1"]["n_words"] == 5 and txt["r2"]["n_words"] == 0 and txt["r2"]["is_blank"]
+    assert rec["r4b1"]["declares_tabular"] is True and rec["r2b2"]["declares_tabular"] is False
+    assert (
+        rec["r5b2"]["label"] is None
+        and rec["r2b2"]["is_delete"] is True
+        and rec["r2b1"]["is_delete"] is False
+    )
+    # per-record staging models read the current views: superseded (r1@b1) and deleted (r2) versions are gone
+    img = _keyed(con, "stg_raw_images")
+    assert set(img) == {"r3b1", "r5b2"}
+    assert img["r5b2"]["megapixels"] == pytest.approx(2.0) and img["r5b2"]["aspect_ratio"] == pytest.approx(
+        2.0
+    )
+    assert img["r5b2"]["orientation"] == "landscape" and img["r3b1"]["orientation"] == "square"
+    assert img["r5b2"]["image_sha256"] == "s5" and img["r5b2"]["image_format"] == "PNG"
+    txt = _keyed(con, "stg_raw_text")
+    assert set(txt) == {"r1b2", "r4b1"}
+    assert txt["r1b2"]["n_words"] == 5 and txt["r4b1"]["n_words"] == 0 and txt["r4b1"]["is_blank"]
     rej = _rows(con, "select modality from stg_rejected_records order by batch_id, line_number, modality")
     assert [r["modality"] for r in rej] == ["audio", "image", "record", "record"]
-    al = {r["record_id"] + r["batch_id"]: r for r in _rows(con, "select * from stg_aligned_records")}
+    al = _keyed(con, "stg_aligned_records")
+    assert set(al) == {"r1b1", "r2b1", "r3b1", "r4b1", "r5b2", "r1b2", "r6b2", "r7b2"}
+    assert {k for k, r in al.items() if not r["is_current"]} == {"r1b1", "r2b1"}
     assert al["r1b2"]["has_image"] is False and al["r5b2"]["n_modalities"] == 3
-    assert al["r3b1"]["has_timestamp"] is False
-    cl = {r["record_id"] + r["batch_id"]: r for r in _rows(con, "select * from stg_clusters")}
+    assert al["r3b1"]["has_timestamp"] is False and al["r5b2"]["has_label"] is False
+    cl = _keyed(con, "stg_clusters")
+    assert set(cl) == {"r1b2", "r3b1", "r4b1", "r5b2", "r7b2"}
     assert cl["r1b2"]["is_outlier"] is True and cl["r4b1"]["is_outlier"] is False
     assert {r["cluster_run_id"] for r in cl.values()} == {"run2"}
+    # the latest of the full re-cluster (11:00) and the eager assignments (10:30 for b1, 12:30 for b2)
+    assert {k: r["assignment_source"] for k, r in cl.items()} == {
+        "r1b2": "incremental",
+        "r3b1": "recluster",
+        "r4b1": "recluster",
+        "r5b2": "incremental",
+        "r7b2": "incremental",
+    }
+    assert cl["r3b1"]["cluster_id"] == 0 and cl["r3b1"]["cluster_algorithm"] == "hdbscan"
+
+
+def test_stg_raw_records_normalises_op(real_models: dict[str, SqlModel], tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    raw = _frame("raw_records", [("b1", 1, "r1", " UPSERT ", T, " ", None, " ", None, "null", "m", T)])
+    lake.write_partition("raw_records", "b1", raw.with_columns(landed_at=pl.lit(T)))
+    con = duckdb.connect()
+    register_views(con, lake)
+    run_model(con, real_models["stg_raw_records"], tmp_path / "out.parquet")
+    (row,) = _rows(con, f"select * from read_parquet('{tmp_path / 'out.parquet'}')")
+    assert row["op"] == "upsert" and row["is_delete"] is False and row["label"] is None
+    assert row["text_declared"] is False and row["image_path"] is None and row["declares_tabular"] is False
 
 
 def test_int_records_with_clusters(warehouse) -> None:  # type: ignore[no-untyped-def]
     con, _, _ = warehouse
-    rows = {r["record_id"] + r["batch_id"]: r for r in _rows(con, "select * from int_records_with_clusters")}
-    assert rows["r1b1"]["cluster_id"] == 0 and rows["r1b2"]["cluster_id"] == -1
-    assert rows["r1b2"]["is_outlier"] is True
+    rows = _keyed(con, "int_records_with_clusters")
+    assert set(rows) == {"r1b2", "r3b1", "r4b1", "r5b2", "r6b2", "r7b2"}  # current versions only
+    assert rows["r1b2"]["cluster_id"] == -1 and rows["r1b2"]["is_outlier"] is True
+    assert rows["r3b1"]["cluster_id"] == 0 and rows["r3b1"]["cluster_run_id"] == "run2"
     assert rows["r6b2"]["is_clustered"] is False and rows["r6b2"]["cluster_id"] is None
+    assert rows["r6b2"]["is_outlier"] is False
     assert rows["r5b2"]["has_audio"] is True and rows["r4b1"]["has_tabular"] is True
 
 
@@ -384,17 +469,22 @@ def test_cluster_profiles_numbers(warehouse) -> None:  # type: ignore[no-untyped
     prof = {r["cluster_id"]: r for r in _rows(con, "select * from cluster_profiles")}
     assert list(prof) == [-1, 0, 1]
     c0, c1, out = prof[0], prof[1], prof[-1]
+    # cluster 0: r3, r4 and r7 (r1's old version, clustered 0 in run2, is superseded)
     assert c0["n_records"] == 3 and c0["cluster_name"] == "cats" and c0["top_terms"] == ["cat", "kitten"]
-    assert c0["text_share"] == pytest.approx(2 / 3) and c0["image_share"] == pytest.approx(2 / 3)
+    assert c0["text_share"] == pytest.approx(2 / 3) and c0["image_share"] == pytest.approx(1 / 3)
     assert c0["audio_share"] == 0 and c0["tabular_share"] == pytest.approx(1 / 3)
     assert c0["dominant_label"] == "cat" and c0["dominant_label_count"] == 2
     assert c0["label_purity"] == pytest.approx(2 / 3) and c0["n_labelled"] == 3
-    assert c0["mean_distance_to_centroid"] == pytest.approx(0.2)
-    assert c1["n_records"] == 2 and c1["cluster_name"] == "dogs"
-    assert c1["text_share"] == 1.0 and c1["image_share"] == 0.5 and c1["audio_share"] == 0.5
-    assert c1["n_labelled"] == 1 and c1["dominant_label"] == "dog" and c1["label_purity"] == 1.0
+    assert c0["mean_distance_to_centroid"] == pytest.approx(0.2) and c0["cluster_run_id"] == "run2"
+    # cluster 1: r5 only (r2, clustered 1 in run2, was deleted in b2); r5 has no label
+    assert c1["n_records"] == 1 and c1["cluster_name"] == "dogs"
+    assert c1["text_share"] == 1.0 and c1["image_share"] == 1.0 and c1["audio_share"] == 1.0
+    assert c1["n_labelled"] == 0 and c1["dominant_label"] is None and c1["dominant_label_count"] == 0
+    assert c1["label_purity"] is None and c1["cluster_algorithm"] == "hdbscan+assign"
+    # outliers: r1's current version
     assert out["is_outlier_group"] is True and out["n_records"] == 1 and out["cluster_name"] is None
-    assert out["top_terms"] == [] and not c0["is_outlier_group"]
+    assert out["top_terms"] == [] and out["mean_distance_to_centroid"] is None and not c0["is_outlier_group"]
+    assert out["dominant_label"] == "cat" and out["label_purity"] == 1.0
 
 
 def test_batch_quality_numbers(warehouse) -> None:  # type: ignore[no-untyped-def]
@@ -402,13 +492,16 @@ def test_batch_quality_numbers(warehouse) -> None:  # type: ignore[no-untyped-de
     bq = {r["batch_id"]: r for r in _rows(con, "select * from batch_quality")}
     assert list(bq) == ["b1", "b2", "b3"]
     b1, b2, b3 = bq["b1"], bq["b2"], bq["b3"]
+    # per batch, from history: r1@b1 (superseded) and r2@b1 (deleted later) still count in b1
     assert (b1["n_manifest_lines"], b1["n_raw_records"], b1["n_aligned_records"]) == (5, 4, 4)
+    assert (b1["n_aligned_with_text"], b1["n_aligned_with_image"]) == (3, 2)
     assert (b1["n_rejected_lines"], b1["n_rejections"]) == (2, 3)
     assert (b1["n_rejected_image"], b1["n_rejected_audio"], b1["n_rejected_record"]) == (1, 1, 1)
     assert (b1["n_rejected_text"], b1["n_rejected_tabular"], b1["n_rejected_other"]) == (0, 0, 0)
     assert b1["rejection_rate"] == pytest.approx(0.4) and b1["manifest_sha256"] == "m1"
-    assert (b2["n_manifest_lines"], b2["n_aligned_records"], b2["n_rejected_lines"]) == (3, 3, 0)
-    assert b2["rejection_rate"] == 0.0 and b2["n_distinct_records"] == 3
+    # b2: 5 lines, the delete is a raw record but not aligned
+    assert (b2["n_manifest_lines"], b2["n_raw_records"], b2["n_aligned_records"]) == (5, 5, 4)
+    assert b2["n_rejected_lines"] == 0 and b2["rejection_rate"] == 0.0 and b2["n_distinct_records"] == 5
     assert (b3["n_manifest_lines"], b3["n_raw_records"], b3["n_aligned_records"]) == (1, 0, 0)
     assert b3["n_rejected_record"] == 1 and b3["rejection_rate"] == 1.0 and b3["manifest_sha256"] is None
 
@@ -424,8 +517,21 @@ def test_mart_types_are_stable(warehouse) -> None:  # type: ignore[no-untyped-de
     assert types["top_terms"] == "VARCHAR[]" and types["n_records"] == "BIGINT"
 
 
-def test_run_all_matches_manual_run(real_models: dict[str, SqlModel], tmp_path: Path) -> None:
+def test_run_all_on_an_empty_lake(real_models: dict[str, SqlModel], tmp_path: Path) -> None:
     con = duckdb.connect()
-    con.execute(WAREHOUSE_DDL)  # empty warehouse: every model still runs
-    counts = run_all(con, real_models, tmp_path)
+    register_views(con, Lake(tmp_path / "lake"))  # empty lake: every view is valid, every model still runs
+    counts = run_all(con, real_models, tmp_path / "models")
     assert set(counts) == set(real_models) and all(v == 0 for v in counts.values())
+
+
+def test_run_all_reads_legacy_partitions(real_models: dict[str, SqlModel], tmp_path: Path) -> None:
+    """A raw_records partition written before landed_at existed still reads (union_by_name, NULL landed_at)."""
+    lake = Lake(tmp_path / "lake")
+    lake.ensure_initialized()
+    legacy = _frame("raw_records", [("b0", 1, "r1", "upsert", T, "cat", True, None, None, None, "m0", T)])
+    atomic_write_parquet(legacy, lake.partition_path("raw_records", "b0"))
+    _write_lake(lake, "aligned_records", [("r1", "b0", 1, T, "cat", True, False, False, False, "h", None)])
+    con = duckdb.connect()
+    register_views(con, lake)
+    counts = run_all(con, real_models, tmp_path / "models")
+    assert counts["stg_raw_records"] == 1 and counts["int_records_with_clusters"] == 1

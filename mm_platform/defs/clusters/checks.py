@@ -1,5 +1,4 @@
-"""Checks on the global cluster tables."""
-
+"""Checks on the cluster tables."""
 
 import dagster as dg
 
@@ -7,16 +6,17 @@ from mm_platform.defs.clusters.assets import cluster_summary, clusters
 from mm_platform.defs.resources import WarehouseResource
 
 
-@dg.asset_check(asset=clusters, description="every fused vector has exactly one cluster assignment")
+@dg.asset_check(asset=clusters, description="every current fused vector has exactly one current cluster")
 def clusters_cover_fused_vectors(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     lake = warehouse.lake
-    fused = set(lake.read_table("fused_vectors")["record_id"].to_list())
-    assigned = lake.read_table("clusters")["record_id"].to_list()
+    fused = set(lake.read_current("fused_vectors")["record_id"].to_list())
+    assigned = lake.current_clusters()["record_id"].to_list()
     missing = fused - set(assigned)
-    dupes = len(assigned) - len(set(assigned))
+    extra = set(assigned) - fused
     return dg.AssetCheckResult(
-        passed=not missing and not dupes,
-        metadata={"fused": len(fused), "assigned": len(assigned), "missing": sorted(missing)[:20], "duplicates": dupes},
+        passed=not missing and not extra,
+        metadata={"fused": len(fused), "assigned": len(assigned), "missing": sorted(missing)[:20],
+                  "not_current": sorted(extra)[:20]},
     )
 
 
@@ -24,5 +24,5 @@ def clusters_cover_fused_vectors(warehouse: WarehouseResource) -> dg.AssetCheckR
 def summary_sizes_match(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     lake = warehouse.lake
     total = int(lake.read_table("cluster_summary")["size"].sum() or 0)
-    n = lake.read_table("clusters").height
+    n = lake.current_clusters().height
     return dg.AssetCheckResult(passed=total == n, metadata={"summary_total": total, "clustered": n})

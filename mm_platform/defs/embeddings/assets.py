@@ -27,7 +27,48 @@ def _progress(context: dg.AssetExecutionContext, what: str) -> Callable[[int, in
     return report
 
 
-def embedding_frame(src: pl.DataFrame, content_col: str, vectors: np.ndarray, info: ModelInfo) -> pl.DataFrame:
+def cached_vectors(warehouse: WarehouseResource, table: str, info: ModelInfo, hashes: list[str]) -> dict[str, list]:
+    """Vectors this exact model (id + weights version) already made for these contents, in any batch."""
+    if not hashes:
+        return {}
+    with warehouse.compute_connection() as con:
+        rows = con.execute(
+            f"SELECT content_sha256, any_value(embedding) FROM {table}_history "
+            "WHERE model = ? AND model_version = ? AND content_sha256 IN (SELECT unnest(?)) GROUP BY 1",
+            [info.model_id, info.model_version, sorted(set(hashes))],
+        ).fetchall()
+    return dict(rows)
+
+
+def embed_with_cache(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, table: str, info: ModelInfo,
+    hashes: list[str], encode: Callable[[list[int]], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors for every row: from the cache keyed by (content hash, model, version) where this model has
+    seen the content before, else from ``encode(row indices)`` (each distinct content encoded once).
+    Returns (vectors, cache_hit per row)."""
+    cache = cached_vectors(warehouse, table, info, hashes)
+    first_row: dict[str, int] = {}
+    for i, h in enumerate(hashes):
+        if h not in cache:
+            first_row.setdefault(h, i)
+    todo = list(first_row.values())
+    fresh = encode(todo) if todo else np.zeros((0, info.dim), dtype=np.float32)
+    computed = dict(zip((hashes[i] for i in todo), fresh, strict=True))
+    vectors = np.zeros((len(hashes), info.dim), dtype=np.float32)
+    hit = np.zeros(len(hashes), dtype=bool)
+    for i, h in enumerate(hashes):
+        if h in cache:
+            vectors[i], hit[i] = cache[h], True
+        else:
+            vectors[i] = computed[h]
+    context.log.info(f"{table}: {int(hit.sum())} of {len(hashes)} from the embedding cache, {len(todo)} encoded")
+    return vectors, hit
+
+
+def embedding_frame(
+    src: pl.DataFrame, content_col: str, vectors: np.ndarray, info: ModelInfo, cache_hit: np.ndarray
+) -> pl.DataFrame:
     """The embedding rows of ``src`` (record_id, batch_id, content hash) with the model that made them."""
     n = src.height
     return pl.DataFrame(
@@ -40,6 +81,7 @@ def embedding_frame(src: pl.DataFrame, content_col: str, vectors: np.ndarray, in
             "dim": [info.dim] * n,
             "content_sha256": src[content_col],
             "embedding": pl.Series(vectors.astype(np.float32).tolist(), dtype=pl.List(pl.Float32)),
+            "cache_hit": cache_hit,
         }
     )
 
@@ -53,6 +95,8 @@ def _result(df: pl.DataFrame, info: ModelInfo, check: dg.AssetCheckResult, profi
             "space": info.space,
             "dim": info.dim,
             "profile": profile,
+            "cache_hits": int(df["cache_hit"].sum()) if df.height else 0,
+            "cache_hit_rate": float(df["cache_hit"].mean()) if df.height else 0.0,
             "preview": preview(df, ["record_id", "model", "dim", "content_sha256"]),
         },
         check_results=[check],
@@ -71,13 +115,19 @@ def text_embeddings(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, encoders: EncodersResource
 ) -> dg.MaterializeResult:
     """A unit-norm vector per record text, from the text encoder of the active profile (MiniLM offline, the
-    CLIP text tower with ``clip``); every row names its model, version and embedding space."""
+    CLIP text tower with ``clip``); every row names its model, version and embedding space. Content this
+    model already embedded (same text hash, same model and weights version, any batch) comes from the
+    cache instead of being encoded again (``cache_hit``)."""
     batch_id = context.partition_key
     lake = warehouse.lake
     src = lake.read_partition("raw_text", batch_id)
     encoder = encoders.encoders.text()
-    vectors = encoder.encode(src["text"].to_list(), progress=_progress(context, "texts encoded"))
-    df = embedding_frame(src, "text_sha256", vectors, encoder.info)
+    texts = src["text"].to_list()
+    vectors, hit = embed_with_cache(
+        context, warehouse, "text_embeddings", encoder.info, src["text_sha256"].to_list(),
+        lambda rows: encoder.encode([texts[i] for i in rows], progress=_progress(context, "texts encoded")),
+    )
+    df = embedding_frame(src, "text_sha256", vectors, encoder.info, hit)
     lake.write_partition("text_embeddings", batch_id, df)
     check = vectors_valid(df, set(src["record_id"].to_list()), "text_embeddings")
     return _result(df, encoder.info, check, encoders.encoders.profile)
@@ -95,13 +145,18 @@ def image_embeddings(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, encoders: EncodersResource
 ) -> dg.MaterializeResult:
     """A unit-norm vector per record image (EfficientNet-Lite0 offline, the CLIP image tower with ``clip``).
-    Images are decoded in DataLoader workers so decoding overlaps inference."""
+    Images are decoded in DataLoader workers so decoding overlaps inference; image bytes this model already
+    embedded come from the cache (``cache_hit``)."""
     batch_id = context.partition_key
     lake = warehouse.lake
     src = lake.read_partition("raw_images", batch_id)
     encoder = encoders.encoders.image()
-    vectors = encoder.encode_paths(src["uri"].to_list(), progress=_progress(context, "images encoded"))
-    df = embedding_frame(src, "sha256", vectors, encoder.info)
+    uris = src["uri"].to_list()
+    vectors, hit = embed_with_cache(
+        context, warehouse, "image_embeddings", encoder.info, src["sha256"].to_list(),
+        lambda rows: encoder.encode_paths([uris[i] for i in rows], progress=_progress(context, "images encoded")),
+    )
+    df = embedding_frame(src, "sha256", vectors, encoder.info, hit)
     lake.write_partition("image_embeddings", batch_id, df)
     check = vectors_valid(df, set(src["record_id"].to_list()), "image_embeddings")
     return _result(df, encoder.info, check, encoders.encoders.profile)

@@ -51,14 +51,16 @@ def _rejection_frame(rows: list[Rejection], stage: str) -> pl.DataFrame:
 def raw_records(
     context: dg.AssetExecutionContext, landing: LandingResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    """Every valid manifest line of a landing batch, one row per record (with its op, declared media and
-    manifest hash). Malformed lines and broken optional fields are quarantined with a reason."""
+    """Every valid manifest line of a landing batch, one row per record (with its op, declared media,
+    manifest hash and ``landed_at``, the manifest's mtime, which orders record versions across batches).
+    Malformed lines and broken optional fields are quarantined with a reason."""
     batch_id = context.partition_key
     batch_dir = landing.batch_dir(batch_id)
     if not (batch_dir / MANIFEST_NAME).exists():
         raise dg.Failure(
             f"batch {batch_id!r} has no {MANIFEST_NAME} in {batch_dir} (moved or deleted after it was registered?)"
         )
+    landed_at = datetime.fromtimestamp((batch_dir / MANIFEST_NAME).stat().st_mtime, UTC)
     parsed = parse_manifest(batch_dir, batch_id)
     rejections = list(parsed.rejections)
     for rec in parsed.records:
@@ -85,6 +87,7 @@ def raw_records(
             "fields_json": [json.dumps(r.fields, sort_keys=True) if r.fields is not None else None for r in recs],
             "manifest_sha256": [parsed.manifest_sha256] * len(recs),
             "ingested_at": [now] * len(recs),
+            "landed_at": [landed_at] * len(recs),
             "text": [r.text for r in recs],
         },
         schema_overrides={"timestamp": pl.Datetime("us", "UTC"), "label": pl.String, "image_path": pl.String,

@@ -1,4 +1,5 @@
-"""SQL models (``dbt_like_sql/``) as assets: one asset per ``.sql`` file, dependencies parsed from the SQL.
+"""SQL models (``dbt_like_sql/``) as assets: one asset per ``.sql`` file, dependencies parsed from the SQL
+(a warehouse view such as ``clusters`` or ``aligned_records_history`` maps to the assets it reads).
 
 Each model runs in an in-memory DuckDB that sees the lake's views (and upstream models), writes its result
 to ``<lake>/<model>/part.parquet`` atomically, and gets a view of its own in the warehouse file.
@@ -14,10 +15,15 @@ import polars as pl
 from mm_platform.defs.clusters.assets import GLOBAL_AUTOMATION
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.resources import WarehouseResource
+from mm_platform.lib.lake import VIEW_SOURCES
 from mm_platform.lib.sql_models import SqlModel, discover_models, run_model
 
 #: The SQL project: ``$MM_SQL_DIR``, else ``dbt_like_sql/`` beside the package.
 SQL_DIR = Path(os.environ.get("MM_SQL_DIR") or Path(__file__).resolve().parents[3] / "dbt_like_sql")
+
+
+#: Lake tables written by an asset of another name.
+TABLE_ASSETS = {"recluster_assignments": "clusters", "cluster_metrics": "clusters", "batches": "vector_points"}
 
 
 def _ensure_upstream_views(con, model: SqlModel, models: dict[str, SqlModel], lake) -> None:
@@ -35,7 +41,8 @@ def build_sql_model_asset(model: SqlModel, models: dict[str, SqlModel]) -> dg.As
 
     @dg.asset(
         name=model.name,
-        deps=[dg.AssetKey(dep) for dep in sorted(model.deps)],
+        deps=sorted({dg.AssetKey(TABLE_ASSETS.get(table, table))
+                     for dep in model.deps for table in VIEW_SOURCES.get(dep, (dep,))}),
         group_name="sql_models",
         kinds={"duckdb", "sql"},
         tags={"layer": model.layer},
