@@ -75,9 +75,14 @@ def cmd_make_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from mm_platform.orchestrate import ingest
+    from mm_platform.lib.ledger import nothing_to_do
 
     paths = Paths.from_env()
+    if not (args.batch or args.force or args.recluster) and nothing_to_do(paths):
+        print("nothing new to ingest")
+        return 0
+    from mm_platform.orchestrate import ingest
+
     try:
         report = ingest(paths, batch_ids=args.batch or None, force=args.force, recluster=args.recluster,
                         log_level=args.log_level, echo=lambda s: print(s, flush=True))

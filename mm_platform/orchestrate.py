@@ -20,6 +20,7 @@ import dagster as dg
 import polars as pl
 
 from mm_platform.lib.lake import Lake
+from mm_platform.lib.ledger import global_layer_stale, mark_global_fresh
 from mm_platform.lib.manifest import BatchInfo, list_complete_batches
 from mm_platform.lib.settings import Paths
 
@@ -69,25 +70,6 @@ def pending_batches(paths: Paths, lake: Lake, profile: str | None = None) -> lis
         if b.batch_id not in done or done[b.batch_id][0] != b.manifest_sha256
         or (profile is not None and done[b.batch_id][1] != profile)
     ]
-
-
-GLOBAL_STAMP = "_global_refresh.fingerprint"
-
-
-def global_layer_stale(lake: Lake) -> bool:
-    """True when the last successful global refresh did not see the current fused vectors."""
-    from mm_platform.defs.clusters.assets import fingerprint
-
-    if not lake.partitions("fused_vectors"):
-        return False
-    stamp = lake.root / GLOBAL_STAMP
-    return not stamp.exists() or stamp.read_text() != fingerprint(lake)
-
-
-def mark_global_fresh(lake: Lake) -> None:
-    from mm_platform.defs.clusters.assets import fingerprint
-
-    (lake.root / GLOBAL_STAMP).write_text(fingerprint(lake))
 
 
 @dataclass

@@ -153,6 +153,10 @@ class EncodersResource(dg.ConfigurableResource):
         modalities cheap)."""
         return profile_key(self._encoders.profile, self.settings())
 
+    def request_key(self) -> str:
+        """The settings as requested (before `auto` is resolved), as `ledger.encoder_request_key` reads them."""
+        return "|".join((self.profile, self.clip_arch, self.clip_pretrained, self.clip_config))
+
 
 class PipelineConfigResource(dg.ConfigurableResource):
     """Fusion and clustering choices, recorded with every result they produce."""

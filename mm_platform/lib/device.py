@@ -12,7 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +88,7 @@ def resolve_device(spec: str) -> torch.device:
         ValueError: the spec is malformed, or names a CUDA device that is not available.
         TypeError: the spec is not a string.
     """
+    import torch
     s = _normalise_spec(spec)
     if not _DEVICE_RE.match(s):
         raise ValueError(
@@ -113,6 +117,7 @@ def resolve_device(spec: str) -> torch.device:
 
 def effective_precision(device: torch.device, precision: str) -> str:
     """The precision that actually runs on ``device``: reduced precision only on CUDA (bf16 only if supported)."""
+    import torch
     if precision not in PRECISIONS:
         raise ValueError(f"invalid precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
@@ -137,6 +142,7 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
     On CUDA, ``fp16``/``bf16`` enable :func:`torch.autocast`; everything else (fp32, or any precision on CPU)
     is a no-op context. Raises ValueError for an unknown precision.
     """
+    import torch
     eff = effective_precision(device, precision)
     if eff == "fp32":
         return contextlib.nullcontext()
@@ -146,6 +152,7 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
 
 def is_oom_error(exc: BaseException) -> bool:
     """True when ``exc`` is a CUDA out-of-memory error (typed, or an older plain RuntimeError)."""
+    import torch
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
@@ -153,6 +160,7 @@ def is_oom_error(exc: BaseException) -> bool:
 
 def free_cuda_memory() -> None:
     """Release cached CUDA blocks (no-op when CUDA was never initialised)."""
+    import torch
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 

@@ -71,7 +71,7 @@ PARTITIONED_TABLES: dict[str, dict[str, pl.DataType]] = {
     "batches": {
         "batch_id": pl.String, "manifest_sha256": pl.String, "manifest_lines": pl.Int32,
         "aligned_records": pl.Int32, "rejected_lines": pl.Int32, "points": pl.Int32, "deletes": pl.Int32,
-        "completed_at": TS, "profile_key": pl.String,
+        "completed_at": TS, "profile_key": pl.String, "profile_request": pl.String,
     },
     "vector_points": {
         "record_id": pl.String, "batch_id": pl.String, "point_id": pl.String, "vectors": pl.List(pl.String),

@@ -8,7 +8,6 @@
 - ``cluster_summary`` explains the current clusters.
 """
 
-import hashlib
 import json
 import uuid
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from mm_platform.lib.clustering import (
     top_terms,
 )
 from mm_platform.lib.lake import Lake
+from mm_platform.lib.ledger import fused_fingerprint
 
 RECLUSTER_CRON = "0 3 * * *"
 #: Global assets that summarise clusters follow any change at once.
@@ -73,13 +73,6 @@ def run_clustering(X: np.ndarray, pipeline: PipelineConfigResource) -> tuple[Clu
         res = kmeans_auto(Z, k=pipeline.cluster_k or None, k_max=pipeline.cluster_k_max, seed=pipeline.seed)
     res.params["reduction"] = f"pca{comps.shape[0]}" if comps is not None else "none"
     return res, Z, (mean, comps)
-
-
-def fingerprint(lake: Lake) -> str:
-    """Identifies the clustering input: the fused partitions and their files' mtimes."""
-    parts = [f"{b}:{lake.partition_path('fused_vectors', b).stat().st_mtime_ns}"
-             for b in lake.partitions("fused_vectors")]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _metrics_row(run_id: str, space: str, res: ClusterResult, scores: dict, n: int, fp: str, **extra) -> dict:
@@ -124,7 +117,7 @@ def clusters(
     lake = warehouse.lake
     run_id = uuid.uuid4().hex[:12]
     ids, batch_ids, X = current_vectors(lake, "fused_vectors")
-    fp = fingerprint(lake)
+    fp = fused_fingerprint(lake)
     if not ids:
         lake.write_global("recluster_assignments", pl.DataFrame(schema=lake.read_table("recluster_assignments").schema))
         return dg.MaterializeResult(metadata={"dagster/row_count": 0, "k": 0})

@@ -103,6 +103,23 @@ def _result(df: pl.DataFrame, info: ModelInfo, check: dg.AssetCheckResult, profi
     )
 
 
+def embed_partition(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, encoders: EncodersResource, *,
+    table: str, source: str, content_col: str, encoder,
+    encode: Callable[[pl.DataFrame, list[int]], np.ndarray],
+) -> dg.MaterializeResult:
+    """Embed one batch of ``source`` into ``table`` through the cache, write it, check it, describe it."""
+    batch_id = context.partition_key
+    lake = warehouse.lake
+    src = lake.read_partition(source, batch_id)
+    vectors, hit = embed_with_cache(context, warehouse, table, encoder.info, src[content_col].to_list(),
+                                    lambda rows: encode(src, rows))
+    df = embedding_frame(src, content_col, vectors, encoder.info, hit)
+    lake.write_partition(table, batch_id, df)
+    check = vectors_valid(df, set(src["record_id"].to_list()), table)
+    return _result(df, encoder.info, check, encoders.encoders.profile)
+
+
 @dg.asset(
     partitions_def=batches_partitions,
     deps=[raw_text],
@@ -118,19 +135,13 @@ def text_embeddings(
     CLIP text tower with ``clip``); every row names its model, version and embedding space. Content this
     model already embedded (same text hash, same model and weights version, any batch) comes from the
     cache instead of being encoded again (``cache_hit``)."""
-    batch_id = context.partition_key
-    lake = warehouse.lake
-    src = lake.read_partition("raw_text", batch_id)
     encoder = encoders.encoders.text()
-    texts = src["text"].to_list()
-    vectors, hit = embed_with_cache(
-        context, warehouse, "text_embeddings", encoder.info, src["text_sha256"].to_list(),
-        lambda rows: encoder.encode([texts[i] for i in rows], progress=_progress(context, "texts encoded")),
+    return embed_partition(
+        context, warehouse, encoders, table="text_embeddings", source="raw_text", content_col="text_sha256",
+        encoder=encoder,
+        encode=lambda src, rows: encoder.encode([src["text"][i] for i in rows],
+                                                progress=_progress(context, "texts encoded")),
     )
-    df = embedding_frame(src, "text_sha256", vectors, encoder.info, hit)
-    lake.write_partition("text_embeddings", batch_id, df)
-    check = vectors_valid(df, set(src["record_id"].to_list()), "text_embeddings")
-    return _result(df, encoder.info, check, encoders.encoders.profile)
 
 
 @dg.asset(
@@ -147,16 +158,10 @@ def image_embeddings(
     """A unit-norm vector per record image (EfficientNet-Lite0 offline, the CLIP image tower with ``clip``).
     Images are decoded in DataLoader workers so decoding overlaps inference; image bytes this model already
     embedded come from the cache (``cache_hit``)."""
-    batch_id = context.partition_key
-    lake = warehouse.lake
-    src = lake.read_partition("raw_images", batch_id)
     encoder = encoders.encoders.image()
-    uris = src["uri"].to_list()
-    vectors, hit = embed_with_cache(
-        context, warehouse, "image_embeddings", encoder.info, src["sha256"].to_list(),
-        lambda rows: encoder.encode_paths([uris[i] for i in rows], progress=_progress(context, "images encoded")),
+    return embed_partition(
+        context, warehouse, encoders, table="image_embeddings", source="raw_images", content_col="sha256",
+        encoder=encoder,
+        encode=lambda src, rows: encoder.encode_paths([src["uri"][i] for i in rows],
+                                                      progress=_progress(context, "images encoded")),
     )
-    df = embedding_frame(src, "sha256", vectors, encoder.info, hit)
-    lake.write_partition("image_embeddings", batch_id, df)
-    check = vectors_valid(df, set(src["record_id"].to_list()), "image_embeddings")
-    return _result(df, encoder.info, check, encoders.encoders.profile)

@@ -1,48 +1,40 @@
 """SQL models (``dbt_like_sql/``) as assets: one asset per ``.sql`` file, dependencies parsed from the SQL
 (a warehouse view such as ``clusters`` or ``aligned_records_history`` maps to the assets it reads).
 
-Each model runs in an in-memory DuckDB that sees the lake's views (and upstream models), writes its result
-to ``<lake>/<model>/part.parquet`` atomically, and gets a view of its own in the warehouse file.
+As dagster-dbt does for dbt projects, all models are one subsettable multi-asset: one asset per model in
+the graph and the UI, one step per run (models run in dependency order in a single in-memory DuckDB that
+sees the lake's views), each writing ``<lake>/<model>/part.parquet`` atomically and getting a view of its
+own in the warehouse file.
 """
-
 
 import os
 from pathlib import Path
 
 import dagster as dg
-import polars as pl
+import duckdb
+
 
 from mm_platform.defs.clusters.assets import GLOBAL_AUTOMATION
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.resources import WarehouseResource
-from mm_platform.lib.lake import VIEW_SOURCES
-from mm_platform.lib.sql_models import SqlModel, discover_models, run_model
+from mm_platform.lib.lake import VIEW_SOURCES, Lake, read_parquet
+from mm_platform.lib.sql_models import SqlModel, discover_models, run_model, topo_order
 
 #: The SQL project: ``$MM_SQL_DIR``, else ``dbt_like_sql/`` beside the package.
 SQL_DIR = Path(os.environ.get("MM_SQL_DIR") or Path(__file__).resolve().parents[3] / "dbt_like_sql")
-
-
 #: Lake tables written by an asset of another name.
 TABLE_ASSETS = {"recluster_assignments": "clusters", "cluster_metrics": "clusters", "batches": "vector_points"}
 
 
-def _ensure_upstream_views(con, model: SqlModel, models: dict[str, SqlModel], lake) -> None:
-    """Upstream models that were never materialized are defined as plain views, so a model can always run."""
-    for dep in sorted(model.deps):
-        upstream = models.get(dep)
-        if upstream is None or lake.global_path(dep).exists():
-            continue
-        _ensure_upstream_views(con, upstream, models, lake)
-        con.execute(f'CREATE OR REPLACE VIEW "{dep}" AS {upstream.sql.strip().rstrip(";")}')
+def model_deps(model: SqlModel) -> list[dg.AssetKey]:
+    return sorted({dg.AssetKey(TABLE_ASSETS.get(table, table))
+                   for dep in model.deps for table in VIEW_SOURCES.get(dep, (dep,))})
 
 
-def build_sql_model_asset(model: SqlModel, models: dict[str, SqlModel]) -> dg.AssetsDefinition:
-    """An asset that materializes ``model``; its deps are the tables and models its SQL reads."""
-
-    @dg.asset(
-        name=model.name,
-        deps=sorted({dg.AssetKey(TABLE_ASSETS.get(table, table))
-                     for dep in model.deps for table in VIEW_SOURCES.get(dep, (dep,))}),
+def model_spec(model: SqlModel) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        key=model.name,
+        deps=model_deps(model),
         group_name="sql_models",
         kinds={"duckdb", "sql"},
         tags={"layer": model.layer},
@@ -51,20 +43,53 @@ def build_sql_model_asset(model: SqlModel, models: dict[str, SqlModel]) -> dg.As
                   "sql": dg.MetadataValue.md(f"```sql\n{model.sql.strip()}\n```")},
         automation_condition=GLOBAL_AUTOMATION,
     )
-    def _sql_model(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-        lake = warehouse.lake
-        with warehouse.compute_connection() as con:
-            _ensure_upstream_views(con, model, models, lake)
-            rows = run_model(con, model, lake.global_path(model.name))
-        head = pl.read_parquet(lake.global_path(model.name)).head(5)
-        warehouse.refresh_views(context.log)
-        return dg.MaterializeResult(metadata={"dagster/row_count": rows, "preview": preview(head)})
 
-    return _sql_model
+
+def ensure_upstream_views(con: duckdb.DuckDBPyConnection, model: SqlModel, models: dict[str, SqlModel],
+                          lake: Lake) -> None:
+    """Upstream models that were never materialized are defined as plain views, so a model can always run."""
+    for dep in sorted(model.deps):
+        upstream = models.get(dep)
+        if upstream is None or lake.global_path(dep).exists():
+            continue
+        ensure_upstream_views(con, upstream, models, lake)
+        con.execute(f'CREATE OR REPLACE VIEW "{dep}" AS {upstream.sql.strip().rstrip(";")}')
+
+
+def build_sql_models_asset(models: dict[str, SqlModel]) -> dg.AssetsDefinition:
+    order = topo_order(models)
+
+    @dg.multi_asset(
+        name="dbt_like_sql_models",
+        specs=[model_spec(models[name]) for name in order],
+        can_subset=True,
+        description="The SQL models of dbt_like_sql/, run in dependency order.",
+    )
+    def _sql_models(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+        lake = warehouse.lake
+        selected = {k.to_user_string() for k in context.selected_asset_keys}
+        with warehouse.compute_connection() as con:
+            for name in order:
+                if name not in selected:
+                    continue
+                model = models[name]
+                ensure_upstream_views(con, model, models, lake)
+                path = lake.global_path(name)
+                rows = run_model(con, model, path)
+                con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM read_parquet(\'{path}\')')
+                head = read_parquet(path).head(5)
+                yield dg.MaterializeResult(asset_key=name, metadata={"dagster/row_count": rows,
+                                                                     "preview": preview(head)})
+        warehouse.refresh_views(context.log)
+
+    return _sql_models
 
 
 def build_sql_model_assets(root: Path = SQL_DIR) -> list[dg.AssetsDefinition]:
     if not root.is_dir():
         return []
     models = discover_models(root)
-    return [build_sql_model_asset(m, models) for m in models.values()]
+    return [build_sql_models_asset(models)] if models else []
+
+
+

@@ -140,6 +140,7 @@ def vector_points(
         "rejected_lines": [rejected["line_number"].n_unique()],
         "points": [len(points)], "deletes": [len(delete_ids)], "completed_at": [now],
         "profile_key": [encoders.profile_key()],
+        "profile_request": [encoders.request_key()],
     }))
     return dg.MaterializeResult(
         metadata={

@@ -1,0 +1,59 @@
+"""The ingest ledger, readable without Dagster or torch: what was ingested, under which model settings,
+and whether the global layer saw the current fused vectors. Lets `mm-platform ingest` answer "nothing new"
+in a fraction of a second of work."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+
+from mm_platform.lib.lake import Lake
+from mm_platform.lib.manifest import list_complete_batches
+from mm_platform.lib.settings import Paths
+
+GLOBAL_STAMP = "_global_refresh.fingerprint"
+
+
+def encoder_request_key(env: Mapping[str, str] | None = None) -> str:
+    """The model settings as requested in the environment (before `auto` is resolved)."""
+    env = os.environ if env is None else env
+
+    def get(key: str, default: str) -> str:
+        return env.get(key, "").strip() or default
+
+    return "|".join((get("MM_MODEL_PROFILE", "auto"), get("MM_CLIP_ARCH", "ViT-B-32"),
+                     get("MM_CLIP_PRETRAINED", "laion2b_s34b_b79k"), get("MM_CLIP_CONFIG", "")))
+
+
+def fused_fingerprint(lake: Lake) -> str:
+    """Identifies the clustering input: the fused partitions and their files' mtimes."""
+    parts = [f"{b}:{lake.partition_path('fused_vectors', b).stat().st_mtime_ns}"
+             for b in lake.partitions("fused_vectors")]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def global_layer_stale(lake: Lake) -> bool:
+    """True when the last successful global refresh did not see the current fused vectors."""
+    if not lake.partitions("fused_vectors"):
+        return False
+    stamp = lake.root / GLOBAL_STAMP
+    return not stamp.exists() or stamp.read_text() != fused_fingerprint(lake)
+
+
+def mark_global_fresh(lake: Lake) -> None:
+    (lake.root / GLOBAL_STAMP).write_text(fused_fingerprint(lake))
+
+
+def nothing_to_do(paths: Paths, env: Mapping[str, str] | None = None) -> bool:
+    """True when every complete batch is ingested with its current manifest under the model settings the
+    environment requests now, and the global layer is fresh. (A change in what `auto` resolves to is picked
+    up by the next ingest that has work, or by `ingest --force`.)"""
+    lake = Lake(paths.lake_dir)
+    ledger = lake.read_table("batches")
+    done = {b: (h, r) for b, h, r in ledger.select("batch_id", "manifest_sha256", "profile_request").iter_rows()}
+    request = encoder_request_key(env)
+    for batch in list_complete_batches(paths.landing_dir):
+        if done.get(batch.batch_id) != (batch.manifest_sha256, request):
+            return False
+    return not global_layer_stale(lake)
