@@ -45,6 +45,10 @@ def build_definitions() -> dg.Definitions:
             ),
         ],
         resources=build_resources(),
+        # one process per run: each step process would otherwise load the encoders again (seconds each),
+        # and embedded Qdrant / DuckDB prefer one process; runs still go in parallel (run queue) and the
+        # `qdrant` pool still serialises writers across runs
+        executor=dg.in_process_executor,
     )
 
 

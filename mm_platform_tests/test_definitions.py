@@ -37,7 +37,8 @@ def test_assets_groups_and_partitions():
 def test_sql_model_dependencies_are_parsed_into_the_graph():
     graph = defs.resolve_asset_graph()
     clusters_stg = graph.get(dg.AssetKey("stg_clusters"))  # reads the `clusters` view: both cluster writers
-    assert {p.to_user_string() for p in clusters_stg.parent_keys} == {"clusters", "cluster_assignments", "raw_records"}
+    assert {p.to_user_string() for p in clusters_stg.parent_keys} == {
+        "clusters", "cluster_assignments", "raw_records", "aligned_records"}
     profiles = graph.get(dg.AssetKey("cluster_profiles"))
     assert {p.to_user_string() for p in profiles.parent_keys} == {"int_records_with_clusters", "stg_cluster_summary"}
     staging = graph.get(dg.AssetKey("stg_raw_records"))

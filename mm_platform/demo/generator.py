@@ -68,8 +68,8 @@ CATEGORIES: tuple[Category, ...] = (
 # Fraction of records whose caption or picture comes from a random other category.
 P_SWAP = 0.10
 # Fraction of records that are text-only / image-only.
-P_TEXT_ONLY = 0.07
-P_IMAGE_ONLY = 0.07
+P_TEXT_ONLY = 0.03
+P_IMAGE_ONLY = 0.03
 # Probability that a caption names the product itself (the only category-specific text cue).
 P_NOUN = 0.6
 # Probability that a picture shows its own category's visual variant (else the variant of the other

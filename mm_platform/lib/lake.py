@@ -249,9 +249,16 @@ class Lake:
         """Every record version (one per raw_records row), newest first per record, with ``is_current``.
 
         A record's versions are ordered by the time their batch landed (manifest mtime), then batch id; the
-        newest is current. A current ``delete`` removes the record from every current view.
+        newest is current. A current ``delete`` removes the record from every current view. An upsert whose
+        every modality was rejected is no version (it is in ``rejected_records``): a broken resend never
+        hides the last good version.
         """
         raw = self.read_table("raw_records").select("record_id", "batch_id", "line_number", "op", "landed_at")
+        aligned = self.read_table("aligned_records").select("record_id", "batch_id")
+        raw = pl.concat([
+            raw.filter(pl.col("op") == "delete"),
+            raw.filter(pl.col("op") != "delete").join(aligned, on=["record_id", "batch_id"], how="semi"),
+        ])
         raw = raw.sort(["record_id", "landed_at", "batch_id"], descending=[False, True, True], nulls_last=True)
         return raw.with_columns((pl.int_range(pl.len()).over("record_id") == 0).alias("is_current"))
 
@@ -300,7 +307,9 @@ DERIVED_VIEWS: dict[str, str] = {
         SELECT record_id, batch_id, line_number, op, landed_at, label,
                row_number() OVER w = 1 AS is_current,
                lead(batch_id) OVER w AS previous_batch_id
-        FROM raw_records
+        FROM raw_records r
+        WHERE op = 'delete' OR EXISTS (
+            SELECT 1 FROM aligned_records_history a WHERE a.record_id = r.record_id AND a.batch_id = r.batch_id)
         WINDOW w AS (PARTITION BY record_id ORDER BY landed_at DESC, batch_id DESC)""",
     "current_records": """
         SELECT record_id, batch_id, landed_at, label FROM record_versions WHERE is_current AND op = 'upsert'""",
@@ -320,12 +329,12 @@ DERIVED_VIEWS: dict[str, str] = {
 
 #: Which lake tables each derived name reads (SQL models depending on a view depend on these assets).
 VIEW_SOURCES: dict[str, tuple[str, ...]] = {
-    "record_versions": ("raw_records",),
-    "current_records": ("raw_records",),
-    "record_deletions": ("raw_records",),
-    "clusters": ("recluster_assignments", "cluster_assignments", "raw_records"),
+    "record_versions": ("raw_records", "aligned_records"),
+    "current_records": ("raw_records", "aligned_records"),
+    "record_deletions": ("raw_records", "aligned_records"),
+    "clusters": ("recluster_assignments", "cluster_assignments", "raw_records", "aligned_records"),
     **{f"{t}_history": (t,) for t in RECORD_TABLES},
-    **{t: (t, "raw_records") for t in RECORD_TABLES},
+    **{t: (t, "raw_records", "aligned_records") for t in RECORD_TABLES},
 }
 
 

@@ -2,7 +2,7 @@
 
 Two batches dropped into the landing dir are each picked up once by `landing_sensor` and ingested by
 `batch_ingest_job`; the automation-condition sensor then builds the global layer (first full clustering
-by `clusters`' on-missing condition, summaries and Qdrant cluster payloads eagerly). Afterwards the lake,
+by `clusters`' automation condition, summaries and Qdrant cluster payloads eagerly). Afterwards the lake,
 the DuckDB views and embedded Qdrant agree. dagster dev's output goes to a file whose tail (with the
 sensor ticks and the automation evaluations) is printed when a wait runs out.
 """
@@ -35,7 +35,7 @@ LOCATION = "mm_platform"
 POLL_S = 3.0
 LOAD_TIMEOUT_S = 180
 BATCH_TIMEOUT_S = 240
-GLOBAL_TIMEOUT_S = 240
+GLOBAL_TIMEOUT_S = 360
 #: every wait also stops at this many seconds after the start, so a failure still prints its diagnostics
 #: before pytest-timeout (900 s in pyproject.toml) kills the test
 TOTAL_BUDGET_S = 840

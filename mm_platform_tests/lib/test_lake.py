@@ -32,7 +32,7 @@ from mm_platform.lib.lake import (
     empty_frame,
     refresh_warehouse,
     register_views,
-    view_sql,
+    view_statements,
 )
 
 UTC = dt.UTC
@@ -56,6 +56,7 @@ def raw_records_df(batch_id: str, n: int = 2, **overrides: object) -> pl.DataFra
         "fields_json": ["{}"] * n,
         "manifest_sha256": ["m" * 64] * n,
         "ingested_at": [dt.datetime(2024, 2, 1, tzinfo=UTC)] * n,
+        "landed_at": [dt.datetime(2024, 1, 31, tzinfo=UTC)] * n,
     }
     data.update(overrides)
     return pl.DataFrame(data)
@@ -71,6 +72,7 @@ def text_embeddings_df(batch_id: str, n: int = 2, dim: int = 3) -> pl.DataFrame:
         "dim": [dim] * n,
         "content_sha256": [f"h{i}" for i in range(n)],
         "embedding": [[float(i + j) / 7 for j in range(dim)] for i in range(n)],  # List(Float64) in
+        "cache_hit": [False] * n,
     })
 
 
@@ -251,10 +253,10 @@ def test_write_global_and_read_table(lake: Lake) -> None:
         "distance_to_centroid": [0.1, 0.2], "is_outlier": [False, True], "run_id": ["run"] * 2,
         "clustered_at": [dt.datetime(2024, 5, 1, tzinfo=UTC)] * 2,
     })
-    path = lake.write_global("clusters", df)
-    assert path == lake.root / "clusters" / "part.parquet"
-    back = lake.read_table("clusters")
-    assert dict(back.schema) == GLOBAL_TABLES["clusters"]
+    path = lake.write_global("recluster_assignments", df)
+    assert path == lake.root / "recluster_assignments" / "part.parquet"
+    back = lake.read_table("recluster_assignments")
+    assert dict(back.schema) == GLOBAL_TABLES["recluster_assignments"]
     assert back["cluster_id"].to_list() == [0, 1]
 
 
@@ -313,8 +315,10 @@ def test_ensure_initialized_does_not_clobber_global_data(lake: Lake) -> None:
 def test_register_views_on_empty_lake_in_memory(lake: Lake) -> None:
     con = duckdb.connect()
     register_views(con, lake)
-    assert view_names(con) == set(ALL_TABLES)
-    for table in ALL_TABLES:
+    names = {name for name, _ in view_statements(lake)}
+    assert view_names(con) == names
+    assert {"raw_records", "clusters", "current_records", "record_deletions", "text_embeddings_history"} <= names
+    for table in names:
         assert con.execute(f'SELECT count(*) FROM "{table}"').fetchone() == (0,)
     types = {r[0]: r[1] for r in con.execute("DESCRIBE raw_records").fetchall()}
     assert list(types) == list(PARTITIONED_TABLES["raw_records"])
@@ -340,10 +344,10 @@ def test_register_views_see_partitions_and_extra_views(lake: Lake) -> None:
 def test_view_sql_escapes_quotes_in_paths(tmp_path: Path) -> None:
     weird = Lake(tmp_path / "it's a lake")
     weird.write_partition("raw_text", "b1", raw_text_df("b1", version=1, n_rows=2))
-    assert "it''s a lake" in view_sql(weird, "raw_text")
+    assert "it''s a lake" in dict(view_statements(weird))["raw_text_history"]
     con = duckdb.connect()
     register_views(con, weird)
-    assert con.execute("SELECT count(*) FROM raw_text").fetchone() == (2,)
+    assert con.execute("SELECT count(*) FROM raw_text_history").fetchone() == (2,)
     con.close()
 
 
@@ -373,7 +377,7 @@ def test_delete_partition(lake: Lake) -> None:
     lake.delete_partition("raw_text", "never")
     con = duckdb.connect()
     register_views(con, lake)
-    assert con.execute("SELECT count(*) FROM raw_text").fetchone() == (2,)
+    assert con.execute("SELECT count(*) FROM raw_text_history").fetchone() == (2,)
     con.close()
 
 
@@ -525,7 +529,7 @@ def test_duckdb_view_never_mixes_versions_during_overwrite(lake: Lake) -> None:
 
     def read_once() -> int:
         lo, hi, n = con.execute(
-            "SELECT min(line_number), max(line_number), count(*) FROM raw_text WHERE batch_id = 'b1'"
+            "SELECT min(line_number), max(line_number), count(*) FROM raw_text_history WHERE batch_id = 'b1'"
         ).fetchone()
         assert lo == hi, (lo, hi)
         assert n == ROWS_OF_VERSION[lo], f"version {lo} read with {n} rows, wrote {ROWS_OF_VERSION[lo]}"
@@ -551,8 +555,8 @@ def test_refresh_warehouse_only_writes_when_views_change(lake: Lake, tmp_path: P
     assert refresh_warehouse(lake, db) is False
     con = duckdb.connect(str(db), read_only=True)
     try:
-        assert view_names(con) == set(ALL_TABLES)
-        assert con.execute("SELECT count(*) FROM raw_text").fetchone() == (4,)
+        assert view_names(con) == {name for name, _ in view_statements(lake)}
+        assert con.execute("SELECT count(*) FROM raw_text_history").fetchone() == (4,)
     finally:
         con.close()
     # a SQL model's table appears: a new view is needed
@@ -618,7 +622,7 @@ def test_refresh_with_unchanged_views_does_not_contend_with_a_readonly_user(lake
         assert refresh_warehouse(lake, db, timeout_s=1) is False
         con = connect_readonly(lake, db)  # read-only alongside another read-only process
         try:
-            assert con.execute("SELECT count(*) FROM raw_text").fetchone() == (2,)
+            assert con.execute("SELECT count(*) FROM raw_text_history").fetchone() == (2,)
         finally:
             con.close()
         assert time.monotonic() - t0 < 3
@@ -639,7 +643,7 @@ def test_warehouse_held_read_write_by_another_process(lake: Lake, tmp_path: Path
         con = connect_readonly(lake, db)
         assert time.monotonic() - t0 < 3
         try:
-            assert con.execute("SELECT count(*) FROM raw_text").fetchone() == (3,)
+            assert con.execute("SELECT count(*) FROM raw_text_history").fetchone() == (3,)
             assert view_names(con) >= set(ALL_TABLES)
         finally:
             con.close()
@@ -654,9 +658,9 @@ def test_warehouse_held_read_write_by_another_process(lake: Lake, tmp_path: Path
         con = connect_readonly(lake, db)  # retries for a while, then in-memory views
         try:
             assert con.execute("SELECT count(*) FROM mart_y").fetchone() == (4,)
-            assert con.execute("SELECT count(*) FROM raw_text").fetchone() == (3,)
+            assert con.execute("SELECT count(*) FROM raw_text_history").fetchone() == (3,)
             lake.write_partition("raw_text", "b2", raw_text_df("b2", 1, 2))
-            assert con.execute("SELECT count(*) FROM raw_text").fetchone() == (5,)
+            assert con.execute("SELECT count(*) FROM raw_text_history").fetchone() == (5,)
         finally:
             con.close()
     finally:

@@ -38,8 +38,11 @@ from mm_platform.lib.ledger import fused_fingerprint
 RECLUSTER_CRON = "0 3 * * *"
 #: Global assets that summarise clusters follow any change at once.
 GLOBAL_AUTOMATION = dg.AutomationCondition.eager()
-#: The full re-cluster: nightly, and whenever it has never run.
-RECLUSTER_AUTOMATION = dg.AutomationCondition.on_cron(RECLUSTER_CRON) | dg.AutomationCondition.on_missing()
+#: The full re-cluster: nightly, and the first time data exists. (`on_missing()` would not do: the asset is
+#: already missing at the automation sensor's first evaluation, which counts as handled, so it never fires.)
+RECLUSTER_AUTOMATION = dg.AutomationCondition.on_cron(RECLUSTER_CRON) | (
+    dg.AutomationCondition.eager() & dg.AutomationCondition.missing()
+).with_label("first_clustering")
 CLUSTER_MODEL_FILE = "_models/cluster_model.npz"
 #: New records further than this quantile of the members' distances are outliers under HDBSCAN.
 HDBSCAN_OUTLIER_QUANTILE = 0.99
