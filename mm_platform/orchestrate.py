@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
-import polars as pl
 
 from mm_platform.lib.lake import Lake
 from mm_platform.lib.ledger import global_layer_stale, mark_global_fresh
@@ -183,7 +182,3 @@ def table_counts(lake: Lake) -> dict[str, int]:
     from mm_platform.lib.lake import ALL_TABLES
 
     return {t: lake.read_table(t).height for t in ALL_TABLES}
-
-
-def frame_to_rows(df: pl.DataFrame) -> list[dict]:
-    return df.to_dicts()
