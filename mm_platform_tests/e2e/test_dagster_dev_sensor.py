@@ -13,11 +13,9 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from mm_platform.demo.generator import make_demo_batch
 from mm_platform.lib.lake import Lake, connect_readonly
 from mm_platform.lib.qdrant_store import QdrantStore
 from mm_platform.orchestrate import INSTANCE_TEMPLATE
+from mm_platform_tests.e2e.conftest import free_port, graphql
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,22 +53,6 @@ TICKS_QUERY = """{ sensorOrError(sensorSelector: {repositoryLocationName: "%s", 
 EVALS_QUERY = """{ assetConditionEvaluationRecordsOrError(assetKey: {path: ["%s"]}, limit: %d) {
   ... on AssetConditionEvaluationRecords { records { evaluationId timestamp numRequested runIds
   evaluationNodes { userLabel expandedLabel numTrue operatorType } } } } }"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def graphql(port: int, query: str) -> dict:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=20) as resp:
-        body = json.loads(resp.read())
-    if body.get("errors"):
-        raise RuntimeError(f"GraphQL errors: {body['errors']}")
-    return body["data"]
 
 
 class DagsterDev:
