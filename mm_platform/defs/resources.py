@@ -18,6 +18,7 @@ from mm_platform.lib.device import DeviceConfig, resolve_device
 from mm_platform.lib.encoders.registry import EncoderSet, EncoderSettings, load_encoders, resolve_profile
 from mm_platform.lib.fusion import parse_weights
 from mm_platform.lib.lake import Lake, WarehouseBusy, refresh_warehouse, register_views
+from mm_platform.lib.ledger import request_key
 from mm_platform.lib.qdrant_store import QdrantStore
 from mm_platform.lib.settings import Paths
 
@@ -155,7 +156,7 @@ class EncodersResource(dg.ConfigurableResource):
 
     def request_key(self) -> str:
         """The settings as requested (before `auto` is resolved), as `ledger.encoder_request_key` reads them."""
-        return "|".join((self.profile, self.clip_arch, self.clip_pretrained, self.clip_config))
+        return request_key(self.profile, self.clip_arch, self.clip_pretrained, self.clip_config)
 
 
 class PipelineConfigResource(dg.ConfigurableResource):
