@@ -70,7 +70,7 @@ def cmd_make_demo_data(args: argparse.Namespace) -> int:
     batch = make_demo_batch(out, n_records=args.records, seed=args.seed, n_broken=args.broken,
                             id_prefix=args.id_prefix)
     print(f"wrote batch {batch.batch_id} to {batch.batch_dir}: {batch.n_lines} lines "
-          f"({len(batch.broken)} deliberately broken)")
+          f"({len(batch.broken)} deliberately broken, {len(batch.partial)} kept with a broken part)")
     return 0
 
 
@@ -117,13 +117,16 @@ def _print_hits(hits: list, as_json: bool) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from mm_platform.defs.ingest.assets import tabular_state_dir
     from mm_platform.lib.search import SearchError, search
+    from mm_platform.lib.tabular import load_state
 
     with _resources() as res:
         try:
+            state = load_state(tabular_state_dir(res.warehouse.lake)) if args.fields is not None else None
             with res.qdrant.store() as store:
-                hits = search(store, res.encoders.encoders, text=args.text, image=args.image,
-                              modality=args.modality, k=args.k)
+                hits = search(store, res.encoders.encoders, text=args.text, image=args.image, audio=args.audio,
+                              fields=args.fields, tabular_state=state, modality=args.modality, k=args.k)
         except SearchError as exc:
             _err(str(exc))
             return 2
@@ -211,7 +214,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = paths.landing_dir / f"demo-{args.seed}"
     if not (out / "records.jsonl").exists():
         cmd_make_demo_data(argparse.Namespace(out=str(out), records=args.records, seed=args.seed,
-                                              broken=7, id_prefix=f"demo{args.seed}"))
+                                              broken=10, id_prefix=f"demo{args.seed}"))
     else:
         print(f"demo batch {out.name} already in the landing dir")
     code = cmd_ingest(argparse.Namespace(batch=None, force=False, recluster=False, log_level=args.log_level))
@@ -269,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--records", type=int, default=240)
     m.add_argument("--out", help="the batch folder to create (default $MM_LANDING_DIR/demo-<seed>)")
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--broken", type=int, default=7, help="deliberately broken lines")
+    m.add_argument("--broken", type=int, default=10, help="deliberately broken lines (or broken parts)")
     m.add_argument("--id-prefix", default="demo")
     m.set_defaults(fn=cmd_make_demo_data)
 
@@ -284,11 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--log-level", default="WARNING")
     r.set_defaults(fn=cmd_recluster)
 
-    s = sub.add_parser("search", help="search records by text or image")
+    s = sub.add_parser("search", help="search records by text, image, audio clip or fields")
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--text")
-    g.add_argument("--image")
-    s.add_argument("--modality", choices=["text", "image", "fused"])
+    g.add_argument("--image", help="path to an image file")
+    g.add_argument("--audio", help="path to an audio file (WAV, FLAC, OGG, MP3)")
+    g.add_argument("--fields", help='a JSON object of fields, e.g. \'{"price": 25, "material": "steel"}\'')
+    s.add_argument("--modality", choices=["text", "image", "audio", "tabular", "fused"],
+                   help="which vectors to search (default: the query's own modality)")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_search)

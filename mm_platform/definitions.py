@@ -20,13 +20,14 @@ from mm_platform.defs.ingest.sensors import DEFAULT_MAX_BATCHES_PER_TICK, build_
 from mm_platform.defs.jobs import batch_ingest_job, nightly_recluster_schedule, recluster_job, refresh_job
 from mm_platform.defs.resources import build_resources
 from mm_platform.defs.sql_models.assets import build_sql_model_assets
+from mm_platform.defs.streams import assets as stream_assets
 from mm_platform.defs.vector_index import assets as vector_assets
 
 
 def build_definitions() -> dg.Definitions:
     assets = [
         *dg.load_assets_from_modules(
-            [ingest_assets, embedding_assets, fusion_assets, cluster_assets, vector_assets]
+            [ingest_assets, stream_assets, embedding_assets, fusion_assets, cluster_assets, vector_assets]
         ),
         *build_sql_model_assets(),
     ]

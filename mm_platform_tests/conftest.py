@@ -18,7 +18,7 @@ from mm_platform.defs.resources import (
     WarehouseResource,
 )
 from mm_platform.lib.settings import Paths
-from mm_platform_tests.tiny_models import TinyClip, build_tiny_clip
+from mm_platform_tests.tiny_models import TinyClip, build_tiny_clap, build_tiny_clip
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -37,15 +37,20 @@ def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paths:
 
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> TinyClip:
-    return build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
+    """A tiny random-init CLIP (text + image) with a tiny random-init CLAP (audio) beside it."""
+    clip = build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
+    build_tiny_clap(clip.config_path.parent / "clap")
+    return clip
 
 
 def make_resources(paths: Paths, tiny: TinyClip | None = None, **pipeline: object) -> dict[str, object]:
-    """Real resources on temp dirs; the tiny CLIP model when given, else the offline profile."""
+    """Real resources on temp dirs; the tiny CLIP + CLAP models when given (``clip`` profile), else the
+    offline profile."""
     device = TorchDeviceResource(device="cpu", batch_size=32, num_workers=0)
     if tiny is not None:
         encoders = EncodersResource(profile="clip", clip_arch=tiny.arch, clip_pretrained=str(tiny.checkpoint_path),
-                                    clip_config=str(tiny.config_path), device=device)
+                                    clip_config=str(tiny.config_path),
+                                    clap_model=str(tiny.config_path.parent / "clap"), device=device)
     else:
         encoders = EncodersResource(profile="offline", device=device)
     return {

@@ -114,3 +114,76 @@ def write_shape_images(dir: Path, specs: list[tuple[str, str, int]], fmt: str = 
         shape_image(shape, color, shift=shift).save(p, format=fmt)  # type: ignore[attr-defined]
         paths.append(p)
     return paths
+
+
+# --------------------------------------------------------------------------------------------------------
+# tiny CLAP (transformers)
+
+TINY_CLAP_SEED = 4321
+TINY_CLAP_SAMPLE_RATE = 16_000
+TINY_CLAP_DIM = 16
+# Audio tower: 16 mel bins, 1 s windows (101 frames) folded into a 64x64 "image" (spec_size 64, freq_ratio 4),
+# two Swin stages of one block each (hidden 16 -> 32), 16-d projection. ~35 k parameters in all.
+TINY_CLAP_AUDIO_CONFIG: dict[str, object] = {
+    "num_mel_bins": 16,
+    "spec_size": 64,
+    "patch_size": 4,
+    "patch_stride": [4, 4],
+    "window_size": 4,
+    "depths": [1, 1],
+    "num_attention_heads": [2, 2],
+    "patch_embeds_hidden_size": 16,
+    "hidden_size": 32,
+    "projection_dim": TINY_CLAP_DIM,
+    "num_classes": 10,
+    "enable_fusion": False,
+}
+TINY_CLAP_TEXT_CONFIG: dict[str, object] = {
+    "vocab_size": 100,
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 37,
+    "max_position_embeddings": 64,
+    "projection_dim": TINY_CLAP_DIM,
+}
+TINY_CLAP_FEATURES: dict[str, object] = {
+    "feature_size": 16,
+    "sampling_rate": TINY_CLAP_SAMPLE_RATE,
+    "hop_length": 160,
+    "max_length_s": 1,
+    "fft_window_size": 400,
+    "frequency_min": 50,
+    "frequency_max": 8000,
+    "truncation": "rand_trunc",
+    "padding": "repeatpad",
+}
+
+
+def build_tiny_clap(out_dir: Path) -> Path:
+    """Write a tiny random-init transformers CLAP model into ``out_dir`` (created if needed); returns it.
+
+    Files: ``config.json``, ``model.safetensors`` and ``preprocessor_config.json`` (a 16 kHz
+    ``ClapFeatureExtractor`` with 1 s windows), loadable with ``ClapModel.from_pretrained`` /
+    ``ClapAudioEncoder(model=str(dir))``; embeddings are 16-d. Deterministic (fixed seed). No tokenizer:
+    only the audio tower is used.
+    """
+    import torch
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = ClapConfig(
+        text_config=dict(TINY_CLAP_TEXT_CONFIG),
+        audio_config=dict(TINY_CLAP_AUDIO_CONFIG),
+        projection_dim=TINY_CLAP_DIM,
+    )
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(TINY_CLAP_SEED)
+        model = ClapModel(config).eval()
+    finally:
+        torch.random.set_rng_state(state)
+    model.save_pretrained(out)
+    ClapFeatureExtractor(**TINY_CLAP_FEATURES).save_pretrained(out)  # type: ignore[arg-type]
+    return out

@@ -8,6 +8,7 @@ defaults (see ``.env.example``); resolution happens here, at definition time, ne
 import contextlib
 import os
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -21,6 +22,7 @@ from mm_platform.lib.lake import Lake, WarehouseBusy, refresh_warehouse, registe
 from mm_platform.lib.ledger import request_key
 from mm_platform.lib.qdrant_store import QdrantStore
 from mm_platform.lib.settings import Paths
+from mm_platform.lib.streams import parse_tolerance
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -63,6 +65,7 @@ class LandingResource(dg.ConfigurableResource):
     """The landing dir: one folder per batch, complete once its records.jsonl exists."""
 
     landing_dir: str
+    max_audio_seconds: int = 600
 
     @property
     def path(self) -> Path:
@@ -112,7 +115,8 @@ _LOADED_ENCODERS: dict[tuple, EncoderSet] = {}
 
 def profile_key(resolved_profile: str, settings: EncoderSettings) -> str:
     if resolved_profile == "clip":
-        return f"clip:{settings.clip_arch}:{settings.clip_pretrained}:{settings.clip_config or ''}"
+        return (f"clip:{settings.clip_arch}:{settings.clip_pretrained}:{settings.clip_config or ''}"
+                f":clap={settings.clap_model}")
     return resolved_profile
 
 
@@ -128,13 +132,15 @@ class EncodersResource(dg.ConfigurableResource):
     clip_arch: str = "ViT-B-32"
     clip_pretrained: str = "laion2b_s34b_b79k"
     clip_config: str = ""
+    clap_model: str = "laion/clap-htsat-unfused"
     device: TorchDeviceResource
 
     _encoders: EncoderSet = PrivateAttr()
 
     def settings(self) -> EncoderSettings:
         return EncoderSettings(profile=self.profile, clip_arch=self.clip_arch,
-                               clip_pretrained=self.clip_pretrained, clip_config=self.clip_config or None)
+                               clip_pretrained=self.clip_pretrained, clip_config=self.clip_config or None,
+                               clap_model=self.clap_model)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         key = (self.settings(), self.device.config())
@@ -156,7 +162,7 @@ class EncodersResource(dg.ConfigurableResource):
 
     def request_key(self) -> str:
         """The settings as requested (before `auto` is resolved), as `ledger.encoder_request_key` reads them."""
-        return request_key(self.profile, self.clip_arch, self.clip_pretrained, self.clip_config)
+        return request_key(self.profile, self.clip_arch, self.clip_pretrained, self.clip_config, self.clap_model)
 
 
 class PipelineConfigResource(dg.ConfigurableResource):
@@ -169,9 +175,22 @@ class PipelineConfigResource(dg.ConfigurableResource):
     cluster_reduce_dim: int = 16  # PCA components clustered on (0 = cluster the raw vectors)
     hdbscan_min_cluster_size: int = 5
     seed: int = 0
+    stream_tolerance: str = "5m"  # as-of join tolerance of stream readings
+    stream_tolerances: str = ""  # per-stream overrides: "telemetry=10m,weather=1h"
+    stream_strategy: str = "backward"  # backward | forward | nearest
 
     def weights(self) -> dict[str, float]:
         return parse_weights(self.fusion_weights or None)
+
+    def tolerance_for(self, stream: str) -> timedelta:
+        """The as-of tolerance of ``stream``: its override in ``stream_tolerances``, else the default."""
+        overrides: dict[str, str] = {}
+        for part in filter(None, (p.strip() for p in self.stream_tolerances.split(","))):
+            name, sep, value = part.partition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"bad MM_STREAM_TOLERANCES entry {part!r} (expected stream=duration)")
+            overrides[name.strip()] = value.strip()
+        return parse_tolerance(overrides.get(stream, self.stream_tolerance))
 
 
 def _env(name: str, default: str) -> str | dg.EnvVar:
@@ -181,6 +200,7 @@ def _env(name: str, default: str) -> str | dg.EnvVar:
 
 def _env_int(name: str, default: int) -> int | dg.EnvVar:
     return dg.EnvVar.int(name) if os.environ.get(name, "").strip() else default
+
 
 
 def build_resources() -> dict[str, dg.ConfigurableResource]:
@@ -197,7 +217,10 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             lake_dir=_env("MM_LAKE_DIR", str(paths.lake_dir)),
             duckdb_path=_env("MM_DUCKDB_PATH", str(paths.duckdb_path)),
         ),
-        "landing": LandingResource(landing_dir=_env("MM_LANDING_DIR", str(paths.landing_dir))),
+        "landing": LandingResource(
+            landing_dir=_env("MM_LANDING_DIR", str(paths.landing_dir)),
+            max_audio_seconds=_env_int("MM_MAX_AUDIO_SECONDS", 600),
+        ),
         "qdrant": QdrantResource(
             path=_env("MM_QDRANT_PATH", str(paths.qdrant_path)), url=_env("QDRANT_URL", ""), api_key=_env("QDRANT_API_KEY", ""),
             collection=_env("MM_QDRANT_COLLECTION", "mm_records"),
@@ -206,7 +229,8 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         "encoders": EncodersResource(
             profile=_env("MM_MODEL_PROFILE", "auto"), clip_arch=_env("MM_CLIP_ARCH", "ViT-B-32"),
             clip_pretrained=_env("MM_CLIP_PRETRAINED", "laion2b_s34b_b79k"),
-            clip_config=_env("MM_CLIP_CONFIG", ""), device=device,
+            clip_config=_env("MM_CLIP_CONFIG", ""), clap_model=_env("MM_CLAP_MODEL", "laion/clap-htsat-unfused"),
+            device=device,
         ),
         "pipeline": PipelineConfigResource(
             fusion_weights=_env("MM_FUSION_WEIGHTS", ""),
@@ -214,5 +238,8 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             cluster_k=_env_int("MM_CLUSTER_K", 0),
             cluster_k_max=_env_int("MM_CLUSTER_K_MAX", 12),
             cluster_reduce_dim=_env_int("MM_CLUSTER_REDUCE_DIM", 16),
+            stream_tolerance=_env("MM_STREAM_TOLERANCE", "5m"),
+            stream_tolerances=_env("MM_STREAM_TOLERANCES", ""),
+            stream_strategy=_env("MM_STREAM_STRATEGY", "backward"),
         ),
     }

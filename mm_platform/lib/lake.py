@@ -26,8 +26,17 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from mm_platform.lib.streams import ALIGNMENT_REPORT_SCHEMA
+
 F32_LIST = pl.List(pl.Float32)
 TS = pl.Datetime("us", "UTC")
+
+#: Every ``<modality>_embeddings`` table: one vector per record, with the model that made it.
+EMBEDDING_SCHEMA: dict[str, pl.DataType] = {
+    "record_id": pl.String, "batch_id": pl.String, "model": pl.String, "model_version": pl.String,
+    "space": pl.String, "dim": pl.Int32, "content_sha256": pl.String, "embedding": F32_LIST,
+    "cache_hit": pl.Boolean,
+}
 
 #: Tables written one partition per landing batch, with their fixed column types.
 PARTITIONED_TABLES: dict[str, dict[str, pl.DataType]] = {
@@ -35,6 +44,7 @@ PARTITIONED_TABLES: dict[str, dict[str, pl.DataType]] = {
         "batch_id": pl.String, "line_number": pl.Int32, "record_id": pl.String, "op": pl.String,
         "timestamp": TS, "label": pl.String, "text_declared": pl.Boolean, "image_path": pl.String,
         "audio_path": pl.String, "fields_json": pl.String, "manifest_sha256": pl.String, "ingested_at": TS, "landed_at": TS,
+        "entity_id": pl.String,
     },
     "raw_text": {
         "record_id": pl.String, "batch_id": pl.String, "line_number": pl.Int32, "text": pl.String,
@@ -45,6 +55,24 @@ PARTITIONED_TABLES: dict[str, dict[str, pl.DataType]] = {
         "uri": pl.String, "sha256": pl.String, "width": pl.Int32, "height": pl.Int32, "format": pl.String,
         "mode": pl.String, "n_bytes": pl.Int64,
     },
+    "raw_audio": {
+        "record_id": pl.String, "batch_id": pl.String, "line_number": pl.Int32, "audio_path": pl.String,
+        "uri": pl.String, "sha256": pl.String, "format": pl.String, "subtype": pl.String,
+        "sample_rate": pl.Int32, "channels": pl.Int32, "duration_s": pl.Float64, "n_bytes": pl.Int64,
+        "rms": pl.Float64, "peak": pl.Float64,
+    },
+    # one typed column per field follows these (Float64 for numeric fields, String otherwise)
+    "raw_tabular": {
+        "record_id": pl.String, "batch_id": pl.String, "line_number": pl.Int32, "fields_sha256": pl.String,
+        "n_fields": pl.Int32, "n_missing": pl.Int32, "n_invalid": pl.Int32, "encoder_version": pl.String,
+        "values_json": pl.String,
+    },
+    # one column per matched stream value (``<stream>__<column>``) and lag (``<stream>__lag_s``) follows
+    "stream_features": {
+        "record_id": pl.String, "batch_id": pl.String, "entity_id": pl.String, "timestamp": TS,
+        "streams_matched": pl.Int32, "stream_features_json": pl.String,
+    },
+    "alignment_report": ALIGNMENT_REPORT_SCHEMA,
     "rejected_records": {
         "batch_id": pl.String, "line_number": pl.Int32, "record_id": pl.String, "modality": pl.String,
         "reason": pl.String, "detail": pl.String, "stage": pl.String, "rejected_at": TS,
@@ -52,18 +80,14 @@ PARTITIONED_TABLES: dict[str, dict[str, pl.DataType]] = {
     "aligned_records": {
         "record_id": pl.String, "batch_id": pl.String, "line_number": pl.Int32, "timestamp": TS,
         "label": pl.String, "has_text": pl.Boolean, "has_image": pl.Boolean, "has_audio": pl.Boolean,
-        "has_tabular": pl.Boolean, "text_sha256": pl.String, "image_sha256": pl.String,
+        "has_tabular": pl.Boolean, "text_sha256": pl.String, "image_sha256": pl.String, "audio_sha256": pl.String,
+        "fields_sha256": pl.String, "entity_id": pl.String, "streams_matched": pl.Int32,
+        "stream_features_json": pl.String,
     },
-    "text_embeddings": {
-        "record_id": pl.String, "batch_id": pl.String, "model": pl.String, "model_version": pl.String,
-        "space": pl.String, "dim": pl.Int32, "content_sha256": pl.String, "embedding": F32_LIST,
-        "cache_hit": pl.Boolean,
-    },
-    "image_embeddings": {
-        "record_id": pl.String, "batch_id": pl.String, "model": pl.String, "model_version": pl.String,
-        "space": pl.String, "dim": pl.Int32, "content_sha256": pl.String, "embedding": F32_LIST,
-        "cache_hit": pl.Boolean,
-    },
+    "text_embeddings": EMBEDDING_SCHEMA,
+    "image_embeddings": EMBEDDING_SCHEMA,
+    "audio_embeddings": EMBEDDING_SCHEMA,
+    "tabular_embeddings": EMBEDDING_SCHEMA,
     "fused_vectors": {
         "record_id": pl.String, "batch_id": pl.String, "fusion": pl.String, "modalities": pl.List(pl.String),
         "dim": pl.Int32, "embedding": F32_LIST,
@@ -94,6 +118,7 @@ GLOBAL_TABLES: dict[str, dict[str, pl.DataType]] = {
         "cluster_id": pl.Int32, "name": pl.String, "size": pl.Int32,
         "representative_record_ids": pl.List(pl.String), "top_terms": pl.List(pl.String),
         "label_counts_json": pl.String, "text_coverage": pl.Float64, "image_coverage": pl.Float64,
+        "audio_coverage": pl.Float64, "tabular_coverage": pl.Float64,
         "algorithm": pl.String, "run_id": pl.String,
     },
     "cluster_metrics": {
@@ -107,7 +132,8 @@ GLOBAL_TABLES: dict[str, dict[str, pl.DataType]] = {
 #: Per-record tables: the lake keeps every version (view ``<table>_history``); the view ``<table>`` shows
 #: the current version of each record only (its latest landed batch, unless that was a delete).
 RECORD_TABLES = (
-    "raw_text", "raw_images", "aligned_records", "text_embeddings", "image_embeddings", "fused_vectors",
+    "raw_text", "raw_images", "raw_audio", "raw_tabular", "stream_features", "aligned_records",
+    "text_embeddings", "image_embeddings", "audio_embeddings", "tabular_embeddings", "fused_vectors",
     "vector_points",
 )
 

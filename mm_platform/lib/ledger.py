@@ -23,12 +23,13 @@ def encoder_request_key(env: Mapping[str, str] | None = None) -> str:
         return env.get(key, "").strip() or default
 
     return request_key(get("MM_MODEL_PROFILE", "auto"), get("MM_CLIP_ARCH", "ViT-B-32"),
-                       get("MM_CLIP_PRETRAINED", "laion2b_s34b_b79k"), get("MM_CLIP_CONFIG", ""))
+                       get("MM_CLIP_PRETRAINED", "laion2b_s34b_b79k"), get("MM_CLIP_CONFIG", ""),
+                       get("MM_CLAP_MODEL", "laion/clap-htsat-unfused"))
 
 
-def request_key(profile: str, clip_arch: str, clip_pretrained: str, clip_config: str) -> str:
+def request_key(profile: str, clip_arch: str, clip_pretrained: str, clip_config: str, clap_model: str) -> str:
     """One spelling of the requested model settings, for the ledger and the encoders resource alike."""
-    return "|".join((profile, clip_arch, clip_pretrained, clip_config))
+    return "|".join((profile, clip_arch, clip_pretrained, clip_config, clap_model))
 
 
 def fused_fingerprint(lake: Lake) -> str:

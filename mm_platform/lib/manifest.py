@@ -11,6 +11,8 @@ Each manifest line is one JSON object::
      "timestamp": ISO-8601 str,             # optional; naive = UTC; stored as aware UTC
      "text": str, "image": rel path, "audio": rel path,
      "fields": {name: number | string | null},
+     "entity_id": str,                      # optional: the device/store/patient the record is about;
+                                            # stream readings of that entity are joined to it
      "label": str}                          # optional ground-truth / business label
 
 Accounting rules (bad input never crashes and never disappears):
@@ -24,7 +26,7 @@ Accounting rules (bad input never crashes and never disappears):
   ``invalid_record_id``, ``invalid_op``, ``no_modality`` (an upsert without any of text/image/
   audio/fields), ``duplicate_record_id`` (the first *accepted* line with an id wins).
 * A broken optional part rejects only that part (modality = ``"text"``, ``"image"``, ``"audio"``,
-  ``"fields"``, ``"timestamp"`` or ``"label"``). If every modality the line carried is rejected,
+  ``"fields"``, ``"timestamp"``, ``"entity_id"`` or ``"label"``). If every modality the line carried is rejected,
   no record is produced and those modality rejections account for the line.
 * ``delete`` lines need only ``record_id`` (a timestamp is still parsed); payload keys are ignored.
 * Unknown top-level keys are ignored (forward compatibility).
@@ -54,6 +56,7 @@ OPS: tuple[str, ...] = ("upsert", "delete")
 
 MAX_RECORD_ID_CHARS = 256
 MAX_LABEL_CHARS = 256
+MAX_ENTITY_ID_CHARS = 256
 MAX_FIELD_NAME_CHARS = 128
 MAX_FIELDS = 256
 MAX_FIELD_STR_CHARS = 10_000
@@ -87,6 +90,7 @@ class ManifestRecord:
     audio: str | None  # relative path as written
     fields: dict[str, FieldValue] | None
     label: str | None
+    entity_id: str | None = None
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -342,11 +346,25 @@ def _parse_line(
         else:
             label = lab.strip()
 
+    entity: str | None = None
+    ent = obj.get("entity_id")
+    if ent is not None:
+        if isinstance(ent, bool) or not isinstance(ent, (str, int)):
+            part_reject("entity_id", "invalid_entity_id",
+                        f"entity_id must be a string (or integer), got {type(ent).__name__} {_short(ent)}")
+        else:
+            ent = str(ent).strip()
+            if not ent or not _is_clean_str(ent) or _has_control(ent) or len(ent) > MAX_ENTITY_ID_CHARS:
+                part_reject("entity_id", "invalid_entity_id",
+                            f"entity_id must be 1-{MAX_ENTITY_ID_CHARS} printable characters: {_short(obj['entity_id'])}")
+            else:
+                entity = ent
+
     if text is None and paths["image"] is None and paths["audio"] is None and fields is None:
         # every modality the line carried was rejected: the modality rejections account for it
         return None, rejections
     rec = ManifestRecord(
-        batch_id, line_number, rid, "upsert", ts, text, paths["image"], paths["audio"], fields, label
+        batch_id, line_number, rid, "upsert", ts, text, paths["image"], paths["audio"], fields, label, entity
     )
     return rec, rejections
 

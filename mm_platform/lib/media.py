@@ -23,7 +23,6 @@ import os
 import stat as _stat
 import struct
 import unicodedata
-import wave
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -438,13 +437,14 @@ def load_image_rgb(
 
 
 # --------------------------------------------------------------------------------------------------
-# Audio (light validation only: no decoding dependency)
+# Audio (header-level validation through libsndfile; see mm_platform.lib.audio)
 # --------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class AudioInfo:
-    """Facts about an audio file. ``duration_s``/``sample_rate`` are only known for WAV."""
+    """Facts about an audio file whose header libsndfile accepts (format is lower-case: ``"wav"``,
+    ``"flac"``, ``"ogg"``, ``"mp3"``)."""
 
     path: str
     sha256: str
@@ -454,27 +454,29 @@ class AudioInfo:
     sample_rate: int | None
 
 
-def inspect_audio(path: Path, max_bytes: int = DEFAULT_MAX_AUDIO_BYTES) -> AudioInfo:
-    """Validate an audio file: exists, non-empty, within ``max_bytes``; WAV headers are parsed.
+def inspect_audio(
+    path: Path, max_bytes: int = DEFAULT_MAX_AUDIO_BYTES, max_seconds: float | None = None
+) -> AudioInfo:
+    """Validate an audio file's header with libsndfile (:func:`mm_platform.lib.audio.probe_audio`).
 
-    Reasons: ``missing_file``, ``not_a_file``, ``empty_file``, ``file_too_large``,
-    ``unreadable_audio`` (a RIFF/WAVE file whose header the ``wave`` module cannot parse). Other
-    formats are accepted as opaque bytes (format = lower-case file extension).
+    No full decode (truncation or corruption past the header shows up when the file is decoded for
+    embedding). Reasons: ``missing_file``, ``not_a_file``, ``empty_file``, ``file_too_large``,
+    ``unreadable_audio`` (not audio libsndfile can open, or a truncated WAV), ``unsupported_audio_format``
+    (not WAV/FLAC/OGG/MP3), ``invalid_sample_rate``, ``empty_audio`` (0 frames), ``audio_too_long``
+    (> ``max_seconds``; default :data:`mm_platform.lib.audio.DEFAULT_MAX_AUDIO_SECONDS`).
     """
-    path = Path(path)
-    data = _read_limited(path, max_bytes, "audio")
-    sha = bytes_sha256(data)
-    if data[:4] == b"RIFF" and data[8:12] == b"WAVE" or path.suffix.lower() == ".wav":
-        try:
-            with wave.open(io.BytesIO(data), "rb") as wf:
-                rate = wf.getframerate()
-                frames = wf.getnframes()
-        except (wave.Error, EOFError, struct.error, ValueError) as exc:
-            raise MediaError("unreadable_audio", f"{path}: invalid WAV data: {exc}") from None
-        if rate <= 0:
-            raise MediaError("unreadable_audio", f"{path}: WAV sample rate is {rate}")
-        return AudioInfo(str(path), sha, len(data), "wav", frames / rate, rate)
-    return AudioInfo(str(path), sha, len(data), path.suffix.lower().lstrip(".") or "unknown", None, None)
+    from mm_platform.lib import audio  # lazy: lib.audio imports this module
+
+    limit = audio.DEFAULT_MAX_AUDIO_SECONDS if max_seconds is None else max_seconds
+    meta = audio.probe_audio(Path(path), max_bytes=max_bytes, max_seconds=limit)
+    return AudioInfo(
+        path=meta.path,
+        sha256=meta.sha256,
+        n_bytes=meta.n_bytes,
+        format=meta.format.lower(),
+        duration_s=meta.duration_s,
+        sample_rate=meta.sample_rate,
+    )
 
 
 # --------------------------------------------------------------------------------------------------

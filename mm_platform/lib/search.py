@@ -1,7 +1,8 @@
-"""Search the Qdrant collection with a text or an image query.
+"""Search the Qdrant collection with a text, image, audio or fields query.
 
-A query is embedded by the encoder of its own modality and matched against one named vector:
-- the same modality (text→text, image→image) always works;
+A query is embedded by the encoder of its own modality (for fields: the fitted tabular encoder the
+collection's vectors were made with) and matched against one named vector:
+- the same modality (text→text, image→image, audio→audio, fields→tabular) always works;
 - the other modality (text→image, image→text) needs a shared space (CLIP); the offline profile has none
   yet and says so instead of returning meaningless scores;
 - ``fused``: the query fills its own block of the fused layout (and, in a shared space, every block of a
@@ -10,15 +11,18 @@ A query is embedded by the encoder of its own modality and matched against one n
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from mm_platform.lib.encoders.base import MODALITIES as ENCODER_MODALITIES
 from mm_platform.lib.encoders.registry import EncoderSet
 from mm_platform.lib.fusion import early_fusion, parse_weights
 from mm_platform.lib.qdrant_store import QdrantStore, SearchHit
+from mm_platform.lib.tabular import TabularEncoderState, encode_tabular, type_rows
 
 
 class SearchError(ValueError):
@@ -27,14 +31,46 @@ class SearchError(ValueError):
 
 @dataclass(frozen=True)
 class Query:
-    modality: str  # "text" | "image"
+    modality: str  # "text" | "image" | "audio" | "tabular"
     vector: np.ndarray
     model: str
 
 
-def embed_query(encoders: EncoderSet, text: str | None = None, image: str | Path | None = None) -> Query:
-    if (text is None) == (image is None):
-        raise SearchError("give exactly one of a text or an image query")
+def _fields_query(fields: Mapping[str, object] | str, tabular_state: TabularEncoderState | None) -> Query:
+    if tabular_state is None:
+        raise SearchError("no tabular encoder has been fitted yet: ingest records with fields first")
+    if isinstance(fields, str):
+        try:
+            fields = json.loads(fields)
+        except ValueError as exc:
+            raise SearchError(f"--fields must be a JSON object: {exc}") from None
+    if not isinstance(fields, Mapping) or not fields:
+        raise SearchError("--fields must be a non-empty JSON object, e.g. '{\"price\": 25, \"material\": \"steel\"}'")
+    typed = type_rows(tabular_state, [dict(fields)])
+    if typed.problems:
+        raise SearchError("; ".join(p.detail for p in typed.problems))
+    vec = encode_tabular(tabular_state, typed)[0]
+    return Query("tabular", vec, f"mm_platform/tabular-standardise-onehot@{tabular_state.version}")
+
+
+def embed_query(encoders: EncoderSet, text: str | None = None, image: str | Path | None = None,
+                audio: str | Path | None = None, fields: Mapping[str, object] | str | None = None,
+                tabular_state: TabularEncoderState | None = None) -> Query:
+    given = [q for q in (text, image, audio, fields) if q is not None]
+    if len(given) != 1:
+        raise SearchError("give exactly one query: a text, an image, an audio clip or fields")
+    if fields is not None:
+        return _fields_query(fields, tabular_state)
+    if audio is not None:
+        path = Path(audio)
+        if not path.is_file():
+            raise SearchError(f"audio {path} does not exist")
+        enc = encoders.audio()
+        try:
+            vec = enc.encode_paths([path])[0]
+        except (ValueError, RuntimeError) as exc:
+            raise SearchError(f"cannot use {path} as a query: {exc}") from None
+        return Query("audio", vec, f"{enc.info.model_id}@{enc.info.model_version}")
     if text is not None:
         if not text.strip():
             raise SearchError("the text query is empty")
@@ -71,12 +107,17 @@ def _stored_models(store: QdrantStore) -> dict[str, str]:
     return models
 
 
+def _shares_space(encoders: EncoderSet, a: str, b: str) -> bool:
+    """Whether vectors of modalities ``a`` and ``b`` are comparable (tabular vectors only with each other)."""
+    return a == b or (a in ENCODER_MODALITIES and b in ENCODER_MODALITIES and encoders.shares_space(a, b))
+
+
 def fused_query(query: Query, encoders: EncoderSet, dims: Mapping[str, int], order: list[str],
                 weights: Mapping[str, float]) -> np.ndarray:
     """The fused-layout vector of a single-modality query."""
     blocks, present = {}, {}
     for m in order:
-        fill = m == query.modality or encoders.shares_space(query.modality, m)
+        fill = _shares_space(encoders, query.modality, m)
         if fill and dims.get(m) != query.vector.shape[0]:
             fill = False
         blocks[m] = (query.vector if fill else np.zeros(dims[m], dtype=np.float32))[None, :]
@@ -85,11 +126,14 @@ def fused_query(query: Query, encoders: EncoderSet, dims: Mapping[str, int], ord
 
 
 def search(store: QdrantStore, encoders: EncoderSet, *, text: str | None = None,
-           image: str | Path | None = None, modality: str | None = None, k: int = 10) -> list[SearchHit]:
-    """Top-``k`` records for a text or image query against the ``modality`` vectors (default: the query's)."""
+           image: str | Path | None = None, audio: str | Path | None = None,
+           fields: Mapping[str, object] | str | None = None, tabular_state: TabularEncoderState | None = None,
+           modality: str | None = None, k: int = 10) -> list[SearchHit]:
+    """Top-``k`` records for one query (text, image, audio clip or fields) against the ``modality`` vectors
+    (default: the query's own)."""
     if not store.exists() or store.count() == 0:
         raise SearchError(f"collection {store.collection!r} is empty: run `mm-platform ingest` first")
-    query = embed_query(encoders, text=text, image=image)
+    query = embed_query(encoders, text=text, image=image, audio=audio, fields=fields, tabular_state=tabular_state)
     target = modality or query.modality
     dims = store.vector_dims()
     if target not in dims:
@@ -106,7 +150,7 @@ def search(store: QdrantStore, encoders: EncoderSet, *, text: str | None = None,
         if query.modality not in order:
             raise SearchError(f"the fused vectors have no {query.modality} block ({order})")
         vec = fused_query(query, encoders, dims, order, weights)
-    elif target == query.modality or encoders.shares_space(query.modality, target):
+    elif _shares_space(encoders, query.modality, target):
         vec = query.vector
     else:
         raise SearchError(

@@ -35,6 +35,11 @@ ENV_DOC: dict[str, str] = {
     "MM_CLUSTER_K_MAX": "largest k tried by automatic K-Means (default 12)",
     "MM_CLUSTER_REDUCE_DIM": "PCA components the clustering runs on; 0 = none (default 16)",
     "MM_SENSOR_MAX_BATCHES": "batches the landing sensor registers per tick (default 10)",
+    "MM_CLAP_MODEL": "CLAP audio model for the clip/auto profiles: hub id or local dir (default laion/clap-htsat-unfused)",
+    "MM_MAX_AUDIO_SECONDS": "longest accepted audio clip in seconds (default 600)",
+    "MM_STREAM_TOLERANCE": "as-of join tolerance of stream readings, e.g. 30s, 5m, 1h (default 5m)",
+    "MM_STREAM_TOLERANCES": "per-stream tolerances overriding the default, e.g. telemetry=10m,weather=1h",
+    "MM_STREAM_STRATEGY": "backward (last reading before the record) | forward | nearest (default backward)",
 }
 
 

@@ -1,5 +1,6 @@
-"""The asset graph materialized with Dagster on temp dirs: a tiny CLIP model (shared text–image space),
-embedded Qdrant, the Parquet lake and DuckDB views."""
+"""The asset graph materialized with Dagster on temp dirs: a tiny CLIP model (shared text–image space) and
+a tiny CLAP (audio), the fitted tabular encoder, stream alignment, embedded Qdrant, the Parquet lake and
+DuckDB views."""
 
 import json
 
@@ -14,6 +15,7 @@ from mm_platform.defs.embeddings import assets as embedding_assets
 from mm_platform.defs.fusion import assets as fusion_assets
 from mm_platform.defs.ingest import assets as ingest_assets
 from mm_platform.defs.sql_models.assets import build_sql_model_assets
+from mm_platform.defs.streams import assets as stream_assets
 from mm_platform.defs.vector_index import assets as vector_assets
 from mm_platform.demo import make_demo_batch
 from mm_platform.lib.encoders.registry import load_encoders
@@ -22,7 +24,7 @@ from mm_platform.lib.qdrant_store import QdrantStore, point_id
 from mm_platform.lib.search import SearchError, search
 from mm_platform_tests.conftest import make_resources
 
-BATCH_ASSETS = dg.load_assets_from_modules([ingest_assets, embedding_assets, fusion_assets]) + [
+BATCH_ASSETS = dg.load_assets_from_modules([ingest_assets, stream_assets, embedding_assets, fusion_assets]) + [
     cluster_assets.cluster_assignments, vector_assets.vector_points]
 GLOBAL_ASSETS = [cluster_assets.clusters, cluster_assets.cluster_summary, vector_assets.qdrant_cluster_payloads]
 
@@ -44,8 +46,8 @@ def run_global(instance, resources):
 
 @pytest.fixture()
 def ingested(paths, instance, tiny_clip):
-    batch = make_demo_batch(paths.landing_dir / "b1", n_records=36, seed=3, n_broken=7, id_prefix="b1")
-    resources = make_resources(paths, tiny_clip, cluster_k=4)
+    batch = make_demo_batch(paths.landing_dir / "b1", n_records=36, seed=3, n_broken=10, id_prefix="b1")
+    resources = make_resources(paths, tiny_clip, cluster_k=4, stream_tolerance="10m")
     result = run_batch("b1", instance, resources)
     assert result.success
     return batch, resources, result
@@ -58,7 +60,7 @@ def test_batch_run_quarantines_bad_lines_and_accounts_for_every_line(ingested, p
     aligned = lake.read_partition("aligned_records", "b1")
     # every deliberately broken line is quarantined with the expected reason
     by_line = {(r["line_number"], r["reason"]) for r in rejected.iter_rows(named=True)}
-    for line, reason in batch.broken.items():
+    for line, reason in {**batch.broken, **batch.partial}.items():
         assert (line, reason) in by_line, f"line {line}: expected {reason}, got {rejected.filter(pl.col('line_number') == line)}"
     # the accounting check ran inside the run and passed
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
@@ -70,8 +72,16 @@ def test_batch_run_quarantines_bad_lines_and_accounts_for_every_line(ingested, p
     assert set(fused["record_id"]) == set(aligned["record_id"])
     text = lake.read_partition("text_embeddings", "b1")
     image = lake.read_partition("image_embeddings", "b1")
+    audio = lake.read_partition("audio_embeddings", "b1")
+    tabular = lake.read_partition("tabular_embeddings", "b1")
     assert text["space"][0] == image["space"][0]
-    assert fused["dim"][0] == text["dim"][0] + image["dim"][0]
+    assert audio["model"][0] == "clap" and audio["space"][0] == "clap:clap" and audio["dim"][0] == 16
+    assert tabular["dim"][0] == 64 and tabular["model_version"][0] == lake.read_partition(
+        "raw_tabular", "b1")["encoder_version"][0]
+    assert fused["dim"][0] == text["dim"][0] + image["dim"][0] + audio["dim"][0] + 64
+    for modality, table in (("audio", audio), ("tabular", tabular)):
+        assert set(table["record_id"]) == set(aligned.filter(pl.col(f"has_{modality}"))["record_id"])
+    assert aligned["has_audio"].sum() > 0.8 * aligned.height and aligned["has_tabular"].sum() > 0.8 * aligned.height
     # materialization metadata names the model
     mats = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
     md = mats["text_embeddings"].materialization.metadata
@@ -84,12 +94,14 @@ def test_qdrant_points_and_idempotent_rerun(ingested, paths, instance):
     aligned = lake.read_partition("aligned_records", "b1")
     with QdrantStore("mm_records", path=paths.qdrant_path) as store:
         assert store.count() == aligned.height
-        assert set(store.vector_dims()) == {"text", "image", "fused"}
+        assert set(store.vector_dims()) == {"text", "image", "audio", "tabular", "fused"}
         first = {str(p.id): p.payload for p in store.scroll_all()}
     assert set(first) == {point_id(r) for r in aligned["record_id"]}
     volatile = ("ingested_at", "rejected_at", "upserted_at", "cache_hit")
     before = {t: lake.read_partition(t, "b1").drop(c for c in volatile if c in lake.read_partition(t, "b1").columns)
-              for t in ("raw_records", "aligned_records", "rejected_records", "text_embeddings", "fused_vectors")}
+              for t in ("raw_records", "raw_audio", "raw_tabular", "stream_features", "alignment_report",
+                        "aligned_records", "rejected_records", "text_embeddings", "audio_embeddings",
+                        "tabular_embeddings", "fused_vectors")}
     assert run_batch("b1", instance, resources).success
     with QdrantStore("mm_records", path=paths.qdrant_path) as store:
         assert store.count() == aligned.height
@@ -101,6 +113,40 @@ def test_qdrant_points_and_idempotent_rerun(ingested, paths, instance):
     # the re-run embedded nothing: every vector came from the cache (same content, same model)
     assert lake.read_partition("text_embeddings", "b1")["cache_hit"].all()
     assert lake.read_partition("image_embeddings", "b1")["cache_hit"].all()
+    assert lake.read_partition("audio_embeddings", "b1")["cache_hit"].all()
+    assert lake.read_partition("tabular_embeddings", "b1")["cache_hit"].all()
+
+
+def test_streams_aligned_and_reported(ingested, paths):
+    _, _, result = ingested
+    lake = Lake(paths.lake_dir)
+    report = lake.read_partition("alignment_report", "b1")
+    assert report["stream"].to_list() == ["telemetry"]
+    row = report.row(0, named=True)
+    assert row["matched"] + row["unmatched"] == row["records_with_timestamp"] > 0
+    assert 0.5 < row["coverage"] < 1.0 and row["lag_max_s"] <= 600 and row["tolerance_s"] == 600
+    aligned = lake.read_partition("aligned_records", "b1")
+    features = lake.read_partition("stream_features", "b1")
+    assert int(features["streams_matched"].sum()) == row["matched"] and features.height == row["records"]
+    matched = aligned.filter(pl.col("streams_matched") == 1)
+    assert 0 < matched.height <= row["matched"]
+    assert matched["telemetry__temperature_c"].is_not_null().all()
+    assert aligned.filter(pl.col("streams_matched") == 0)["telemetry__lag_s"].is_null().all()
+    # matched readings are tabular features of the record
+    typed = lake.read_partition("raw_tabular", "b1")
+    assert "telemetry.temperature_c" in typed.columns and typed.schema["price"] == pl.Float64
+    assert typed.schema["material"] == pl.String
+
+
+def test_tabular_encoder_fitted_once_and_reused(ingested, paths, instance):
+    _, resources, _ = ingested
+    lake = Lake(paths.lake_dir)
+    first = lake.read_partition("raw_tabular", "b1")["encoder_version"][0]
+    make_demo_batch(paths.landing_dir / "b2", n_records=12, seed=4, n_broken=0, id_prefix="b2")
+    assert run_batch("b2", instance, resources).success
+    second = lake.read_partition("raw_tabular", "b2")
+    assert set(second["encoder_version"]) == {first}
+    assert set(lake.read_partition("tabular_embeddings", "b2")["model_version"]) == {first}
 
 
 def test_rewritten_manifest_removes_dropped_points(ingested, paths, instance):
@@ -133,9 +179,10 @@ def test_global_layer_clusters_summaries_payloads_and_sql(ingested, paths, insta
         members = set(clusters.filter(pl.col("cluster_id") == row["cluster_id"])["record_id"])
         assert set(row["representative_record_ids"]) <= members and row["representative_record_ids"]
         assert row["top_terms"] and row["name"]
+        assert 0 <= row["audio_coverage"] <= 1 and 0 <= row["tabular_coverage"] <= 1
         assert sum(json.loads(row["label_counts_json"]).values()) == row["size"]
     metrics = lake.read_table("cluster_metrics")
-    assert set(metrics["space"]) == {"fused", "text", "image"}
+    assert set(metrics["space"]) == {"fused", "text", "image", "audio", "tabular"}
     assert metrics.filter(pl.col("space") == "fused")["nmi"][0] is not None
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"clusters_cover_fused_vectors": True, "summary_sizes_match": True}
@@ -169,3 +216,27 @@ def test_search_across_modalities_in_a_shared_space(ingested, paths, tiny_clip):
         assert search(store, encoders, image=some_image, modality="text", k=3)
         with pytest.raises(SearchError):
             search(store, encoders, text="   ", k=3)
+
+
+def test_search_by_audio_clip_and_by_fields(ingested, paths, tiny_clip):
+    _, resources, _ = ingested
+    from mm_platform.defs.ingest.assets import tabular_state_dir
+    from mm_platform.lib.tabular import load_state
+
+    encoders = load_encoders(resources["encoders"].settings(), resources["device"].config())
+    lake = Lake(paths.lake_dir)
+    state = load_state(tabular_state_dir(lake))
+    with QdrantStore("mm_records", path=paths.qdrant_path) as store:
+        clip = next(p.payload for p in store.scroll_all() if p.payload.get("audio_uri"))
+        hits = search(store, encoders, audio=clip["audio_uri"], k=3)
+        assert hits[0].payload["record_id"] == clip["record_id"] and hits[0].score == pytest.approx(1.0, abs=1e-4)
+        assert all(h.vector == "audio" for h in hits)
+        assert len(search(store, encoders, audio=clip["audio_uri"], modality="fused", k=3)) == 3
+        hits = search(store, encoders, fields={"price": 12.5, "material": "ceramic"}, tabular_state=state, k=4)
+        assert len(hits) == 4 and all(h.vector == "tabular" for h in hits)
+        with pytest.raises(SearchError, match="tabular"):
+            search(store, encoders, fields={"price": 3}, tabular_state=state, modality="text", k=3)
+        with pytest.raises(SearchError, match="expected a number"):
+            search(store, encoders, fields={"price": "cheap"}, tabular_state=state, k=3)
+        with pytest.raises(SearchError, match="fitted"):
+            search(store, encoders, fields={"price": 3}, tabular_state=None, k=3)

@@ -272,9 +272,10 @@ def test_offline_profile_spaces() -> None:
     es = load_encoders(EncoderSettings(profile="offline"), CPU)
     assert (es.profile, es.reason) == ("offline", "profile 'offline' requested")
     assert es.shares_space("text", "text") and es.shares_space("image", "image")
-    assert not es.shares_space("text", "image")
+    assert not es.shares_space("text", "image") and not es.shares_space("text", "audio")
+    assert es.shares_space("audio", "audio")
     with pytest.raises(ValueError, match="unknown modality"):
-        es.shares_space("text", "audio")
+        es.shares_space("text", "video")
 
 
 def _assert_names_env_vars(msg: str) -> None:

@@ -598,32 +598,54 @@ def test_load_rgb_returns_independent_image(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# inspect_audio (light)
+# inspect_audio (libsndfile header check; decoding is tested in test_audio.py)
 # --------------------------------------------------------------------------------------------------
 
 
-def test_inspect_audio_wav_and_opaque(tmp_path: Path) -> None:
+def test_inspect_audio_wav_and_other_formats(tmp_path: Path) -> None:
     p = tmp_path / "a.wav"
     with wave.open(str(p), "wb") as wf:
         wf.setnchannels(2)
         wf.setsampwidth(2)
         wf.setframerate(16000)
-        wf.writeframes(b"\x00\x00\x00\x00" * 8000)
+        wf.writeframes(b"\x01\x00\xff\xff" * 8000)
     info = inspect_audio(p)
     assert (info.format, info.sample_rate) == ("wav", 16000)
     assert info.duration_s == pytest.approx(0.5)
     assert info.sha256 == hashlib.sha256(p.read_bytes()).hexdigest() and info.n_bytes == p.stat().st_size
-    mp3 = write(tmp_path, "b.MP3", b"ID3\x03\x00fake")
-    info = inspect_audio(mp3)
-    assert (info.format, info.duration_s, info.sample_rate) == ("mp3", None, None)
-    assert inspect_audio(write(tmp_path, "noext", b"xx")).format == "unknown"
+    import soundfile as sf
+
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(8000) / 8000)).astype(np.float32)
+    formats = [("FLAC", "PCM_16", "flac"), ("OGG", "VORBIS", "ogg"), ("MP3", "MPEG_LAYER_III", "mp3")]
+    for fmt, subtype, ext in formats:
+        q = tmp_path / f"t.{ext.upper()}"
+        sf.write(str(q), tone, 8000, format=fmt, subtype=subtype)
+        info = inspect_audio(q)
+        assert (info.format, info.sample_rate) == (ext, 8000)
+        assert info.duration_s == pytest.approx(1.0, abs=0.05)
+    # the format comes from the content, not the file name
+    renamed = tmp_path / "really_wav.mp3"
+    renamed.write_bytes(p.read_bytes())
+    assert inspect_audio(renamed).format == "wav"
 
 
 def test_inspect_audio_errors(tmp_path: Path) -> None:
     assert reason_of(inspect_audio, write(tmp_path, "bad.wav", b"not a wav at all")) == "unreadable_audio"
+    # opaque bytes are no longer accepted on their extension alone
+    assert reason_of(inspect_audio, write(tmp_path, "b.MP3", b"ID3\x03\x00fake")) == "unreadable_audio"
+    assert reason_of(inspect_audio, write(tmp_path, "noext", b"xx")) == "unreadable_audio"
     assert reason_of(inspect_audio, write(tmp_path, "e.wav", b"")) == "empty_file"
     assert reason_of(inspect_audio, write(tmp_path, "big.ogg", b"x" * 11), max_bytes=10) == "file_too_large"
     assert reason_of(inspect_audio, tmp_path / "missing.wav") == "missing_file"
+    assert reason_of(inspect_audio, tmp_path) == "not_a_file"
+    with wave.open(str(tmp_path / "long.wav"), "wb") as wf:
+        wf.setnchannels(1)
+        wf.setsampwidth(2)
+        wf.setframerate(8000)
+        wf.writeframes(b"\x01\x00" * 16000)
+    assert reason_of(inspect_audio, tmp_path / "long.wav", max_seconds=1.5) == "audio_too_long"
+    data = (tmp_path / "long.wav").read_bytes()
+    assert reason_of(inspect_audio, write(tmp_path, "cut.wav", data[: len(data) // 2])) == "unreadable_audio"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from mm_platform.defs.embeddings.assets import image_embeddings, text_embeddings
-from mm_platform.defs.fusion.assets import fused_vectors
+from mm_platform.defs.embeddings.assets import audio_embeddings, image_embeddings, tabular_embeddings, text_embeddings
+from mm_platform.defs.fusion.assets import EMBEDDING_TABLES, fused_vectors
 from mm_platform.defs.ingest.assets import aligned_records, raw_records, raw_text
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.partitions import batches_partitions
@@ -103,7 +103,8 @@ def assignment_frame(record_ids, batch_ids, labels, distances, algorithm: str, r
 
 
 @dg.asset(
-    deps=[fused_vectors, text_embeddings, image_embeddings, aligned_records, raw_records],
+    deps=[fused_vectors, text_embeddings, image_embeddings, audio_embeddings, tabular_embeddings, aligned_records,
+          raw_records],
     group_name="clusters",
     kinds={"scikitlearn", "parquet"},
     tags={"layer": "clusters"},
@@ -143,7 +144,7 @@ def clusters(
     metrics = [_metrics_row(run_id, "fused", res, scores, len(ids), fp, moved=mapping.moved, common=mapping.common,
                             new_clusters=len(mapping.new_ids), retired_clusters=len(mapping.retired_ids))]
     per_space: dict[str, dict] = {"fused": {"k": res.k, "silhouette": res.silhouette, **scores}}
-    for modality, table in (("text", "text_embeddings"), ("image", "image_embeddings")):
+    for modality, table in EMBEDDING_TABLES.items():
         m_ids, _, m_X = current_vectors(lake, table)
         if len(m_ids) < 3:
             continue
@@ -261,8 +262,7 @@ def cluster_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResou
             "cluster_id": c, "name": name, "size": g.height,
             "representative_record_ids": reps.get(c, []), "top_terms": words,
             "label_counts_json": json.dumps(label_counts.get(c, {}), sort_keys=True),
-            "text_coverage": float(g["has_text"].fill_null(False).mean()),
-            "image_coverage": float(g["has_image"].fill_null(False).mean()),
+            **{f"{m}_coverage": float(g[f"has_{m}"].fill_null(False).mean()) for m in EMBEDDING_TABLES},
             "algorithm": g["algorithm"][0].removesuffix("+assign"),
             "run_id": model.run_id if model else g["run_id"][0],
         })
@@ -274,6 +274,7 @@ def cluster_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResou
             "clusters": dg.MetadataValue.md("\n".join(
                 f"- **{r['cluster_id']}** ({r['size']}): {r['name']} — e.g. {', '.join(r['representative_record_ids'])}"
                 for r in df.iter_rows(named=True))),
-            "preview": preview(df, ["cluster_id", "name", "size", "top_terms", "text_coverage", "image_coverage"]),
+            "preview": preview(df, ["cluster_id", "name", "size", "top_terms", "text_coverage", "image_coverage",
+                                    "audio_coverage", "tabular_coverage"]),
         }
     )

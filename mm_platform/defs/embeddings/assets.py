@@ -1,6 +1,7 @@
 """Embeddings layer: one vector per record and modality, from the encoder of the active model profile."""
 
 
+import json
 from collections.abc import Callable
 
 import dagster as dg
@@ -8,11 +9,15 @@ import numpy as np
 import polars as pl
 
 from mm_platform.defs.embeddings.checks import VECTORS_VALID, vectors_valid
-from mm_platform.defs.ingest.assets import raw_images, raw_text
+from mm_platform.defs.ingest.assets import raw_audio, raw_images, raw_tabular, raw_text, tabular_state_dir
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import EncodersResource, WarehouseResource
 from mm_platform.lib.encoders.base import ModelInfo
+from mm_platform.lib.tabular import TABULAR_DIM, TabularEncoderState, encode_tabular, load_state
+
+#: Identity of the tabular encoder; its version is the fitted state's version.
+TABULAR_MODEL_ID = "mm_platform/tabular-standardise-onehot"
 
 
 def _progress(context: dg.AssetExecutionContext, what: str) -> Callable[[int, int], None]:
@@ -164,4 +169,76 @@ def image_embeddings(
         encoder=encoder,
         encode=lambda src, rows: encoder.encode_paths([src["uri"][i] for i in rows],
                                                       progress=_progress(context, "images encoded")),
+    )
+
+
+@dg.asset(
+    partitions_def=batches_partitions,
+    deps=[raw_audio],
+    group_name="embeddings",
+    kinds={"pytorch", "parquet"},
+    tags={"layer": "embeddings"},
+    check_specs=[dg.AssetCheckSpec(VECTORS_VALID, asset="audio_embeddings")],
+)
+def audio_embeddings(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, encoders: EncodersResource
+) -> dg.MaterializeResult:
+    """A unit-norm vector per record audio clip, mixed to mono and resampled to the encoder's rate: CLAP's
+    audio tower in the ``clip`` profile when its weights can be had, else (and in ``offline``) log-mel and
+    MFCC statistics computed with torch. Clips this model already embedded come from the cache."""
+    encoder = encoders.encoders.audio()
+    return embed_partition(
+        context, warehouse, encoders, table="audio_embeddings", source="raw_audio", content_col="sha256",
+        encoder=encoder,
+        encode=lambda src, rows: encoder.encode_paths([src["uri"][i] for i in rows],
+                                                      progress=_progress(context, "audio clips encoded")),
+    )
+
+
+class TabularEncoder:
+    """The fitted tabular encoder of one state version, shaped like the other encoders (``info``)."""
+
+    def __init__(self, state: TabularEncoderState):
+        self.state = state
+        self.info = ModelInfo(model_id=TABULAR_MODEL_ID, model_version=state.version, dim=TABULAR_DIM,
+                              space=f"tabular:{state.version}", modality="tabular")
+
+    def encode(self, values: list[dict]) -> np.ndarray:
+        return encode_tabular(self.state, values)
+
+
+@dg.asset(
+    partitions_def=batches_partitions,
+    deps=[raw_tabular],
+    group_name="embeddings",
+    kinds={"numpy", "parquet"},
+    tags={"layer": "embeddings"},
+    check_specs=[dg.AssetCheckSpec(VECTORS_VALID, asset="tabular_embeddings")],
+)
+def tabular_embeddings(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, encoders: EncodersResource
+) -> dg.MaterializeResult:
+    """A unit-norm 64-d vector per record's fields and aligned stream readings, from the fitted tabular
+    encoder the batch was typed with: numeric values standardised (clipped z-scores, missing → 0 plus a
+    missing flag), categories one-hot (unseen ones → "other"), each field weighted equally; the version of
+    the fitted state is the model version."""
+    lake = warehouse.lake
+    src = lake.read_partition("raw_tabular", context.partition_key)
+    versions = sorted(set(src["encoder_version"].to_list())) if src.height else []
+    if len(versions) > 1:
+        raise dg.Failure(f"batch {context.partition_key} was typed by several tabular encoders {versions}")
+    state = load_state(tabular_state_dir(lake), version=versions[0] if versions else None)
+    if state is None or state.raw_dim == 0:
+        # nothing to embed: no record of the batch has fields, or no field carries information
+        df = pl.DataFrame(schema=lake.read_table("tabular_embeddings").schema)
+        lake.write_partition("tabular_embeddings", context.partition_key, df)
+        why = "no fitted tabular encoder" if state is None else "the tabular encoder has no usable field"
+        return dg.MaterializeResult(metadata={"dagster/row_count": 0, "note": why},
+                                    check_results=[vectors_valid(df, set(src["record_id"].to_list()),
+                                                                "tabular_embeddings")])
+    encoder = TabularEncoder(state)
+    return embed_partition(
+        context, warehouse, encoders, table="tabular_embeddings", source="raw_tabular",
+        content_col="fields_sha256", encoder=encoder,
+        encode=lambda src, rows: encoder.encode([json.loads(src["values_json"][i]) for i in rows]),
     )

@@ -5,16 +5,25 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from mm_platform.defs.embeddings.assets import image_embeddings, text_embeddings
+from mm_platform.defs.embeddings.assets import (
+    audio_embeddings,
+    image_embeddings,
+    tabular_embeddings,
+    text_embeddings,
+)
 from mm_platform.defs.ingest.assets import aligned_records
 from mm_platform.defs.metadata import counts, preview
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import EncodersResource, PipelineConfigResource, WarehouseResource
 from mm_platform.lib.fusion import fuse
 from mm_platform.lib.lake import Lake
+from mm_platform.lib.tabular import TABULAR_DIM
 
 #: modality -> embeddings table, in fusion column order
-EMBEDDING_TABLES = {"text": "text_embeddings", "image": "image_embeddings"}
+EMBEDDING_TABLES = {
+    "text": "text_embeddings", "image": "image_embeddings", "audio": "audio_embeddings",
+    "tabular": "tabular_embeddings",
+}
 
 
 def embedding_matrix(df: pl.DataFrame, dim: int) -> np.ndarray:
@@ -25,20 +34,22 @@ def embedding_matrix(df: pl.DataFrame, dim: int) -> np.ndarray:
 
 def modality_dims(lake: Lake, encoders: EncodersResource, frames: dict[str, pl.DataFrame]) -> dict[str, int]:
     """The vector size of each modality: from the rows when there are any, else from the encoder (so a
-    batch without images still fuses to the same layout as every other batch)."""
+    batch without images or audio still fuses to the same layout as every other batch). Tabular vectors
+    always have :data:`TABULAR_DIM` dimensions, whatever the fields."""
     dims: dict[str, int] = {}
     for modality, df in frames.items():
         if df.height:
             dims[modality] = int(df["dim"][0])
+        elif modality == "tabular":
+            dims[modality] = TABULAR_DIM
         else:
-            enc = encoders.encoders.text() if modality == "text" else encoders.encoders.image()
-            dims[modality] = enc.info.dim
+            dims[modality] = encoders.encoders.encoder(modality).info.dim
     return dims
 
 
 @dg.asset(
     partitions_def=batches_partitions,
-    deps=[aligned_records, text_embeddings, image_embeddings],
+    deps=[aligned_records, text_embeddings, image_embeddings, audio_embeddings, tabular_embeddings],
     group_name="fused",
     kinds={"numpy", "parquet"},
     tags={"layer": "fused"},
@@ -49,9 +60,9 @@ def fused_vectors(
     encoders: EncodersResource,
     pipeline: PipelineConfigResource,
 ) -> dg.MaterializeResult:
-    """One unit-norm vector per aligned record: each modality L2-normalised, scaled by the square root of its
-    weight share among the modalities the record has, and concatenated (a missing modality is an explicit
-    zero block and the mask in ``modalities``). The dot product of two fused vectors is the weighted mean
+    """One unit-norm vector per aligned record: each modality (text, image, audio, tabular) L2-normalised,
+    scaled by the square root of its weight share among the modalities the record has, and concatenated (a
+    missing modality is an explicit zero block and the mask in ``modalities``). The dot product of two fused vectors is the weighted mean
     of the per-modality cosines they share."""
     batch_id = context.partition_key
     lake = warehouse.lake

@@ -8,6 +8,7 @@ One partition per batch. Each stage writes its rows to the lake and its rejectio
 import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -16,13 +17,14 @@ from mm_platform.defs.ingest.checks import EVERY_LINE_ACCOUNTED, every_line_acco
 from mm_platform.defs.metadata import counts, preview
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import LandingResource, WarehouseResource
+from mm_platform.lib.audio import load_audio
 from mm_platform.lib.lake import ALL_TABLES
 from mm_platform.lib.manifest import MANIFEST_NAME, Rejection, parse_manifest
 from mm_platform.lib.media import MediaError, inspect_image, resolve_media_path, text_sha256
+from mm_platform.lib.tabular import fit_or_load, type_rows, typed_frame
 
-#: Modalities the manifest may carry that this version does not process yet: they are quarantined with a
-#: clear reason (the record keeps its other modalities), never silently dropped.
-UNSUPPORTED_MODALITIES = ("audio", "fields")
+#: Fitted tabular encoder states, under the lake root.
+TABULAR_STATE_DIR = "_models/tabular"
 
 
 def _rejection_frame(rows: list[Rejection], stage: str) -> pl.DataFrame:
@@ -63,14 +65,6 @@ def raw_records(
     landed_at = datetime.fromtimestamp((batch_dir / MANIFEST_NAME).stat().st_mtime, UTC)
     parsed = parse_manifest(batch_dir, batch_id)
     rejections = list(parsed.rejections)
-    for rec in parsed.records:
-        for modality in UNSUPPORTED_MODALITIES:
-            if rec.op == "upsert" and getattr(rec, modality) is not None:
-                rejections.append(Rejection(
-                    batch_id, rec.line_number, rec.record_id, modality, "unsupported_modality",
-                    f"{modality} is not processed by this version of mm_platform; the record is kept "
-                    "with its other modalities",
-                ))
     now = datetime.now(UTC)
     recs = parsed.records
     df = pl.DataFrame(
@@ -88,10 +82,12 @@ def raw_records(
             "manifest_sha256": [parsed.manifest_sha256] * len(recs),
             "ingested_at": [now] * len(recs),
             "landed_at": [landed_at] * len(recs),
+            "entity_id": [r.entity_id for r in recs],
             "text": [r.text for r in recs],
         },
         schema_overrides={"timestamp": pl.Datetime("us", "UTC"), "label": pl.String, "image_path": pl.String,
-                          "audio_path": pl.String, "fields_json": pl.String, "text": pl.String},
+                          "audio_path": pl.String, "fields_json": pl.String, "text": pl.String,
+                          "entity_id": pl.String},
     )
     lake = warehouse.lake
     lake.write_partition("raw_records", batch_id, df)
@@ -192,51 +188,216 @@ def raw_images(
     )
 
 
+def _inspect_audio_one(batch_dir, row: dict, max_seconds: float) -> tuple[dict | None, Rejection | None]:
+    try:
+        path = resolve_media_path(batch_dir, row["audio_path"])
+        audio = load_audio(path, None, max_seconds=max_seconds)
+    except MediaError as exc:
+        return None, Rejection(row["batch_id"], row["line_number"], row["record_id"], "audio", exc.reason, exc.detail)
+    meta = audio.meta
+    return {
+        "record_id": row["record_id"], "batch_id": row["batch_id"], "line_number": row["line_number"],
+        "audio_path": row["audio_path"], "uri": str(path), "sha256": meta.sha256, "format": meta.format,
+        "subtype": meta.subtype, "sample_rate": meta.sample_rate, "channels": meta.channels,
+        "duration_s": meta.duration_s, "n_bytes": meta.n_bytes, "rms": audio.rms, "peak": audio.peak,
+    }, None
+
+
 @dg.asset(
     partitions_def=batches_partitions,
-    deps=[raw_records, raw_text, raw_images],
-    group_name="aligned",
+    deps=[raw_records],
+    group_name="raw",
     kinds={"python", "parquet"},
-    tags={"layer": "aligned"},
+    tags={"layer": "raw"},
 )
-def aligned_records(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """One row per record with at least one valid modality: its timestamp, label and which modalities it has
-    (text, image; audio and tabular arrive later). A record whose every modality was rejected is not here —
-    its lines are in ``rejected_records``."""
+def raw_audio(
+    context: dg.AssetExecutionContext, landing: LandingResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Every audio clip a record points at (WAV, FLAC, OGG/Vorbis or MP3), fully decoded once through
+    soundfile to prove it is usable, with format, sample rate, channels, duration, level and content hash.
+    Missing, escaping, corrupt, truncated, empty, silent-only, non-finite, over-long and oversized files are
+    quarantined; the mono mix and resampling to the encoder's rate happen when it is embedded."""
     batch_id = context.partition_key
+    batch_dir = landing.batch_dir(batch_id)
     lake = warehouse.lake
-    recs = lake.read_partition("raw_records", batch_id).filter(pl.col("op") == "upsert")
-    text = lake.read_partition("raw_text", batch_id).select("record_id", "text_sha256")
-    images = lake.read_partition("raw_images", batch_id).select("record_id", pl.col("sha256").alias("image_sha256"))
-    df = (
-        recs.select("record_id", "batch_id", "line_number", "timestamp", "label")
-        .join(text, on="record_id", how="left")
-        .join(images, on="record_id", how="left")
-        .with_columns(
-            pl.col("text_sha256").is_not_null().alias("has_text"),
-            pl.col("image_sha256").is_not_null().alias("has_image"),
-            pl.lit(False).alias("has_audio"),
-            pl.lit(False).alias("has_tabular"),
-        )
-        .filter(pl.col("has_text") | pl.col("has_image"))
-        .sort("line_number")
+    src = lake.read_partition("raw_records", batch_id).filter(
+        (pl.col("op") == "upsert") & pl.col("audio_path").is_not_null()
     )
-    lake.write_partition("aligned_records", batch_id, df)
+    max_s = float(landing.max_audio_seconds)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda r: _inspect_audio_one(batch_dir, r, max_s), src.iter_rows(named=True)))
+    rows = [r for r, _ in results if r is not None]
+    rejections = [j for _, j in results if j is not None]
+    df = pl.DataFrame(rows, schema=ALL_TABLES["raw_audio"])
+    lake.write_partition("raw_audio", batch_id, df)
+    rej = _rejection_frame(rejections, "raw_audio")
+    lake.write_stage_rejections("raw_audio", batch_id, rej)
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": df.height,
-            "with_text": int(df["has_text"].sum()),
-            "with_image": int(df["has_image"].sum()),
-            "with_both": int((df["has_text"] & df["has_image"]).sum()),
-            "labelled": int(df["label"].is_not_null().sum()),
-            "preview": preview(df, ["record_id", "label", "has_text", "has_image", "timestamp"]),
+            "rejections": rej.height,
+            "rejections_by_reason": counts(rej["reason"]) if rej.height else {},
+            "formats": counts(df["format"]) if df.height else {},
+            "total_seconds": float(df["duration_s"].sum()) if df.height else 0.0,
+            "preview": preview(df, ["record_id", "audio_path", "format", "sample_rate", "channels", "duration_s"]),
+        }
+    )
+
+
+def tabular_state_dir(lake) -> Path:
+    """Where the fitted tabular encoder states live (one JSON per version, ``current.json`` the one in use)."""
+    return lake.root / TABULAR_STATE_DIR
+
+
+def _tabular_rows(recs: pl.DataFrame, streams: pl.DataFrame) -> tuple[list[str], list[int], list[dict], list[int]]:
+    """(record ids, line numbers, feature dicts, number of manifest fields) of the records with manifest fields
+    or matched stream readings: the manifest ``fields`` plus every matched stream value as
+    ``<stream>.<column>``."""
+    matched = dict(streams.select("record_id", "stream_features_json").iter_rows()) if streams.height else {}
+    ids, lines, rows, n_fields = [], [], [], []
+    for rid, line, fields_json in recs.select("record_id", "line_number", "fields_json").iter_rows():
+        fields = json.loads(fields_json) if fields_json else {}
+        extra = json.loads(matched[rid]) if matched.get(rid) else {}
+        if not fields and not extra:
+            continue
+        ids.append(rid)
+        lines.append(line)
+        rows.append({**fields, **extra})
+        n_fields.append(len(fields))
+    return ids, lines, rows, n_fields
+
+
+@dg.asset(
+    partitions_def=batches_partitions,
+    deps=[raw_records, dg.AssetKey("stream_features")],
+    group_name="raw",
+    kinds={"python", "parquet"},
+    tags={"layer": "raw"},
+)
+def raw_tabular(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """The tabular modality of each record as typed columns: its manifest ``fields`` plus the stream readings
+    matched to it (``<stream>.<column>``), typed by the fitted tabular encoder (numeric → DOUBLE, categorical
+    → VARCHAR). The encoder is fitted on the first batch that has fields (standardisation, category lists)
+    and stored versioned under ``lake/_models/tabular``, so every later batch is typed and encoded the same
+    way. Unusable values (text in a numeric field) are quarantined and the field counts as missing; the
+    record keeps its other fields."""
+    batch_id = context.partition_key
+    lake = warehouse.lake
+    recs = lake.read_partition("raw_records", batch_id).filter(pl.col("op") == "upsert")
+    streams = lake.read_partition("stream_features", batch_id)
+    ids, lines, rows, n_fields = _tabular_rows(recs, streams)
+    rejections: list[Rejection] = []
+    if rows:
+        state, fitted_now = fit_or_load(tabular_state_dir(lake), rows)
+        typed = type_rows(state, rows)
+        line_of = dict(zip(ids, lines, strict=True))
+        for prob in typed.problems:
+            rid = ids[prob.row]
+            rejections.append(Rejection(batch_id, line_of[rid], rid, "fields", prob.reason, prob.detail))
+        frame = typed_frame(ids, typed, state)
+        invalid = [0] * len(ids)
+        for prob in typed.problems:
+            invalid[prob.row] += 1
+        values_json = [json.dumps(v, sort_keys=True, default=str) for v in typed.values]
+        df = frame.with_columns(
+            pl.lit(batch_id).alias("batch_id"),
+            pl.Series("line_number", lines, dtype=pl.Int32),
+            pl.Series("fields_sha256", [text_sha256(v) for v in values_json]),
+            pl.Series("n_fields", n_fields, dtype=pl.Int32),
+            pl.Series("n_missing", [sum(x is None for x in v.values()) for v in typed.values], dtype=pl.Int32),
+            pl.Series("n_invalid", invalid, dtype=pl.Int32),
+            pl.lit(state.version).alias("encoder_version"),
+            pl.Series("values_json", values_json),
+        )
+        md_state: dict[str, object] = {
+            "encoder_version": state.version, "encoder_fitted_now": fitted_now,
+            "encoder_fields": {f.name: f.kind for f in state.fields},
+            "unknown_fields": typed.unknown_fields,
+        }
+    else:
+        df = pl.DataFrame(schema=ALL_TABLES["raw_tabular"])
+        md_state = {}
+    lake.write_partition("raw_tabular", batch_id, df)
+    rej = _rejection_frame(rejections, "raw_tabular")
+    lake.write_stage_rejections("raw_tabular", batch_id, rej)
+    if md_state.get("unknown_fields"):
+        context.log.warning(
+            f"fields not known to tabular encoder {md_state['encoder_version']} are stored but not embedded: "
+            f"{md_state['unknown_fields']} (refit with `mm-platform refit-tabular`)"
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": df.height,
+            "rejections": rej.height,
+            "rejections_by_reason": counts(rej["reason"]) if rej.height else {},
+            **md_state,
+            "preview": preview(df, ["record_id", *[c for c in df.columns if c not in ALL_TABLES["raw_tabular"]
+                                                   and c != "values_json"][:6]]),
         }
     )
 
 
 @dg.asset(
     partitions_def=batches_partitions,
-    deps=[raw_records, raw_text, raw_images, aligned_records],
+    deps=[raw_records, raw_text, raw_images, raw_audio, raw_tabular, dg.AssetKey("stream_features")],
+    group_name="aligned",
+    kinds={"python", "parquet"},
+    tags={"layer": "aligned"},
+)
+def aligned_records(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """One row per record with at least one valid modality: its timestamp, entity, label, which modalities
+    it has (text, image, audio, tabular) with their content hashes, and the stream readings aligned to it
+    (as-of join per entity within the configured tolerance: one ``<stream>__<column>`` column per value and
+    ``<stream>__lag_s``; see ``alignment_report``). A record whose every modality was rejected is not here —
+    its lines are in ``rejected_records``."""
+    batch_id = context.partition_key
+    lake = warehouse.lake
+    recs = lake.read_partition("raw_records", batch_id).filter(pl.col("op") == "upsert")
+    text = lake.read_partition("raw_text", batch_id).select("record_id", "text_sha256")
+    images = lake.read_partition("raw_images", batch_id).select("record_id", pl.col("sha256").alias("image_sha256"))
+    audio = lake.read_partition("raw_audio", batch_id).select("record_id", pl.col("sha256").alias("audio_sha256"))
+    tabular = lake.read_partition("raw_tabular", batch_id).select("record_id", "fields_sha256")
+    streams = lake.read_partition("stream_features", batch_id)
+    stream_cols = [c for c in streams.columns if c not in ("batch_id", "entity_id", "timestamp")]
+    df = (
+        recs.select("record_id", "batch_id", "line_number", "timestamp", "label", "entity_id")
+        .join(text, on="record_id", how="left")
+        .join(images, on="record_id", how="left")
+        .join(audio, on="record_id", how="left")
+        .join(tabular, on="record_id", how="left")
+        .join(streams.select(stream_cols), on="record_id", how="left")
+        .with_columns(
+            pl.col("text_sha256").is_not_null().alias("has_text"),
+            pl.col("image_sha256").is_not_null().alias("has_image"),
+            pl.col("audio_sha256").is_not_null().alias("has_audio"),
+            pl.col("fields_sha256").is_not_null().alias("has_tabular"),
+            pl.col("streams_matched").fill_null(0),
+        )
+        .filter(pl.col("has_text") | pl.col("has_image") | pl.col("has_audio") | pl.col("has_tabular"))
+        .sort("line_number")
+    )
+    lake.write_partition("aligned_records", batch_id, df)
+    combos = pl.concat_str(
+        [pl.when(pl.col(f"has_{m}")).then(pl.lit(m)) for m in ("text", "image", "audio", "tabular")],
+        separator="+", ignore_nulls=True,
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": df.height,
+            **{f"with_{m}": int(df[f"has_{m}"].sum()) for m in ("text", "image", "audio", "tabular")},
+            "with_stream_match": int((df["streams_matched"] > 0).sum()),
+            "modality_combinations": counts(df.select(combos.alias("m"))["m"]) if df.height else {},
+            "labelled": int(df["label"].is_not_null().sum()),
+            "preview": preview(df, ["record_id", "label", "has_text", "has_image", "has_audio", "has_tabular",
+                                    "streams_matched"]),
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=batches_partitions,
+    deps=[raw_records, raw_text, raw_images, raw_audio, raw_tabular, dg.AssetKey("stream_features"),
+          aligned_records],
     group_name="raw",
     kinds={"python", "parquet"},
     tags={"layer": "raw"},
@@ -247,7 +408,8 @@ def rejected_records(
 ) -> dg.MaterializeResult:
     """The quarantine: one row per problem found in a batch (line number, record_id when known, modality,
     reason code and a specific detail), gathered from every stage. A record kept with its valid modalities
-    also appears here for the broken one."""
+    also appears here for the broken one. Problems of a batch's stream files (not of a manifest line) have
+    line number 0 and modality ``stream``."""
     batch_id = context.partition_key
     lake = warehouse.lake
     df = lake.read_stage_rejections(batch_id).sort("line_number", "modality")
@@ -255,10 +417,11 @@ def rejected_records(
     aligned = lake.read_partition("aligned_records", batch_id)
     deletes = lake.read_partition("raw_records", batch_id).filter(pl.col("op") == "delete")
     check = every_line_accounted(landing.batch_dir(batch_id), aligned, df, deletes)
+    lines = df.filter(pl.col("line_number") > 0)
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": df.height,
-            "rejected_lines": df["line_number"].n_unique() if df.height else 0,
+            "rejected_lines": lines["line_number"].n_unique() if lines.height else 0,
             "by_reason": counts(df["reason"]) if df.height else {},
             "by_modality": counts(df["modality"]) if df.height else {},
             "preview": preview(df, ["line_number", "record_id", "modality", "reason", "detail"], n=10),

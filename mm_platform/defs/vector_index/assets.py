@@ -7,8 +7,15 @@ import numpy as np
 import polars as pl
 
 from mm_platform.defs.clusters.assets import GLOBAL_AUTOMATION, cluster_assignments, clusters
-from mm_platform.defs.fusion.assets import EMBEDDING_TABLES, fused_vectors
-from mm_platform.defs.ingest.assets import aligned_records, raw_images, raw_records, raw_text, rejected_records
+from mm_platform.defs.fusion.assets import EMBEDDING_TABLES, fused_vectors, modality_dims
+from mm_platform.defs.ingest.assets import (
+    aligned_records,
+    raw_audio,
+    raw_images,
+    raw_records,
+    raw_text,
+    rejected_records,
+)
 from mm_platform.defs.ingest.checks import manifest_line_numbers
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.partitions import batches_partitions
@@ -38,6 +45,7 @@ def build_points(lake: Lake, batch_id: str, record_ids: set[str], cluster_of: di
     fusion_spec = fused["fusion"][0] if fused.height else None
     texts = dict(lake.read_partition("raw_text", batch_id).select("record_id", "text").iter_rows())
     images = dict(lake.read_partition("raw_images", batch_id).select("record_id", "uri").iter_rows())
+    audio = dict(lake.read_partition("raw_audio", batch_id).select("record_id", "uri").iter_rows())
     points: list[PointData] = []
     for row in aligned.iter_rows(named=True):
         rid = row["record_id"]
@@ -55,16 +63,17 @@ def build_points(lake: Lake, batch_id: str, record_ids: set[str], cluster_of: di
             "fusion": fusion_spec,
             "text": text[:TEXT_PREVIEW_CHARS] if text else None,
             "image_uri": images.get(rid),
+            "audio_uri": audio.get(rid),
+            "entity_id": row["entity_id"],
         }))
     return points
 
 
-def vector_dims(lake: Lake, batch_id: str) -> dict[str, int]:
-    dims = {}
-    for m, t in EMBEDDING_TABLES.items():
-        df = lake.read_partition(t, batch_id)
-        if df.height:
-            dims[m] = int(df["dim"][0])
+def vector_dims(lake: Lake, encoders: EncodersResource, batch_id: str) -> dict[str, int]:
+    """Every named vector's size, for all modalities even when this batch lacks one, so a later batch that
+    brings a new modality never forces the collection to be recreated."""
+    frames = {m: lake.read_partition(t, batch_id) for m, t in EMBEDDING_TABLES.items()}
+    dims = modality_dims(lake, encoders, frames)
     fused = lake.read_partition("fused_vectors", batch_id)
     if fused.height:
         dims["fused"] = int(fused["dim"][0])
@@ -73,7 +82,8 @@ def vector_dims(lake: Lake, batch_id: str) -> dict[str, int]:
 
 @dg.asset(
     partitions_def=batches_partitions,
-    deps=[aligned_records, fused_vectors, raw_text, raw_images, raw_records, rejected_records, cluster_assignments],
+    deps=[aligned_records, fused_vectors, raw_text, raw_images, raw_audio, raw_records, rejected_records,
+          cluster_assignments],
     group_name="vector_index",
     kinds={"qdrant", "parquet"},
     tags={"layer": "vector_index"},
@@ -108,7 +118,7 @@ def vector_points(
         fallback += build_points(lake, other, {r for r, b in owner.items() if b == other}, cluster_of)
     removed = sorted((gone - set(owner)) | delete_ids)
 
-    dims = vector_dims(lake, batch_id)
+    dims = vector_dims(lake, encoders, batch_id)
     with qdrant.store() as store:
         recreated = store.ensure_collection(dims) if dims else False
         written = store.upsert(points + fallback)
@@ -137,7 +147,7 @@ def vector_points(
         "batch_id": [batch_id], "manifest_sha256": [manifest_sha],
         "manifest_lines": [len(manifest_line_numbers(landing.batch_dir(batch_id)))],
         "aligned_records": [lake.read_partition("aligned_records", batch_id).height],
-        "rejected_lines": [rejected["line_number"].n_unique()],
+        "rejected_lines": [rejected.filter(pl.col("line_number") > 0)["line_number"].n_unique()],
         "points": [len(points)], "deletes": [len(delete_ids)], "completed_at": [now],
         "profile_key": [encoders.profile_key()],
         "profile_request": [encoders.request_key()],

@@ -1,7 +1,7 @@
 """Encoder contracts (protocols, model metadata, errors) and small shared helpers.
 
-Heavy libraries (sentence-transformers, timm, open_clip) are imported lazily by the concrete encoders, so
-importing this module is cheap.
+Heavy libraries (sentence-transformers, timm, open_clip, transformers) are imported lazily by the concrete
+encoders, so importing this module is cheap.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 if TYPE_CHECKING:
     from PIL import Image
 
-MODALITIES: tuple[str, ...] = ("text", "image")
+MODALITIES: tuple[str, ...] = ("text", "image", "audio")
 
 ProgressFn = Callable[[int, int], None]
 """Progress callback: ``progress(done, total)`` after each batch."""
@@ -36,6 +36,22 @@ class ImageDecodeError(ValueError):
     """An image file could not be opened or decoded; the message names the file."""
 
 
+class AudioDecodeError(ValueError):
+    """An audio file could not be decoded; the message names the file.
+
+    ``reason`` is the :class:`~mm_platform.lib.media.MediaError` reason code (``"unreadable_audio"``,
+    ``"silent_audio"``, ...) and ``path`` the file.
+    """
+
+    def __init__(self, message: str, reason: str = "unreadable_audio", path: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.path = path
+
+    def __reduce__(self) -> tuple[type[AudioDecodeError], tuple[str, str, str]]:
+        return (AudioDecodeError, (str(self), self.reason, self.path))
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """Identity of an encoder, recorded next to every vector it produces.
@@ -47,7 +63,7 @@ class ModelInfo:
         dim: vector dimension.
         space: vectors of encoders whose ``space`` is equal are directly comparable (CLIP's text and image
             encoders share one; MiniLM and EfficientNet each have their own).
-        modality: ``"text"`` or ``"image"``.
+        modality: ``"text"``, ``"image"`` or ``"audio"``.
     """
 
     model_id: str
@@ -100,6 +116,32 @@ class ImageEncoder(Protocol):
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Encode in-memory PIL images; ``(len(images), info.dim)`` float32 with unit-norm rows."""
+        ...
+
+
+@runtime_checkable
+class AudioEncoder(Protocol):
+    """Encodes audio clips into L2-normalised float32 vectors.
+
+    Attributes:
+        info: the model's identity (``modality == "audio"``).
+        sample_rate: the rate (Hz) :meth:`encode_waveforms` expects its mono waveforms at.
+    """
+
+    info: ModelInfo
+    sample_rate: int
+
+    def encode_waveforms(self, waves: Sequence[np.ndarray], progress: ProgressFn | None = None) -> np.ndarray:
+        """Encode mono float32 waveforms sampled at ``sample_rate``; ``(len(waves), info.dim)`` float32 with
+        unit-norm rows (``(0, dim)`` when empty). Raises ValueError for an empty or non-finite waveform."""
+        ...
+
+    def encode_paths(
+        self, paths: Sequence[str | os.PathLike[str]], progress: ProgressFn | None = None
+    ) -> np.ndarray:
+        """Decode audio files with :func:`mm_platform.lib.audio.load_audio` (``target_sr=sample_rate``) and
+        encode them; ``(len(paths), info.dim)`` float32. Raises :class:`AudioDecodeError` naming the first
+        file that cannot be decoded."""
         ...
 
 

@@ -6,6 +6,11 @@ Profiles:
     ``clip``: one open_clip model for text and image, one shared space.
     ``auto``: ``clip`` when the CLIP weights are local (checkpoint file, or tag already cached) or the hub
         answers a TCP connect within ``probe_timeout_s``; else ``offline``.
+
+Audio (:meth:`EncoderSet.audio`): ``offline`` uses the log-mel/MFCC statistics encoder; ``clip`` uses the CLAP
+audio tower (``clap_model``) when it is local (directory or cached hub id) or downloadable (the hub answers),
+else falls back to log-mel; the choice and its reason are in ``EncoderSet.audio_reason``. Audio never shares
+a space with text or image.
 """
 
 from __future__ import annotations
@@ -18,7 +23,19 @@ import time
 from dataclasses import dataclass, field
 
 from mm_platform.lib.device import DeviceConfig, resolve_device
-from mm_platform.lib.encoders.base import MODALITIES, EncoderUnavailable, ImageEncoder, TextEncoder
+from mm_platform.lib.encoders.audio import (
+    DEFAULT_CLAP_MODEL,
+    ClapAudioEncoder,
+    LogMelAudioEncoder,
+    find_clap_weights,
+)
+from mm_platform.lib.encoders.base import (
+    MODALITIES,
+    AudioEncoder,
+    EncoderUnavailable,
+    ImageEncoder,
+    TextEncoder,
+)
 from mm_platform.lib.encoders.clip import (
     CLIP_HINT,
     ClipBundle,
@@ -48,6 +65,7 @@ class EncoderSettings:
         clip_pretrained: an open_clip pretrained tag, or a path to a local checkpoint file.
         clip_config: optional custom open_clip model-config JSON (named ``<clip_arch>.json``).
         probe_timeout_s: how long ``auto`` / ``clip`` wait for the hub to answer a TCP connect.
+        clap_model: CLAP model for audio in the ``clip`` profile: a hub id or a local directory.
     """
 
     profile: str = "auto"
@@ -55,6 +73,7 @@ class EncoderSettings:
     clip_pretrained: str = "laion2b_s34b_b79k"
     clip_config: str | None = None
     probe_timeout_s: float = 2.0
+    clap_model: str = DEFAULT_CLAP_MODEL
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -161,15 +180,42 @@ def resolve_profile(settings: EncoderSettings) -> tuple[str, str]:
     return "offline", f"auto: CLIP not available ({reason}); using offline MiniLM + EfficientNet-Lite0"
 
 
+def resolve_audio(settings: EncoderSettings, profile: str) -> tuple[str, bool, str]:
+    """Which audio encoder a resolved ``profile`` gets: ``("clap" | "logmel", allow_download, reason)``.
+
+    ``offline`` -> log-mel. ``clip`` -> CLAP when ``settings.clap_model`` is a complete local directory or a
+    cached hub id, or the hub answers a TCP connect within ``probe_timeout_s`` (then it is downloaded);
+    else log-mel. Loads nothing; takes at most about ``probe_timeout_s``.
+    """
+    if profile != "clip":
+        return "logmel", False, f"profile {profile!r}: built-in log-mel/MFCC audio encoder"
+    where = find_clap_weights(settings.clap_model)
+    if where.local:
+        return "clap", False, f"CLAP available locally: {where.detail}"
+    if where.status == "missing":
+        return "logmel", False, f"CLAP not available ({where.detail}); using the log-mel/MFCC audio encoder"
+    assert where.host is not None
+    reachable, why = probe_host(where.host, settings.probe_timeout_s)
+    if reachable:
+        return "clap", True, f"{where.detail}; {why}, CLAP will be downloaded"
+    return (
+        "logmel",
+        False,
+        f"CLAP not available ({where.detail} and the hub is not reachable: {why}); "
+        "using the log-mel/MFCC audio encoder",
+    )
+
+
 # --------------------------------------------------------------------------------------------------------
 # encoder set
 
 
 @dataclass
 class EncoderSet:
-    """The text and image encoders of one profile, each built on first use and cached.
+    """The text, image and audio encoders of one profile, each built on first use and cached.
 
-    Build with :func:`load_encoders`. Thread-safe.
+    Build with :func:`load_encoders`. Thread-safe. ``audio_reason`` says which audio encoder was chosen and
+    why (empty until :meth:`audio` is first called).
     """
 
     profile: str
@@ -179,6 +225,8 @@ class EncoderSet:
     allow_download: bool = False
     _text: TextEncoder | None = field(default=None, init=False, repr=False)
     _image: ImageEncoder | None = field(default=None, init=False, repr=False)
+    _audio: AudioEncoder | None = field(default=None, init=False, repr=False)
+    audio_reason: str = field(default="", init=False)
     _clip: ClipBundle | None = field(default=None, init=False, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
 
@@ -218,23 +266,51 @@ class EncoderSet:
                     self._image = EfficientNetImageEncoder(self.device)
             return self._image
 
-    def encoder(self, modality: str) -> TextEncoder | ImageEncoder:
-        """``text()`` or ``image()`` by modality name."""
+    def audio(self) -> AudioEncoder:
+        """The audio encoder (CLAP in the clip profile when it can be had, else log-mel); loaded once.
+
+        A CLAP model that is located but fails to load also falls back to log-mel (logged as a warning);
+        ``audio_reason`` records the choice either way.
+        """
+        with self._lock:
+            if self._audio is None:
+                kind, download, reason = resolve_audio(self.settings, self.profile)
+                encoder: AudioEncoder | None = None
+                if kind == "clap":
+                    try:
+                        encoder = ClapAudioEncoder(
+                            self.device, self.settings.clap_model, allow_download=download
+                        )
+                    except EncoderUnavailable as exc:
+                        reason = f"CLAP failed to load ({exc}); using the log-mel/MFCC audio encoder"
+                        logger.warning("audio encoder: %s", reason)
+                if encoder is None:
+                    encoder = LogMelAudioEncoder(self.device)
+                self._audio = encoder
+                self.audio_reason = reason
+                logger.info("audio encoder %s (%s)", encoder.info.model_id, reason)
+            return self._audio
+
+    def encoder(self, modality: str) -> TextEncoder | ImageEncoder | AudioEncoder:
+        """``text()``, ``image()`` or ``audio()`` by modality name."""
         if modality == "text":
             return self.text()
         if modality == "image":
             return self.image()
+        if modality == "audio":
+            return self.audio()
         raise ValueError(f"unknown modality {modality!r}: expected one of {', '.join(MODALITIES)}")
 
     def shares_space(self, a: str, b: str) -> bool:
         """True when vectors of modality ``a`` and ``b`` are directly comparable.
 
-        ``clip``: text and image share one space. ``offline``: only a modality with itself.
+        ``clip``: text and image share one space. ``offline``: only a modality with itself. Audio only ever
+        shares a space with audio.
         """
         for m in (a, b):
             if m not in MODALITIES:
                 raise ValueError(f"unknown modality {m!r}: expected one of {', '.join(MODALITIES)}")
-        return a == b or self.profile == "clip"
+        return a == b or (self.profile == "clip" and {a, b} == {"text", "image"})
 
 
 def load_encoders(settings: EncoderSettings, device: DeviceConfig) -> EncoderSet:
