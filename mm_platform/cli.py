@@ -236,7 +236,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("\nQuarantined (rejected_records):")
         print(_table(q("SELECT reason, modality, count(*) AS n, any_value(detail) AS example "
                        "FROM rejected_records GROUP BY ALL ORDER BY n DESC, reason")))
-        print("\nClusters (cluster_summary, fused text+image vectors):")
+        print("\nModalities per record (aligned_records):")
+        print(_table(q("SELECT sum(has_text::INT) AS text, sum(has_image::INT) AS image, sum(has_audio::INT) AS audio, "
+                       "sum(has_tabular::INT) AS tabular, sum((streams_matched > 0)::INT) AS with_stream_reading "
+                       "FROM aligned_records")))
+        print("\nStream alignment (alignment_report):")
+        print(_table(q("SELECT stream, records_with_timestamp, matched, unmatched, coverage, lag_median_s, "
+                       "lag_max_s, tolerance_s, strategy FROM alignment_report ORDER BY batch_id, stream")))
+        print("\nClusters (cluster_summary, fused text+image+audio+tabular vectors):")
         print(_table(q("SELECT cluster_id, size, name, top_terms, label_counts_json AS labels "
                        "FROM cluster_summary ORDER BY cluster_id"), width=70))
         print("\nCluster quality against the demo labels (cluster_metrics):")

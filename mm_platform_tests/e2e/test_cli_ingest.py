@@ -1,5 +1,6 @@
-"""End to end through the real CLI, on the offline profile with real pretrained encoders:
-landing batch → warehouse contract → Qdrant points → clusters, idempotent re-ingest, search, sql."""
+"""End to end through the real CLI, on the offline profile with real pretrained encoders and all four
+modalities (text, image, audio, tabular fields + a time-aligned stream): landing batch → warehouse contract
+→ Qdrant points → clusters, idempotent re-ingest, search, sql."""
 
 import hashlib
 
@@ -18,8 +19,17 @@ CONTRACT = {
     "rejected_records": {"batch_id", "line_number", "record_id", "modality", "reason", "detail"},
     "aligned_records": {"record_id", "batch_id", "timestamp", "label", "has_text", "has_image", "has_audio",
                         "has_tabular"},
+    "raw_audio": {"record_id", "batch_id", "audio_path", "sha256", "format", "sample_rate", "channels",
+                  "duration_s"},
+    "raw_tabular": {"record_id", "batch_id", "fields_sha256", "encoder_version", "price", "material"},
+    "stream_features": {"record_id", "batch_id", "streams_matched", "telemetry__temperature_c",
+                        "telemetry__lag_s"},
+    "alignment_report": {"batch_id", "stream", "matched", "unmatched", "coverage", "lag_median_s",
+                         "tolerance_s"},
     "text_embeddings": {"record_id", "batch_id", "model", "dim", "embedding"},
     "image_embeddings": {"record_id", "batch_id", "model", "dim", "embedding"},
+    "audio_embeddings": {"record_id", "batch_id", "model", "dim", "embedding"},
+    "tabular_embeddings": {"record_id", "batch_id", "model", "model_version", "dim", "embedding"},
     "fused_vectors": {"record_id", "batch_id", "fusion", "embedding"},
     "clusters": {"record_id", "cluster_id"},
     "cluster_summary": {"cluster_id", "size", "representative_record_ids", "top_terms"},
@@ -84,12 +94,28 @@ def test_ingest_end_to_end(cli_paths):
         n_aligned = con.execute("SELECT count(*) FROM aligned_records").fetchone()[0]
         assert n_aligned >= 140
         models = {r[0] for r in con.execute(
-            "SELECT DISTINCT model FROM text_embeddings UNION SELECT DISTINCT model FROM image_embeddings").fetchall()}
-        assert models == {"sentence-transformers/all-MiniLM-L6-v2", "timm/tf_efficientnet_lite0"}
+            "SELECT DISTINCT model FROM text_embeddings UNION SELECT DISTINCT model FROM image_embeddings "
+            "UNION SELECT DISTINCT model FROM audio_embeddings UNION SELECT DISTINCT model FROM tabular_embeddings"
+        ).fetchall()}
+        assert models == {"sentence-transformers/all-MiniLM-L6-v2", "timm/tf_efficientnet_lite0",
+                          "mm_platform/logmel-mfcc-stats", "mm_platform/tabular-standardise-onehot"}
+        # all four modalities on most records; the stream aligned within its tolerance, misses counted
+        has = con.execute("SELECT avg(has_text::INT), avg(has_image::INT), avg(has_audio::INT), "
+                          "avg(has_tabular::INT) FROM aligned_records").fetchone()
+        assert min(has) > 0.85, has
+        formats = {r[0] for r in con.execute("SELECT DISTINCT format FROM raw_audio").fetchall()}
+        assert {"wav", "flac", "ogg", "mp3"} <= {f.lower() for f in formats}, formats
+        rep = con.execute("SELECT matched, unmatched, coverage, records_with_timestamp FROM alignment_report "
+                          "WHERE batch_id = 'batch-a'").fetchone()
+        assert rep[0] + rep[1] == rep[3] and rep[1] > 0 and 0.8 < rep[2] < 1.0, rep
+        reasons_a = {r[0] for r in con.execute(
+            "SELECT reason FROM rejected_records WHERE batch_id = 'batch-a'").fetchall()}
+        assert {"unreadable_audio", "silent_audio", "invalid_field_value"} <= reasons_a
         # cluster quality: the fused vectors beat each single modality against the labels
         nmi = dict(con.execute("SELECT space, nmi FROM cluster_metrics").fetchall())
-        assert nmi["fused"] > nmi["text"] and nmi["fused"] > nmi["image"], nmi
-        assert nmi["fused"] > 0.6, nmi
+        assert set(nmi) == {"fused", "text", "image", "audio", "tabular"}
+        assert nmi["fused"] > max(v for k, v in nmi.items() if k != "fused"), nmi
+        assert nmi["fused"] > 0.7, nmi
         summary = con.execute("SELECT count(*), sum(size) FROM cluster_summary").fetchone()
         assert summary[0] >= 3 and summary[1] == n_aligned
     finally:
@@ -101,6 +127,8 @@ def test_ingest_end_to_end(cli_paths):
     payloads = [p for p, _ in points.values()]
     assert all(p["cluster_id"] is not None and p["batch_id"] == "batch-a" for p in payloads)
     assert all("fused" in v for _, v in points.values())
+    assert sum("audio" in v for _, v in points.values()) > 0.85 * n_aligned
+    assert sum("tabular" in v for _, v in points.values()) > 0.85 * n_aligned
 
     # a second ingest with nothing new changes nothing
     before, before_points = snapshot(paths), points
@@ -119,6 +147,11 @@ def test_ingest_end_to_end(cli_paths):
     assert res["results"][0]["payload"]["image_uri"] == image
     proc = run_cli("search", "--text", "mug", "--modality", "image", check=False)
     assert proc.returncode == 2 and "shared" in proc.stderr
+    clip = next(p["audio_uri"] for p in payloads if p.get("audio_uri"))
+    res = cli_json("search", "--audio", clip, "-k", "3")
+    assert res["results"][0]["payload"]["audio_uri"] == clip and res["results"][0]["modality"] == "audio"
+    res = cli_json("search", "--fields", '{"price": 30, "material": "ceramic"}', "-k", "3")
+    assert len(res["results"]) == 3 and res["results"][0]["modality"] == "tabular"
 
     # sql and status
     out = cli_json("sql", "SELECT count(*) AS n FROM fused_vectors")
