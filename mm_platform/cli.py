@@ -118,15 +118,17 @@ def _print_hits(hits: list, as_json: bool) -> None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from mm_platform.defs.ingest.assets import tabular_state_dir
-    from mm_platform.lib.search import SearchError, search
+    from mm_platform.lib.search import SearchError, SharedSpace, search
     from mm_platform.lib.tabular import load_state
 
     with _resources() as res:
         try:
-            state = load_state(tabular_state_dir(res.warehouse.lake)) if args.fields is not None else None
+            lake = res.warehouse.lake
+            state = load_state(tabular_state_dir(lake)) if args.fields is not None else None
             with res.qdrant.store() as store:
                 hits = search(store, res.encoders.encoders, text=args.text, image=args.image, audio=args.audio,
-                              fields=args.fields, tabular_state=state, modality=args.modality, k=args.k)
+                              fields=args.fields, tabular_state=state, modality=args.modality, k=args.k,
+                              shared=SharedSpace.from_lake(lake))
         except SearchError as exc:
             _err(str(exc))
             return 2
@@ -300,8 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image", help="path to an image file")
     g.add_argument("--audio", help="path to an audio file (WAV, FLAC, OGG, MP3)")
     g.add_argument("--fields", help='a JSON object of fields, e.g. \'{"price": 25, "material": "steel"}\'')
-    s.add_argument("--modality", choices=["text", "image", "audio", "tabular", "fused"],
-                   help="which vectors to search (default: the query's own modality)")
+    s.add_argument("--modality", choices=["text", "image", "audio", "tabular", "fused", "shared"],
+                   help="which vectors to search (default: the query's own modality); another modality than the "
+                        "query's goes through the shared space; shared = every record's mean projection")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_search)

@@ -11,6 +11,8 @@ import os
 
 import dagster as dg
 
+from mm_platform.defs.alignment import assets as alignment_assets
+from mm_platform.defs.classifiers import assets as classifier_assets
 from mm_platform.defs.clusters import assets as cluster_assets
 from mm_platform.defs.clusters import checks as cluster_checks
 from mm_platform.defs.embeddings import assets as embedding_assets
@@ -27,7 +29,8 @@ from mm_platform.defs.vector_index import assets as vector_assets
 def build_definitions() -> dg.Definitions:
     assets = [
         *dg.load_assets_from_modules(
-            [ingest_assets, stream_assets, embedding_assets, fusion_assets, cluster_assets, vector_assets]
+            [ingest_assets, stream_assets, embedding_assets, fusion_assets, alignment_assets, cluster_assets,
+             classifier_assets, vector_assets]
         ),
         *build_sql_model_assets(),
     ]

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from mm_platform.defs.clusters.assets import RECLUSTER_CRON
+from mm_platform.defs.automation import RECLUSTER_CRON
 from mm_platform.defs.ingest.sensors import BATCH_JOB_NAME
 from mm_platform.defs.partitions import batches_partitions
 
@@ -21,9 +21,10 @@ batch_ingest_job = dg.define_asset_job(
     op_retry_policy=dg.RetryPolicy(max_retries=1, delay=5),
 )
 
-#: What follows cluster changes: summaries, Qdrant cluster payloads, SQL models.
+#: What follows new batches and cluster changes: shared-space projections, summaries, the 2-D map, Qdrant
+#: cluster payloads, SQL models.
 refresh_selection = dg.AssetSelection.groups("sql_models") | dg.AssetSelection.assets(
-    "cluster_summary", "qdrant_cluster_payloads"
+    "shared_embeddings", "cluster_summary", "embedding_map", "qdrant_cluster_payloads"
 )
 refresh_job = dg.define_asset_job(
     name="refresh_job",
@@ -33,8 +34,11 @@ refresh_job = dg.define_asset_job(
 )
 recluster_job = dg.define_asset_job(
     name="recluster_job",
-    selection=refresh_selection | dg.AssetSelection.assets("clusters"),
-    description="Full re-cluster of every current record (cluster ids kept by overlap), then the refresh.",
+    selection=refresh_selection | dg.AssetSelection.assets(
+        "alignment_model", "clusters", "classifier_metrics", "predictions"
+    ),
+    description="Retrain the alignment heads, full re-cluster of every current record (cluster ids kept by "
+                "overlap), retrain and score the classifiers, then the refresh.",
     tags={"mm/job": "recluster"},
 )
 

@@ -175,12 +175,23 @@ class PipelineConfigResource(dg.ConfigurableResource):
     cluster_reduce_dim: int = 16  # PCA components clustered on (0 = cluster the raw vectors)
     hdbscan_min_cluster_size: int = 5
     seed: int = 0
+    fusion_strategy: str = "early"  # early | shared_mean: what the clusters are computed on
+    outlier_policy: str = "keep"  # keep (-1) | nearest (outliers join the nearest cluster, still flagged)
+    dbscan_eps: str = ""  # "" = chosen from the k-distance curve
+    dbscan_min_samples: int = 5
+    cluster_label_prompts: str = ""  # comma-separated names; a cluster is named by the nearest one
+    shared_dim: int = 128
+    map_method: str = "pca"  # pca | tsne (embedding_map)
+    alignment_epochs: int = 60
     stream_tolerance: str = "5m"  # as-of join tolerance of stream readings
     stream_tolerances: str = ""  # per-stream overrides: "telemetry=10m,weather=1h"
     stream_strategy: str = "backward"  # backward | forward | nearest
 
     def weights(self) -> dict[str, float]:
         return parse_weights(self.fusion_weights or None)
+
+    def label_prompts(self) -> list[str]:
+        return [p.strip() for p in self.cluster_label_prompts.split(",") if p.strip()]
 
     def tolerance_for(self, stream: str) -> timedelta:
         """The as-of tolerance of ``stream``: its override in ``stream_tolerances``, else the default."""
@@ -238,6 +249,14 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             cluster_k=_env_int("MM_CLUSTER_K", 0),
             cluster_k_max=_env_int("MM_CLUSTER_K_MAX", 12),
             cluster_reduce_dim=_env_int("MM_CLUSTER_REDUCE_DIM", 16),
+            fusion_strategy=_env("MM_FUSION_STRATEGY", "early"),
+            outlier_policy=_env("MM_OUTLIER_POLICY", "keep"),
+            dbscan_eps=_env("MM_DBSCAN_EPS", ""),
+            dbscan_min_samples=_env_int("MM_DBSCAN_MIN_SAMPLES", 5),
+            cluster_label_prompts=_env("MM_CLUSTER_LABEL_PROMPTS", ""),
+            shared_dim=_env_int("MM_SHARED_DIM", 128),
+            map_method=_env("MM_MAP_METHOD", "pca"),
+            alignment_epochs=_env_int("MM_ALIGNMENT_EPOCHS", 60),
             stream_tolerance=_env("MM_STREAM_TOLERANCE", "5m"),
             stream_tolerances=_env("MM_STREAM_TOLERANCES", ""),
             stream_strategy=_env("MM_STREAM_STRATEGY", "backward"),

@@ -64,8 +64,10 @@ RESERVED_METADATA = frozenset({"format", "version", "config", "in_dims", "modali
 RECALL_KS: tuple[int, ...] = (1, 5, 10)
 #: Upper bound of torch intra-op threads while training (a fixed count keeps results reproducible).
 MAX_TRAIN_THREADS = 4
-#: Rows per forward pass in :meth:`AlignmentModel.project` and queries per block in :func:`retrieval_recall`.
+#: Rows per forward pass in :meth:`AlignmentModel.project`.
 _BLOCK = 8192
+#: Query x gallery similarities computed at once by :func:`retrieval_recall` (~64 MB of float32).
+_SIM_CELLS = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -126,16 +128,30 @@ def _forward(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.normalize(head(F.normalize(x, dim=1, eps=1e-12)), dim=1, eps=1e-12)
 
 
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 @contextlib.contextmanager
 def _training_context() -> Iterator[None]:
-    """Fixed thread count and deterministic algorithms for the duration; restores both afterwards."""
+    """Fixed thread count, deterministic algorithms and flushed denormals for the duration.
+
+    Thread count and deterministic mode are restored afterwards; flush-denormal is switched back off (torch's
+    default; it has no getter). Without flushing, Adam's second-moment estimates and the gradients of
+    well-separated pairs decay into denormal floats late in training and CPU steps become ~10x slower.
+    """
     old_threads = torch.get_num_threads()
     old_det = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(max(1, min(MAX_TRAIN_THREADS, os.cpu_count() or 1)))
+    torch.set_num_threads(max(1, min(MAX_TRAIN_THREADS, _available_cpus())))
     torch.use_deterministic_algorithms(True)
+    torch.set_flush_denormal(True)
     try:
         yield
     finally:
+        torch.set_flush_denormal(False)
         torch.use_deterministic_algorithms(old_det)
         torch.set_num_threads(old_threads)
 
@@ -198,9 +214,7 @@ class AlignmentModel:
             raise ValueError(f"no alignment head for modality {modality!r} (have {list(self.modalities)})")
         arr = np.asarray(X, dtype=np.float32)
         if arr.ndim != 2 or arr.shape[1] != self.in_dims[modality]:
-            raise ValueError(
-                f"{modality}: expected shape (n, {self.in_dims[modality]}), got {arr.shape}"
-            )
+            raise ValueError(f"{modality}: expected shape (n, {self.in_dims[modality]}), got {arr.shape}")
         if not np.isfinite(arr).all():
             raise ValueError(f"{modality}: input contains NaN or infinite values")
         out = np.zeros((arr.shape[0], self.shared_dim), dtype=np.float32)
@@ -372,15 +386,20 @@ def retrieval_recall(
         q_codes = np.array([-1 if _missing(v) else code[str(v)] for v in q_labels], dtype=np.int64)
         g_codes = np.array([-2 if _missing(v) else code[str(v)] for v in g_labels], dtype=np.int64)
     gallery_index = np.arange(ng)
-    for start in range(0, nq, _BLOCK):
-        stop = min(start + _BLOCK, nq)
+    block_rows = max(1, _SIM_CELLS // max(ng, 1))  # bounds the (block, ng) similarity temporaries
+    for start in range(0, nq, block_rows):
+        stop = min(start + block_rows, nq)
         S = Qu[start:stop] @ Gu.T  # (b, ng)
         rows = np.arange(stop - start)
         target = S[rows, np.arange(start, stop)][:, None]
         before = (S > target) | ((S == target) & (gallery_index[None, :] < np.arange(start, stop)[:, None]))
         ranks[start:stop] = before.sum(axis=1)
         if with_labels:
-            top = np.argpartition(-S, kmax - 1, axis=1)[:, :kmax] if kmax < ng else np.tile(gallery_index, (stop - start, 1))
+            top = (
+                np.argpartition(-S, kmax - 1, axis=1)[:, :kmax]
+                if kmax < ng
+                else np.tile(gallery_index, (stop - start, 1))
+            )
             # order the top block by (similarity desc, index asc) so top-k for every k <= kmax is exact
             top_s = np.take_along_axis(S, top, axis=1)
             order = np.lexsort((top, -top_s), axis=1)
@@ -479,7 +498,12 @@ def _mean_loss(
     with torch.no_grad():
         for start in range(0, rows.size, config.batch_size):
             loss = _batch_loss(
-                heads, Xt, Pt, pairs, torch.from_numpy(rows[start : start + config.batch_size]), config.temperature
+                heads,
+                Xt,
+                Pt,
+                pairs,
+                torch.from_numpy(rows[start : start + config.batch_size]),
+                config.temperature,
             )
             if loss is not None:
                 values.append(float(loss))
@@ -532,9 +556,7 @@ def train_alignment(
     n_val = min(int(round(usable.size * config.val_fraction)), usable.size - 2)
     val_idx = np.sort(perm[:n_val])
     train_idx = np.sort(perm[n_val:][: config.max_train])
-    pairs = [
-        (a, b) for a, b in combinations(order, 2) if int(np.sum(P[a][train_idx] & P[b][train_idx])) >= 2
-    ]
+    pairs = [(a, b) for a, b in combinations(order, 2) if int(np.sum(P[a][train_idx] & P[b][train_idx])) >= 2]
     if not pairs:
         raise ValueError("no pair of modalities has two or more training rows in common")
     used = modality_order({m for p in pairs for m in p})
@@ -549,7 +571,7 @@ def train_alignment(
             heads = {m: _make_head(X[m].shape[1], config) for m in used}
         if config.epochs > 0:
             params = [p for m in used for p in heads[m].parameters()]
-            opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+            opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
             steps_per_epoch = math.ceil(train_idx.size / config.batch_size)
             total = max(1, config.epochs * steps_per_epoch)
             sched = torch.optim.lr_scheduler.LambdaLR(

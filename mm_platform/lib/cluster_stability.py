@@ -32,7 +32,7 @@ import numpy as np
 from mm_platform.lib.clustering import _as_matrix, _sample_index, _unit_rows
 
 #: Algorithms a :class:`ClusterModel` may come from.
-ALGORITHMS = ("kmeans", "minibatch_kmeans", "hdbscan")
+ALGORITHMS = ("kmeans", "minibatch_kmeans", "hdbscan", "dbscan")
 #: Format tag written into saved models; :meth:`ClusterModel.load` refuses anything else.
 MODEL_FORMAT = "mm_platform.cluster_model/1"
 #: Rows projected / assigned per block (bounds the float64 temporaries of large batches).
@@ -98,7 +98,7 @@ class ClusterModel:
     """What is needed to place new vectors into existing clusters: the PCA projection and the centroids."""
 
     run_id: str
-    algorithm: str  #: "kmeans" | "minibatch_kmeans" | "hdbscan"
+    algorithm: str  #: "kmeans" | "minibatch_kmeans" | "hdbscan" | "dbscan"
     cluster_ids: np.ndarray  #: (k,) int64: the STABLE id of each centroid row
     centroids: np.ndarray  #: (k, dim) float32, unit-norm rows, in the reduced space
     pca_mean: np.ndarray | None  #: (D,) float32, None when no reduction was applied

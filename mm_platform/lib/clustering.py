@@ -1,7 +1,9 @@
-"""Clustering of fused vectors: K-Means with automatic k, HDBSCAN, scores, and cluster descriptions.
+"""Clustering of fused vectors: K-Means with automatic k, HDBSCAN, DBSCAN, scores, and cluster descriptions.
 
 Cluster ids are renumbered by decreasing size (cluster 0 is the largest; ties broken by first member),
-so ids are stable for a given input and seed. ``-1`` marks HDBSCAN outliers.
+so ids are stable for a given input and seed. ``-1`` marks HDBSCAN / DBSCAN outliers;
+:func:`apply_outlier_policy` can fold them into the nearest cluster and :func:`fit_on_sample` extends any
+clustering fitted on a sample to all rows.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +36,8 @@ def _thread_limit(X: np.ndarray, n_threads: int | None) -> contextlib.AbstractCo
 class ClusterResult:
     """Labels of one clustering run and what produced them."""
 
-    labels: np.ndarray  #: (n,) int64, -1 = outlier (HDBSCAN only)
-    algorithm: str  #: "kmeans" | "minibatch_kmeans" | "hdbscan"
+    labels: np.ndarray  #: (n,) int64, -1 = outlier (HDBSCAN / DBSCAN only)
+    algorithm: str  #: "kmeans" | "minibatch_kmeans" | "hdbscan" | "dbscan"
     k: int  #: clusters found, outliers excluded
     params: dict[str, Any] = field(default_factory=dict)
     silhouette: float | None = None  #: cosine silhouette on a seeded sample, None if undefined
@@ -357,6 +359,257 @@ def hdbscan_cluster(
         params=params,
         silhouette=_cosine_silhouette(X, labels, _sample_index(n, sample_size, seed + 1)),
         centroids=_means(X, labels, k),
+    )
+
+
+# -- DBSCAN, outlier policy, fitting on a sample -------------------------------------------------------------
+
+#: Algorithms with density-defined clusters: :func:`fit_on_sample` assigns left-out rows to them only within
+#: reach (see there); other algorithms partition the whole space.
+DENSITY_ALGORITHMS = frozenset({"hdbscan", "dbscan"})
+#: Policies of :func:`apply_outlier_policy`.
+OUTLIER_POLICIES: tuple[str, ...] = ("keep", "nearest")
+#: Fallback quantile of the k-distances used as eps when the k-distance curve has no knee.
+EPS_FALLBACK_QUANTILE = 0.9
+#: Smallest eps handed to DBSCAN (duplicate rows give k-distances of 0, which sklearn rejects).
+_MIN_EPS = 1e-6
+
+
+def _auto_eps(U: np.ndarray, min_samples: int, seed: int, sample_size: int) -> tuple[float, dict[str, Any]]:
+    """eps from the knee of the sorted k-distance curve of unit rows ``U`` (cosine distance).
+
+    The k-distance of a row is the cosine distance to its ``min_samples``-th nearest row, the row itself
+    counted first -- exactly the radius at which it becomes a DBSCAN core point. It is computed for a seeded
+    sample of ``<= sample_size`` query rows (against all rows) and sorted ascending. With the index rescaled to
+    ``x in [0, 1]`` and the distance to ``y in [0, 1]`` (min-max), the knee is the point farthest below the
+    chord ``y = x``, i.e. ``argmax(x - y)``: dense rows sit on the flat start of the curve, noise on its steep
+    end. When the curve is flat, too short, or never falls ``0.05`` below the chord (no knee), the
+    :data:`EPS_FALLBACK_QUANTILE` quantile is used instead.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    n = U.shape[0]
+    queries = _sample_index(n, sample_size, seed)
+    nn = NearestNeighbors(n_neighbors=min_samples, metric="cosine", algorithm="brute").fit(U)
+    dist, _ = nn.kneighbors(U[queries], n_neighbors=min_samples)
+    kdist = np.sort(np.clip(dist[:, -1], 0.0, 2.0))
+    info: dict[str, Any] = {"eps_sample_size": int(queries.size)}
+    lo, hi = float(kdist[0]), float(kdist[-1])
+    if kdist.size >= 3 and hi - lo > 1e-12:
+        x = np.linspace(0.0, 1.0, kdist.size)
+        gap = x - (kdist - lo) / (hi - lo)
+        i = int(np.argmax(gap))
+        if gap[i] >= 0.05:
+            info.update({"eps_method": "knee", "eps_knee_quantile": round(float(x[i]), 4)})
+            return max(float(kdist[i]), _MIN_EPS), info
+    info.update({"eps_method": "quantile", "eps_knee_quantile": EPS_FALLBACK_QUANTILE})
+    return max(float(np.quantile(kdist, EPS_FALLBACK_QUANTILE)), _MIN_EPS), info
+
+
+def dbscan_cluster(
+    X: np.ndarray,
+    *,
+    eps: float | None = None,
+    min_samples: int = 5,
+    seed: int = 0,
+    sample_size: int = 5000,
+) -> ClusterResult:
+    """DBSCAN with cosine distance on unit-normalised rows; noise points get label -1.
+
+    A row is a core point when at least ``min_samples`` rows (itself included) lie within cosine distance
+    ``eps``; clusters are the connected components of core points plus the non-core rows within ``eps`` of
+    one. ``eps=None`` chooses eps from the k-distance curve (see :func:`_auto_eps`; ``params["eps_method"]``
+    says "knee" or "quantile"), a given eps is recorded as "given". Clusters are renumbered by size, centroids
+    are member means of the unit rows, and the silhouette (cosine, seeded sample of ``<= sample_size`` rows)
+    ignores noise. Fewer than ``min_samples`` rows give all-noise (k = 0). DBSCAN is deterministic; ``seed``
+    only picks the rows of the samples.
+
+    Raises ValueError when ``min_samples < 1`` or ``eps`` is not in ``(0, 2]``.
+    """
+    from sklearn.cluster import DBSCAN
+
+    if min_samples < 1:
+        raise ValueError(f"min_samples must be >= 1, got {min_samples}")
+    if eps is not None and not (math.isfinite(eps) and 0.0 < eps <= 2.0):
+        raise ValueError(f"eps must be a cosine distance in (0, 2], got {eps}")
+    X = _as_matrix(X)
+    n = X.shape[0]
+    U = _unit_rows(X)
+    params: dict[str, Any] = {"min_samples": min_samples, "metric": "cosine", "n": n, "seed": seed}
+    if n < max(min_samples, 2):
+        params.update({"eps": eps, "eps_method": "given" if eps is not None else None, "chosen_k": 0})
+        params["degenerate"] = "too few rows"
+        return ClusterResult(
+            labels=np.full(n, -1, dtype=np.int64),
+            algorithm="dbscan",
+            k=0,
+            params=params,
+            silhouette=None,
+            centroids=np.zeros((0, X.shape[1])),
+        )
+    with _thread_limit(X, None):
+        if eps is None:
+            eps_value, info = _auto_eps(U, min_samples, seed, sample_size)
+            params.update(info)
+        else:
+            eps_value = float(eps)
+            params["eps_method"] = "given"
+        params["eps"] = eps_value
+        model = DBSCAN(eps=eps_value, min_samples=min_samples, metric="cosine", algorithm="brute")
+        raw = np.asarray(model.fit_predict(U), dtype=np.int64)
+    labels, old_order = _relabel_by_size(np.where(raw < 0, -1, raw))
+    k = len(old_order)
+    params["chosen_k"] = k
+    params["noise_fraction"] = round(float(np.mean(labels == -1)), 4) if n else 0.0
+    return ClusterResult(
+        labels=labels,
+        algorithm="dbscan",
+        k=k,
+        params=params,
+        silhouette=_cosine_silhouette(U, labels, _sample_index(n, sample_size, seed + 1)),
+        centroids=_means(U, labels, k),
+    )
+
+
+def _unit_centroids(U: np.ndarray, labels: np.ndarray, ids: Sequence[int]) -> np.ndarray:
+    """(len(ids), D) unit-norm means of the unit rows ``U`` of each cluster id."""
+    return _unit_rows(np.stack([U[labels == c].mean(axis=0) for c in ids]))
+
+
+def apply_outlier_policy(labels: np.ndarray, X: np.ndarray, policy: str) -> tuple[np.ndarray, np.ndarray]:
+    """Apply an outlier policy to clustering labels; returns ``(labels, is_outlier)``.
+
+    ``is_outlier`` is ``labels == -1`` *before* the policy. ``"keep"`` leaves -1 as is. ``"nearest"`` gives every
+    -1 row the id of the cluster whose centroid (mean of the unit-normalised member rows) is most cosine-similar
+    (ties: lowest id); its ``is_outlier`` flag stays True so callers can still tell. With no cluster at all the
+    labels stay -1. Raises ValueError on an unknown policy or mismatched lengths.
+    """
+    if policy not in OUTLIER_POLICIES:
+        raise ValueError(f"unknown outlier policy {policy!r} (expected one of {OUTLIER_POLICIES})")
+    out = np.array(labels, dtype=np.int64, copy=True).reshape(-1)
+    X = _as_matrix(X)
+    if X.shape[0] != out.shape[0]:
+        raise ValueError(f"{out.shape[0]} labels for {X.shape[0]} rows")
+    is_outlier = out == -1
+    ids = sorted(int(c) for c in np.unique(out) if c >= 0)
+    if policy == "keep" or not is_outlier.any() or not ids:
+        return out, is_outlier
+    U = _unit_rows(X)
+    C = _unit_centroids(U, out, ids)
+    rows = np.flatnonzero(is_outlier)
+    id_arr = np.asarray(ids, dtype=np.int64)
+    for start in range(0, rows.size, 65536):
+        block = rows[start : start + 65536]
+        out[block] = id_arr[np.argmax(U[block] @ C.T, axis=1)]
+    return out, is_outlier
+
+
+def fit_on_sample(
+    X: np.ndarray,
+    fit: Callable[[np.ndarray], ClusterResult],
+    *,
+    sample_size: int = 20000,
+    seed: int = 0,
+) -> ClusterResult:
+    """Run ``fit`` on a seeded sample of ``<= sample_size`` rows and extend its clusters to every row.
+
+    Up to ``sample_size`` rows, ``fit(X)`` is returned as is (``params["fitted_on_sample"] = False``). Above, the
+    sampled rows keep the labels ``fit`` gave them (sample noise stays -1) and the other rows are assigned:
+
+    * partitioning algorithms (K-Means family): to the nearest of the fitted centroids, Euclidean as
+      ``KMeans.predict`` does (identical to cosine on unit-norm rows);
+    * density algorithms (:data:`DENSITY_ALGORITHMS`): to the cluster of the most cosine-similar unit centroid
+      (mean of the unit member rows in the sample), but only when the row's cosine distance to it is at most the
+      largest distance of that cluster's sampled members (its radius); otherwise -1. Rows beyond every
+      cluster's reach are left as noise, as the density method would have left them.
+
+    Clusters are then renumbered by size over all rows; centroids are the fitted ones (K-Means) or the member
+    means over all rows (density); the silhouette is recomputed on a seeded sample of all rows. ``params`` gain
+    ``fitted_on_sample``, ``fit_sample_size``, ``assignment`` and ``assigned_noise`` (left-out rows set to -1).
+
+    Raises ValueError when ``sample_size < 2`` or ``fit`` returns a result of the wrong length.
+    """
+    if sample_size < 2:
+        raise ValueError(f"sample_size must be >= 2, got {sample_size}")
+    X = _as_matrix(X)
+    n = X.shape[0]
+    if n <= sample_size:
+        res = fit(X)
+        res.params = {**res.params, "fitted_on_sample": False}
+        return res
+    idx = _sample_index(n, sample_size, seed)
+    res = fit(X[idx])
+    fit_labels = np.asarray(res.labels, dtype=np.int64)
+    if fit_labels.shape != (idx.size,):
+        raise ValueError(f"fit returned {fit_labels.shape[0]} labels for a sample of {idx.size} rows")
+    labels = np.full(n, -1, dtype=np.int64)
+    labels[idx] = fit_labels
+    rest = np.setdiff1d(np.arange(n), idx, assume_unique=True)
+    ids = sorted(int(c) for c in np.unique(fit_labels) if c >= 0)
+    density = res.algorithm in DENSITY_ALGORITHMS
+    assigned_noise = 0
+    centers: np.ndarray | None = None
+    if ids:
+        id_arr = np.asarray(ids, dtype=np.int64)
+        if density:
+            assignment = "nearest_centroid_within_radius"
+            U = _unit_rows(X)
+            U_fit = U[idx]
+            C = _unit_centroids(U_fit, fit_labels, ids)
+            radius = np.array(
+                [float(np.max(1.0 - U_fit[fit_labels == c] @ C[j])) for j, c in enumerate(ids)]
+            )
+            for start in range(0, rest.size, 65536):
+                block = rest[start : start + 65536]
+                sims = U[block] @ C.T
+                best = np.argmax(sims, axis=1)
+                dist = 1.0 - sims[np.arange(block.size), best]
+                ok = dist <= radius[best] + 1e-9
+                labels[block] = np.where(ok, id_arr[best], -1)
+                assigned_noise += int(np.sum(~ok))
+        else:
+            assignment = "nearest_centroid"
+            fitted = np.asarray(res.centroids) if res.centroids is not None else None
+            if fitted is None or fitted.ndim != 2 or fitted.shape != (max(ids) + 1, X.shape[1]):
+                fitted = _means(X[idx], fit_labels, max(ids) + 1)
+            centers = fitted
+            sel = fitted[id_arr]
+            c_sq = (sel**2).sum(axis=1)
+            for start in range(0, rest.size, 65536):
+                block = rest[start : start + 65536]
+                d = c_sq[None, :] - 2.0 * X[block] @ sel.T
+                labels[block] = id_arr[np.argmin(d, axis=1)]
+    else:
+        assignment = "none (no cluster in the sample)"
+        assigned_noise = int(rest.size)
+    labels, old_order = _relabel_by_size(labels)
+    k = len(old_order)
+    if centers is not None:
+        centroids = centers[old_order] if old_order else np.zeros((0, X.shape[1]))
+    else:
+        centroids = _means(X, labels, k)
+    fit_sil_size = res.params.get("sample_size")
+    sil_size = fit_sil_size if isinstance(fit_sil_size, int) and fit_sil_size > 0 else 5000
+    params = {
+        **res.params,
+        "n": n,
+        "chosen_k": k,
+        "fitted_on_sample": True,
+        "fit_sample_size": int(idx.size),
+        "fit_seed": seed,
+        "assignment": assignment,
+        "assigned_noise": assigned_noise,
+    }
+    if "noise_fraction" in params:
+        params["noise_fraction"] = round(float(np.mean(labels == -1)), 4)
+    return ClusterResult(
+        labels=labels,
+        algorithm=res.algorithm,
+        k=k,
+        params=params,
+        silhouette=_cosine_silhouette(X, labels, _sample_index(n, sil_size, seed + 1)),
+        centroids=centroids,
+        k_scores=dict(res.k_scores),
     )
 
 

@@ -118,14 +118,36 @@ GLOBAL_TABLES: dict[str, dict[str, pl.DataType]] = {
         "cluster_id": pl.Int32, "name": pl.String, "size": pl.Int32,
         "representative_record_ids": pl.List(pl.String), "top_terms": pl.List(pl.String),
         "label_counts_json": pl.String, "text_coverage": pl.Float64, "image_coverage": pl.Float64,
-        "audio_coverage": pl.Float64, "tabular_coverage": pl.Float64,
-        "algorithm": pl.String, "run_id": pl.String,
+        "algorithm": pl.String, "run_id": pl.String, "audio_coverage": pl.Float64, "tabular_coverage": pl.Float64,
+        "name_source": pl.String, "agreement_json": pl.String, "n_outliers": pl.Int32,
+    },
+    "shared_embeddings": {
+        "record_id": pl.String, "batch_id": pl.String, "modality": pl.String, "head_version": pl.String,
+        "embedding": F32_LIST,
+    },
+    # the single-modality clustering of each record, next to the fused one (per-modality agreement)
+    "modality_assignments": {
+        "record_id": pl.String, "modality": pl.String, "cluster_id": pl.Int32, "run_id": pl.String,
+    },
+    "embedding_map": {
+        "record_id": pl.String, "batch_id": pl.String, "x": pl.Float64, "y": pl.Float64, "cluster_id": pl.Int32,
+        "label": pl.String, "method": pl.String, "space": pl.String, "run_id": pl.String,
+    },
+    "classifier_metrics": {
+        "run_id": pl.String, "created_at": TS, "strategy": pl.String, "modalities": pl.List(pl.String),
+        "macro_f1": pl.Float64, "macro_f1_std": pl.Float64, "accuracy": pl.Float64, "n_labelled": pl.Int32,
+        "n_classes": pl.Int32, "folds": pl.Int32,
+    },
+    "predictions": {
+        "record_id": pl.String, "batch_id": pl.String, "strategy": pl.String, "predicted_label": pl.String,
+        "probability": pl.Float64, "run_id": pl.String,
     },
     "cluster_metrics": {
         "run_id": pl.String, "created_at": TS, "algorithm": pl.String, "space": pl.String, "k": pl.Int32,
         "n_records": pl.Int32, "n_outliers": pl.Int32, "silhouette": pl.Float64, "nmi": pl.Float64,
         "ari": pl.Float64, "n_labelled": pl.Int32, "input_fingerprint": pl.String, "params_json": pl.String,
         "moved": pl.Int32, "common": pl.Int32, "new_clusters": pl.Int32, "retired_clusters": pl.Int32,
+        "agreement_nmi": pl.Float64, "fusion_strategy": pl.String,
     },
 }
 

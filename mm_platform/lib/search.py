@@ -3,8 +3,11 @@
 A query is embedded by the encoder of its own modality (for fields: the fitted tabular encoder the
 collection's vectors were made with) and matched against one named vector:
 - the same modality (text→text, image→image, audio→audio, fields→tabular) always works;
-- the other modality (text→image, image→text) needs a shared space (CLIP); the offline profile has none
-  yet and says so instead of returning meaningless scores;
+- another modality (text→image, audio→text, fields→image, ...) goes through the shared space learned by
+  the alignment heads (:class:`SharedSpace`, the ``shared_embeddings`` table): the query is projected by the
+  head of its modality and compared with the target modality's projections; without a trained alignment
+  model, only natively shared spaces work (CLIP's text–image), and otherwise the search says why instead of
+  returning meaningless scores;
 - ``fused``: the query fills its own block of the fused layout (and, in a shared space, every block of a
   modality it shares the space with), so results rank by the weighted similarity of what records have.
 """
@@ -27,6 +30,47 @@ from mm_platform.lib.tabular import TabularEncoderState, encode_tabular, type_ro
 
 class SearchError(ValueError):
     """The search cannot be answered as asked (and the message says why)."""
+
+
+@dataclass
+class SharedSpace:
+    """The current alignment heads and every current record's projections (``shared_embeddings``)."""
+
+    model: object  # mm_platform.lib.alignment.AlignmentModel
+    record_ids: dict[str, list[str]]  # modality -> record ids
+    vectors: dict[str, np.ndarray]  # modality -> (n, shared_dim) unit rows
+
+    @classmethod
+    def from_lake(cls, lake) -> SharedSpace | None:
+        """The shared space of ``lake`` (a :class:`mm_platform.lib.lake.Lake`), None without a trained model."""
+        from mm_platform.lib.corpus import load_alignment
+
+        model = load_alignment(lake)
+        if model is None:
+            return None
+        df = lake.read_table("shared_embeddings")
+        df = df.filter(df["head_version"] == model.version)
+        ids: dict[str, list[str]] = {}
+        vecs: dict[str, np.ndarray] = {}
+        for (modality,), g in df.group_by("modality"):
+            ids[modality] = g["record_id"].to_list()
+            vecs[modality] = np.asarray(g["embedding"].to_list(), dtype=np.float32)
+        return cls(model, ids, vecs)
+
+    def covers(self, query_modality: str, target: str) -> bool:
+        return query_modality in self.model.modalities and target in self.vectors
+
+    def search(self, query: Query, target: str, k: int) -> list[tuple[str, float]]:
+        trained_on = json.loads(self.model.extra.get("encoder_models", "{}")).get(query.modality)
+        if trained_on and trained_on != query.model:
+            raise SearchError(
+                f"the alignment heads were trained on {query.modality} vectors of {trained_on}; the query was "
+                f"embedded with {query.model}: retrain them (`mm-platform recluster`) or switch the profile back"
+            )
+        q = self.model.project(query.modality, query.vector[None, :])[0]
+        scores = self.vectors[target] @ q
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [(self.record_ids[target][i], float(scores[i])) for i in top]
 
 
 @dataclass(frozen=True)
@@ -128,15 +172,18 @@ def fused_query(query: Query, encoders: EncoderSet, dims: Mapping[str, int], ord
 def search(store: QdrantStore, encoders: EncoderSet, *, text: str | None = None,
            image: str | Path | None = None, audio: str | Path | None = None,
            fields: Mapping[str, object] | str | None = None, tabular_state: TabularEncoderState | None = None,
-           modality: str | None = None, k: int = 10) -> list[SearchHit]:
+           modality: str | None = None, k: int = 10, shared: SharedSpace | None = None) -> list[SearchHit]:
     """Top-``k`` records for one query (text, image, audio clip or fields) against the ``modality`` vectors
-    (default: the query's own)."""
+    (default: the query's own). ``modality="shared"`` (or any other modality without a native shared space)
+    searches through ``shared``: ``shared`` compares with every record's mean projection."""
     if not store.exists() or store.count() == 0:
         raise SearchError(f"collection {store.collection!r} is empty: run `mm-platform ingest` first")
     query = embed_query(encoders, text=text, image=image, audio=audio, fields=fields, tabular_state=tabular_state)
     target = modality or query.modality
+    if target == "shared":
+        target = "mean"
     dims = store.vector_dims()
-    if target not in dims:
+    if target != "mean" and target not in dims:
         raise SearchError(f"no {target!r} vectors in collection {store.collection!r} (has {sorted(dims)})")
     stored = _stored_models(store)
     if stored.get(query.modality) and stored[query.modality] != query.model:
@@ -152,9 +199,15 @@ def search(store: QdrantStore, encoders: EncoderSet, *, text: str | None = None,
         vec = fused_query(query, encoders, dims, order, weights)
     elif _shares_space(encoders, query.modality, target):
         vec = query.vector
+    elif shared is not None and shared.covers(query.modality, target):
+        ranked = shared.search(query, target, k)
+        found = store.retrieve([r for r, _ in ranked])
+        return [SearchHit(r, score, f"shared:{target}", dict(found[r].payload) if r in found else {"record_id": r})
+                for r, score in ranked]
     else:
         raise SearchError(
-            f"{query.modality}→{target} search needs a shared {query.modality}–{target} space; the "
-            f"'{encoders.profile}' profile has none (use --modality {query.modality} or fused, or the clip profile)"
+            f"{query.modality}→{target} search needs a shared space: the '{encoders.profile}' profile has no "
+            f"native one and no alignment model is trained yet (`mm-platform recluster` trains it; or use "
+            f"--modality {query.modality} or fused)"
         )
     return store.search(vec, using=target, k=k)

@@ -9,6 +9,8 @@ import duckdb
 import polars as pl
 import pytest
 
+from mm_platform.defs.alignment import assets as alignment_assets
+from mm_platform.defs.classifiers import assets as classifier_assets
 from mm_platform.defs.clusters import assets as cluster_assets
 from mm_platform.defs.clusters import checks as cluster_checks
 from mm_platform.defs.embeddings import assets as embedding_assets
@@ -26,7 +28,9 @@ from mm_platform_tests.conftest import make_resources
 
 BATCH_ASSETS = dg.load_assets_from_modules([ingest_assets, stream_assets, embedding_assets, fusion_assets]) + [
     cluster_assets.cluster_assignments, vector_assets.vector_points]
-GLOBAL_ASSETS = [cluster_assets.clusters, cluster_assets.cluster_summary, vector_assets.qdrant_cluster_payloads]
+GLOBAL_ASSETS = [alignment_assets.alignment_model, alignment_assets.shared_embeddings, classifier_assets.classifiers,
+                 cluster_assets.clusters,
+                 cluster_assets.cluster_summary, cluster_assets.embedding_map, vector_assets.qdrant_cluster_payloads]
 
 
 def run_batch(batch_id, instance, resources):
@@ -39,8 +43,8 @@ def run_global(instance, resources):
     return dg.materialize(
         [*BATCH_ASSETS, *GLOBAL_ASSETS, *build_sql_model_assets(),
          *dg.load_asset_checks_from_modules([cluster_checks])], instance=instance, resources=resources,
-        selection=dg.AssetSelection.groups("sql_models")
-        | dg.AssetSelection.assets("clusters", "cluster_summary", "qdrant_cluster_payloads"),
+        selection=dg.AssetSelection.groups("sql_models", "alignment", "classifiers")
+        | dg.AssetSelection.assets("clusters", "cluster_summary", "embedding_map", "qdrant_cluster_payloads"),
     )
 
 
@@ -180,9 +184,14 @@ def test_global_layer_clusters_summaries_payloads_and_sql(ingested, paths, insta
         assert set(row["representative_record_ids"]) <= members and row["representative_record_ids"]
         assert row["top_terms"] and row["name"]
         assert 0 <= row["audio_coverage"] <= 1 and 0 <= row["tabular_coverage"] <= 1
+        assert row["name_source"] == "top_terms" and row["n_outliers"] == 0
+        assert set(json.loads(row["agreement_json"])) == {"text", "image", "audio", "tabular"}
         assert sum(json.loads(row["label_counts_json"]).values()) == row["size"]
     metrics = lake.read_table("cluster_metrics")
-    assert set(metrics["space"]) == {"fused", "text", "image", "audio", "tabular"}
+    assert set(metrics["space"]) == {"fused", "text", "image", "audio", "tabular", "fused:early",
+                                     "fused:text+image", "fused:shared_mean"}
+    agreement = dict(metrics.select("space", "agreement_nmi").iter_rows())
+    assert agreement["fused"] == 1.0 and all(0 <= agreement[m] <= 1 for m in ("text", "image", "audio"))
     assert metrics.filter(pl.col("space") == "fused")["nmi"][0] is not None
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"clusters_cover_fused_vectors": True, "summary_sizes_match": True}
@@ -240,3 +249,66 @@ def test_search_by_audio_clip_and_by_fields(ingested, paths, tiny_clip):
             search(store, encoders, fields={"price": "cheap"}, tabular_state=state, k=3)
         with pytest.raises(SearchError, match="fitted"):
             search(store, encoders, fields={"price": 3}, tabular_state=None, k=3)
+
+
+def test_alignment_shared_space_map_and_classifiers(ingested, paths, instance):
+    _, resources, _ = ingested
+    assert run_global(instance, resources).success
+    lake = Lake(paths.lake_dir)
+    from mm_platform.lib.corpus import load_alignment
+
+    model = load_alignment(lake)
+    assert model is not None and set(model.modalities) == {"text", "image", "audio", "tabular"}
+    shared = lake.read_table("shared_embeddings")
+    assert set(shared["head_version"]) == {model.version}
+    assert set(shared["modality"]) == {"text", "image", "audio", "tabular", "mean"}
+    fused = lake.read_current("fused_vectors")
+    assert set(shared.filter(pl.col("modality") == "mean")["record_id"]) == set(fused["record_id"])
+    emap = lake.read_table("embedding_map")
+    assert emap.height == fused.height and emap["x"].is_finite().all()
+    assert (paths.lake_dir / cluster_assets.MAP_FILE).stat().st_size > 1000
+    metrics = lake.read_table("classifier_metrics")
+    assert {"early", "late", "text", "image", "audio", "tabular"} == set(metrics["strategy"])
+    assert metrics["macro_f1"].is_between(0, 1).all()
+    # retraining with the same seed gives the same heads; re-clustering gives the same clusters
+    before = lake.current_clusters().select("record_id", "cluster_id").sort("record_id")
+    assert run_global(instance, resources).success
+    assert load_alignment(lake).version == model.version
+    assert lake.current_clusters().select("record_id", "cluster_id").sort("record_id").equals(before)
+
+
+def test_shared_mean_dbscan_with_nearest_outlier_policy(paths, instance, tiny_clip):
+    make_demo_batch(paths.landing_dir / "b1", n_records=36, seed=3, n_broken=0, id_prefix="b1")
+    resources = make_resources(paths, tiny_clip, fusion_strategy="shared_mean", cluster_algorithm="dbscan",
+                               outlier_policy="nearest")
+    assert run_batch("b1", instance, resources).success
+    assert run_global(instance, resources).success
+    lake = Lake(paths.lake_dir)
+    cl = lake.current_clusters()
+    assert cl.height == lake.read_current("fused_vectors").height
+    assert (cl["cluster_id"] >= 0).all()  # outliers joined their nearest cluster ...
+    fused_row = lake.read_table("cluster_metrics").filter(pl.col("space") == "fused").row(0, named=True)
+    assert fused_row["fusion_strategy"].startswith("shared_mean@") and fused_row["algorithm"] == "dbscan"
+    assert cl["is_outlier"].sum() == fused_row["n_outliers"]  # ... and stay flagged
+    # a new batch is placed in the shared_mean clusters at once
+    make_demo_batch(paths.landing_dir / "b2", n_records=12, seed=5, n_broken=0, id_prefix="b2")
+    assert run_batch("b2", instance, resources).success
+    assert lake.read_partition("cluster_assignments", "b2").height == lake.read_partition("fused_vectors", "b2").height
+
+
+def test_search_through_the_shared_space(ingested, paths, instance, tiny_clip):
+    _, resources, _ = ingested
+    assert run_global(instance, resources).success
+    from mm_platform.lib.search import SharedSpace
+
+    lake = Lake(paths.lake_dir)
+    shared = SharedSpace.from_lake(lake)
+    encoders = load_encoders(resources["encoders"].settings(), resources["device"].config())
+    with QdrantStore("mm_records", path=paths.qdrant_path) as store:
+        clip = next(p.payload for p in store.scroll_all() if p.payload.get("audio_uri"))
+        for target in ("text", "image", "tabular", "shared"):
+            hits = search(store, encoders, audio=clip["audio_uri"], modality=target, k=5, shared=shared)
+            assert len(hits) == 5 and hits[0].vector == f"shared:{'mean' if target == 'shared' else target}"
+            assert hits == sorted(hits, key=lambda h: -h.score) and hits[0].payload["record_id"]
+        with pytest.raises(SearchError, match="shared space"):
+            search(store, encoders, audio=clip["audio_uri"], modality="text", k=5, shared=None)

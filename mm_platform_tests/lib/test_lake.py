@@ -52,7 +52,7 @@ def raw_records_df(batch_id: str, n: int = 2, **overrides: object) -> pl.DataFra
         "label": ["cat"] * n,
         "text_declared": [True] * n,
         "image_path": [None] * n,
-        "audio_path": [None] * n,
+        "audio_path": [None] * n, "entity_id": [None] * n,
         "fields_json": ["{}"] * n,
         "manifest_sha256": ["m" * 64] * n,
         "ingested_at": [dt.datetime(2024, 2, 1, tzinfo=UTC)] * n,
@@ -302,7 +302,8 @@ def test_ensure_initialized_does_not_clobber_global_data(lake: Lake) -> None:
     df = pl.DataFrame({
         "cluster_id": [3], "name": ["c3"], "size": [10], "representative_record_ids": [["a", "b"]],
         "top_terms": [["x"]], "label_counts_json": ["{}"], "text_coverage": [1.0], "image_coverage": [0.5],
-        "algorithm": ["hdbscan"], "run_id": ["r"],
+        "audio_coverage": [0.0], "tabular_coverage": [1.0], "algorithm": ["hdbscan"], "run_id": ["r"],
+        "name_source": ["top_terms"], "agreement_json": ["{}"], "n_outliers": [0],
     })
     lake.write_global("cluster_summary", df)
     lake.ensure_initialized()

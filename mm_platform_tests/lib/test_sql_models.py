@@ -268,10 +268,13 @@ def _ts(day: int, hour: int, minute: int = 0) -> datetime:
 
 
 def _frame(table: str, rows: list[tuple]) -> pl.DataFrame:
-    """Rows given in the table's declared column order (raw_records: without landed_at)."""
+    """Rows given in the table's declared column order (raw_records: without landed_at); declared columns
+    after the given ones (added by later versions) are null."""
     schema = ALL_TABLES[table]
     cols = [c for c in schema if not (table == "raw_records" and c == "landed_at")]
-    return pl.DataFrame(rows, schema={c: schema[c] for c in cols}, orient="row")
+    given = cols[: len(rows[0])] if rows else cols
+    df = pl.DataFrame(rows, schema={c: schema[c] for c in given}, orient="row")
+    return df.with_columns(pl.lit(None, dtype=schema[c]).alias(c) for c in cols if c not in given)
 
 
 def _write_lake(lake: Lake, table: str, rows: list[tuple]) -> None:

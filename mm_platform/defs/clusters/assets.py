@@ -16,33 +16,31 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from mm_platform.defs.automation import GLOBAL_AUTOMATION, RECLUSTER_AUTOMATION
 from mm_platform.defs.embeddings.assets import audio_embeddings, image_embeddings, tabular_embeddings, text_embeddings
 from mm_platform.defs.fusion.assets import EMBEDDING_TABLES, fused_vectors
 from mm_platform.defs.ingest.assets import aligned_records, raw_records, raw_text
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.partitions import batches_partitions
-from mm_platform.defs.resources import PipelineConfigResource, WarehouseResource
+from mm_platform.defs.resources import EncodersResource, PipelineConfigResource, WarehouseResource
 from mm_platform.lib.cluster_stability import ClusterModel, apply_mapping, build_model, fit_projection, match_cluster_ids
 from mm_platform.lib.clustering import (
     ClusterResult,
+    apply_outlier_policy,
+    dbscan_cluster,
     external_scores,
+    fit_on_sample,
     hdbscan_cluster,
     kmeans_auto,
     label_summary,
     representatives,
     top_terms,
 )
+from mm_platform.lib.embedding_map import png_markdown, project_2d, scatter_png
+from mm_platform.lib.corpus import Corpus, early_matrix, load_alignment, load_corpus, shared_mean_matrix
 from mm_platform.lib.lake import Lake
 from mm_platform.lib.ledger import fused_fingerprint
 
-RECLUSTER_CRON = "0 3 * * *"
-#: Global assets that summarise clusters follow any change at once.
-GLOBAL_AUTOMATION = dg.AutomationCondition.eager()
-#: The full re-cluster: nightly, and the first time data exists. (`on_missing()` would not do: the asset is
-#: already missing at the automation sensor's first evaluation, which counts as handled, so it never fires.)
-RECLUSTER_AUTOMATION = dg.AutomationCondition.on_cron(RECLUSTER_CRON) | (
-    dg.AutomationCondition.eager() & dg.AutomationCondition.missing()
-).with_label("first_clustering")
 CLUSTER_MODEL_FILE = "_models/cluster_model.npz"
 #: New records further than this quantile of the members' distances are outliers under HDBSCAN.
 HDBSCAN_OUTLIER_QUANTILE = 0.99
@@ -65,17 +63,74 @@ def current_vectors(lake: Lake, table: str) -> tuple[list[str], list[str], np.nd
     return df["record_id"].to_list(), df["batch_id"].to_list(), np.asarray(df["embedding"].to_list(), np.float32)
 
 
+ALGORITHMS = ("kmeans", "hdbscan", "dbscan")
+#: Density clusterings above this many records are fitted on a seeded sample; the rest are assigned.
+DENSITY_SAMPLE = 20_000
+
+
 def run_clustering(X: np.ndarray, pipeline: PipelineConfigResource) -> tuple[ClusterResult, np.ndarray, tuple]:
-    """Cluster ``X`` as configured in its PCA space; returns the result, the space, and (mean, components)."""
-    if pipeline.cluster_algorithm not in ("kmeans", "hdbscan"):
-        raise dg.Failure(f"unknown cluster algorithm {pipeline.cluster_algorithm!r} (kmeans | hdbscan)")
+    """Cluster ``X`` as configured in its PCA space; returns the result, the space, and (mean, components).
+    K-Means picks k by silhouette (MiniBatchKMeans on a sample above 20k rows); HDBSCAN and DBSCAN are
+    fitted on a sample above 20k rows and the rest assigned; seeds are fixed, so a re-run gives the same
+    clusters."""
+    if pipeline.cluster_algorithm not in ALGORITHMS:
+        raise dg.Failure(f"unknown cluster algorithm {pipeline.cluster_algorithm!r} ({' | '.join(ALGORITHMS)})")
     mean, comps, Z = fit_projection(X, pipeline.cluster_reduce_dim, seed=pipeline.seed)
     if pipeline.cluster_algorithm == "hdbscan":
-        res = hdbscan_cluster(Z, min_cluster_size=pipeline.hdbscan_min_cluster_size, seed=pipeline.seed)
+        res = fit_on_sample(Z, lambda A: hdbscan_cluster(A, min_cluster_size=pipeline.hdbscan_min_cluster_size,
+                                                         seed=pipeline.seed),
+                            sample_size=DENSITY_SAMPLE, seed=pipeline.seed)
+    elif pipeline.cluster_algorithm == "dbscan":
+        eps = float(pipeline.dbscan_eps) if pipeline.dbscan_eps.strip() else None
+        res = fit_on_sample(Z, lambda A: dbscan_cluster(A, eps=eps, min_samples=pipeline.dbscan_min_samples,
+                                                        seed=pipeline.seed),
+                            sample_size=DENSITY_SAMPLE, seed=pipeline.seed)
     else:
         res = kmeans_auto(Z, k=pipeline.cluster_k or None, k_max=pipeline.cluster_k_max, seed=pipeline.seed)
     res.params["reduction"] = f"pca{comps.shape[0]}" if comps is not None else "none"
     return res, Z, (mean, comps)
+
+
+def clustering_input(lake: Lake, pipeline: PipelineConfigResource, batch_id: str | None = None
+                     ) -> tuple[list[str], list[str], np.ndarray, str]:
+    """(record_ids, batch_ids, matrix, spec) of what the clusters are computed on, by ``MM_FUSION_STRATEGY``:
+    ``early`` reads ``fused_vectors``; ``shared_mean`` averages each record's projections by the current
+    alignment heads. ``batch_id`` restricts to one batch (eager assignment), else every current record."""
+    if pipeline.fusion_strategy == "early":
+        if batch_id is None:
+            ids, batch_ids, X = current_vectors(lake, "fused_vectors")
+            df = lake.read_current("fused_vectors").head(1)
+        else:
+            df = lake.read_partition("fused_vectors", batch_id)
+            ids, batch_ids = df["record_id"].to_list(), df["batch_id"].to_list()
+            X = np.asarray(df["embedding"].to_list(), np.float32) if df.height else np.zeros((0, 0), np.float32)
+        return ids, batch_ids, X, (df["fusion"][0] if df.height else "early")
+    if pipeline.fusion_strategy == "shared_mean":
+        corpus = load_corpus(lake, batch_id=batch_id)
+        model = load_alignment(lake, corpus.models)
+        if model is None:
+            raise dg.Failure("MM_FUSION_STRATEGY=shared_mean needs a current alignment model: materialize "
+                             "alignment_model (it runs with `mm-platform recluster`)")
+        X = shared_mean_matrix(corpus, model, pipeline.weights())
+        keep = np.flatnonzero(np.linalg.norm(X, axis=1) > 0)
+        return ([corpus.record_ids[i] for i in keep], [corpus.batch_ids[i] for i in keep], X[keep],
+                f"shared_mean@{model.version}")
+    raise dg.Failure(f"unknown fusion strategy {pipeline.fusion_strategy!r} (early | shared_mean)")
+
+
+def _strategy_rows(corpus: Corpus, alignment, pipeline: PipelineConfigResource) -> dict[str, tuple[list, np.ndarray]]:
+    """Every fusion strategy (and text+image alone) to compare in ``cluster_metrics``: space -> (ids, X)."""
+    spaces: dict[str, np.ndarray] = {"fused:early": early_matrix(corpus, pipeline.weights())}
+    pair = [m for m in ("text", "image") if m in corpus.modalities()]
+    if len(pair) == 2 and len(corpus.modalities()) > 2:
+        spaces["fused:text+image"] = early_matrix(corpus, pipeline.weights(), pair)
+    if alignment is not None:
+        spaces["fused:shared_mean"] = shared_mean_matrix(corpus, alignment, pipeline.weights())
+    out = {}
+    for space, X in spaces.items():
+        keep = np.flatnonzero(np.linalg.norm(X, axis=1) > 0)
+        out[space] = ([corpus.record_ids[i] for i in keep], X[keep])
+    return out
 
 
 def _metrics_row(run_id: str, space: str, res: ClusterResult, scores: dict, n: int, fp: str, **extra) -> dict:
@@ -85,17 +140,20 @@ def _metrics_row(run_id: str, space: str, res: ClusterResult, scores: dict, n: i
         "nmi": scores.get("nmi"), "ari": scores.get("ari"), "n_labelled": scores.get("n_labelled", 0),
         "input_fingerprint": fp, "params_json": json.dumps(res.params, default=str, sort_keys=True),
         "moved": extra.get("moved"), "common": extra.get("common"), "new_clusters": extra.get("new_clusters"),
-        "retired_clusters": extra.get("retired_clusters"),
+        "retired_clusters": extra.get("retired_clusters"), "agreement_nmi": extra.get("agreement_nmi"),
+        "fusion_strategy": extra.get("fusion_strategy"),
     }
 
 
-def assignment_frame(record_ids, batch_ids, labels, distances, algorithm: str, run_id: str) -> pl.DataFrame:
+def assignment_frame(record_ids, batch_ids, labels, distances, algorithm: str, run_id: str,
+                     is_outlier: np.ndarray | None = None) -> pl.DataFrame:
     labels = np.asarray(labels)
+    is_outlier = labels == -1 if is_outlier is None else np.asarray(is_outlier, dtype=bool)
     return pl.DataFrame(
         {
             "record_id": list(record_ids), "batch_id": list(batch_ids),
             "cluster_id": labels.astype(np.int32), "algorithm": [algorithm] * len(labels),
-            "distance_to_centroid": np.asarray(distances, dtype=np.float64), "is_outlier": labels == -1,
+            "distance_to_centroid": np.asarray(distances, dtype=np.float64), "is_outlier": is_outlier,
             "run_id": [run_id] * len(labels), "clustered_at": [datetime.now(UTC)] * len(labels),
         },
         schema_overrides={"record_id": pl.String, "batch_id": pl.String},
@@ -104,7 +162,7 @@ def assignment_frame(record_ids, batch_ids, labels, distances, algorithm: str, r
 
 @dg.asset(
     deps=[fused_vectors, text_embeddings, image_embeddings, audio_embeddings, tabular_embeddings, aligned_records,
-          raw_records],
+          raw_records, dg.AssetKey("alignment_model")],
     group_name="clusters",
     kinds={"scikitlearn", "parquet"},
     tags={"layer": "clusters"},
@@ -113,14 +171,17 @@ def assignment_frame(record_ids, batch_ids, labels, distances, algorithm: str, r
 def clusters(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline: PipelineConfigResource
 ) -> dg.MaterializeResult:
-    """A full re-cluster of every current record's fused vector (PCA space; K-Means with k by silhouette, or
-    HDBSCAN with outliers as -1). New clusters take the ids of the previous clusters they overlap most, so
-    a cluster keeps its id and name as data grows; how many records moved is recorded. Each single modality
-    is clustered the same way for comparison: silhouette and, where labels exist, NMI/ARI of every space go
-    to ``cluster_metrics``. Saves the cluster model that places new batches at once."""
+    """A full re-cluster of every current record (PCA space; K-Means with k by silhouette, HDBSCAN or DBSCAN
+    with outliers as -1, kept or moved to the nearest cluster by ``MM_OUTLIER_POLICY``), on the vectors of
+    ``MM_FUSION_STRATEGY``: ``early`` (the fused vectors) or ``shared_mean`` (the mean of a record's
+    shared-space projections). New clusters take the ids of the previous clusters they overlap most, so a
+    cluster keeps its id and name as data grows; how many records moved is recorded. Every other fusion
+    strategy, text+image alone, and each single modality are clustered the same way for comparison:
+    silhouette, NMI/ARI against the labels and agreement (NMI) with the fused clustering go to
+    ``cluster_metrics``. Saves the cluster model that places new batches at once."""
     lake = warehouse.lake
     run_id = uuid.uuid4().hex[:12]
-    ids, batch_ids, X = current_vectors(lake, "fused_vectors")
+    ids, batch_ids, X, spec = clustering_input(lake, pipeline)
     fp = fused_fingerprint(lake)
     if not ids:
         lake.write_global("recluster_assignments", pl.DataFrame(schema=lake.read_table("recluster_assignments").schema))
@@ -129,11 +190,12 @@ def clusters(
     previous = dict(lake.current_clusters().select("record_id", "cluster_id").iter_rows())
 
     res, Z, (mean, comps) = run_clustering(X, pipeline)
-    mapping = match_cluster_ids(previous, ids, res.labels)
-    stable = apply_mapping(res.labels, mapping)
+    raw_labels, is_outlier = apply_outlier_policy(res.labels, Z, pipeline.outlier_policy)
+    mapping = match_cluster_ids(previous, ids, raw_labels)
+    stable = apply_mapping(raw_labels, mapping)
     model = build_model(
         run_id, res.algorithm, Z, stable, mean, comps, X.shape[1],
-        distance_quantile=HDBSCAN_OUTLIER_QUANTILE if res.algorithm == "hdbscan" else None,
+        distance_quantile=HDBSCAN_OUTLIER_QUANTILE if res.algorithm in ("hdbscan", "dbscan") else None,
     )
     model.save(model_path(lake))
     centroid_of = dict(zip(model.cluster_ids.tolist(), model.centroids, strict=True))
@@ -142,24 +204,42 @@ def clusters(
 
     scores = external_scores(stable, [truth.get(r) for r in ids])
     metrics = [_metrics_row(run_id, "fused", res, scores, len(ids), fp, moved=mapping.moved, common=mapping.common,
-                            new_clusters=len(mapping.new_ids), retired_clusters=len(mapping.retired_ids))]
-    per_space: dict[str, dict] = {"fused": {"k": res.k, "silhouette": res.silhouette, **scores}}
+                            new_clusters=len(mapping.new_ids), retired_clusters=len(mapping.retired_ids),
+                            agreement_nmi=1.0, fusion_strategy=spec)]
+    per_space: dict[str, dict] = {"fused": {"k": res.k, "silhouette": res.silhouette, "strategy": spec, **scores}}
+    fused_of = dict(zip(ids, stable.tolist(), strict=True))
+    corpus = load_corpus(lake)
+    alignment = load_alignment(lake, corpus.models)
+    compared = _strategy_rows(corpus, alignment, pipeline)
     for modality, table in EMBEDDING_TABLES.items():
         m_ids, _, m_X = current_vectors(lake, table)
-        if len(m_ids) < 3:
+        compared[modality] = (m_ids, m_X)
+    modality_rows = []
+    for space, (s_ids, s_X) in compared.items():
+        if len(s_ids) < 3:
             continue
-        m_res, _, _ = run_clustering(m_X, pipeline)
-        m_scores = external_scores(m_res.labels, [truth.get(r) for r in m_ids])
-        metrics.append(_metrics_row(run_id, modality, m_res, m_scores, len(m_ids), fp))
-        per_space[modality] = {"k": m_res.k, "silhouette": m_res.silhouette, **m_scores}
+        s_res, _, _ = run_clustering(s_X, pipeline)
+        s_scores = external_scores(s_res.labels, [truth.get(r) for r in s_ids])
+        agreement = external_scores(s_res.labels, [str(fused_of.get(r)) if r in fused_of else None for r in s_ids])
+        metrics.append(_metrics_row(run_id, space, s_res, s_scores, len(s_ids), fp,
+                                    agreement_nmi=agreement.get("nmi"), fusion_strategy=space.partition(":")[2] or None))
+        per_space[space] = {"k": s_res.k, "silhouette": s_res.silhouette, "agreement_nmi": agreement.get("nmi"),
+                            **s_scores}
+        if space in EMBEDDING_TABLES:
+            modality_rows.append(pl.DataFrame({"record_id": s_ids, "modality": space,
+                                               "cluster_id": s_res.labels.astype(np.int32), "run_id": run_id}))
+    lake.write_global("modality_assignments", pl.concat(modality_rows) if modality_rows else
+                      pl.DataFrame(schema=lake.read_table("modality_assignments").schema))
 
-    df = assignment_frame(ids, batch_ids, stable, dist, res.algorithm, run_id)
+    df = assignment_frame(ids, batch_ids, stable, dist, res.algorithm, run_id, is_outlier=is_outlier)
     lake.write_global("recluster_assignments", df)
     lake.write_global("cluster_metrics", pl.DataFrame(metrics))
     sizes = df.group_by("cluster_id").len().sort("cluster_id")
     md: dict[str, object] = {
         "dagster/row_count": df.height,
         "algorithm": res.algorithm,
+        "fusion_strategy": spec,
+        "outlier_policy": pipeline.outlier_policy,
         "k": res.k,
         "outliers": res.n_outliers,
         "silhouette": res.silhouette,
@@ -185,31 +265,32 @@ def clusters(
 
 @dg.asset(
     partitions_def=batches_partitions,
-    deps=[fused_vectors, raw_records],
+    deps=[fused_vectors, raw_records, text_embeddings, image_embeddings, audio_embeddings, tabular_embeddings],
     group_name="clusters",
     kinds={"numpy", "parquet"},
     tags={"layer": "clusters"},
 )
-def cluster_assignments(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+def cluster_assignments(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline: PipelineConfigResource
+) -> dg.MaterializeResult:
     """The batch's records placed into the existing clusters at once (nearest centroid of the last full
-    re-cluster, in its PCA space), so new data is clustered without waiting for the next re-cluster. Empty
-    until a first full clustering exists."""
+    re-cluster, in its PCA space, on the same fusion strategy), so new data is clustered without waiting for
+    the next re-cluster. Empty until a first full clustering exists."""
     batch_id = context.partition_key
     lake = warehouse.lake
-    fused = lake.read_partition("fused_vectors", batch_id)
     model = load_cluster_model(lake)
-    if model is None or fused.height == 0:
+    ids, batch_ids, X, _ = clustering_input(lake, pipeline, batch_id) if model is not None else ([], [], None, "")
+    if model is None or not ids:
         lake.write_partition("cluster_assignments", batch_id, pl.DataFrame(schema=lake.read_table("cluster_assignments").schema))
         reason = "no cluster model yet: the first full clustering places these records" if model is None else "no vectors"
         return dg.MaterializeResult(metadata={"dagster/row_count": 0, "note": reason})
-    X = np.asarray(fused["embedding"].to_list(), dtype=np.float32)
     if X.shape[1] != model.input_dim:
         raise dg.Failure(
             f"fused vectors of batch {batch_id} have {X.shape[1]} dims, the cluster model expects "
             f"{model.input_dim} (model or fusion changed): run a full re-cluster (`mm-platform recluster`)"
         )
     labels, dist = model.assign(X)
-    df = assignment_frame(fused["record_id"], fused["batch_id"], labels, dist, f"{model.algorithm}+assign", model.run_id)
+    df = assignment_frame(ids, batch_ids, labels, dist, f"{model.algorithm}+assign", model.run_id)
     lake.write_partition("cluster_assignments", batch_id, df)
     return dg.MaterializeResult(
         metadata={
@@ -222,22 +303,66 @@ def cluster_assignments(context: dg.AssetExecutionContext, warehouse: WarehouseR
     )
 
 
+def modality_agreement(cl: pl.DataFrame, per_modality: pl.DataFrame) -> dict[int, dict[str, float]]:
+    """cluster -> modality -> share of the cluster's members (having that modality) that the modality's own
+    clustering puts in its most common cluster for them (1.0 = the modality alone agrees completely)."""
+    if per_modality.height == 0:
+        return {}
+    joined = cl.select("record_id", pl.col("cluster_id").alias("fused")).join(
+        per_modality.select("record_id", "modality", pl.col("cluster_id").alias("own")), on="record_id")
+    top = joined.group_by("fused", "modality", "own").len().group_by("fused", "modality").agg(
+        (pl.col("len").max() / pl.col("len").sum()).alias("agreement"))
+    out: dict[int, dict[str, float]] = {}
+    for fused, modality, value in top.iter_rows():
+        out.setdefault(int(fused), {})[modality] = round(float(value), 4)
+    return out
+
+
+def name_by_prompts(lake: Lake, encoders: EncodersResource, pipeline: PipelineConfigResource,
+                    cluster_of: dict[str, int]) -> dict[int, str]:
+    """cluster -> the label prompt nearest to the cluster's centre in the shared space (text head applied to
+    the prompt's text embedding; the centre is the mean of its members' shared-mean vectors). Empty without
+    prompts or without a current alignment model."""
+    prompts = pipeline.label_prompts()
+    if not prompts:
+        return {}
+    corpus = load_corpus(lake)
+    model = load_alignment(lake, corpus.models)
+    if model is None or "text" not in model.modalities:
+        return {}
+    P = model.project("text", encoders.encoders.text().encode(prompts))
+    M = shared_mean_matrix(corpus, model, pipeline.weights())
+    labels = np.array([cluster_of.get(r, -1) for r in corpus.record_ids])
+    names: dict[int, str] = {}
+    for c in sorted(set(labels.tolist()) - {-1}):
+        centre = M[labels == c].mean(axis=0)
+        if np.linalg.norm(centre) > 0:
+            names[int(c)] = prompts[int(np.argmax(P @ (centre / np.linalg.norm(centre))))]
+    return names
+
+
 @dg.asset(
-    deps=[clusters, cluster_assignments, raw_text, aligned_records, fused_vectors],
+    deps=[clusters, cluster_assignments, raw_text, aligned_records, fused_vectors, dg.AssetKey("alignment_model")],
     group_name="clusters",
     kinds={"scikitlearn", "parquet"},
     tags={"layer": "clusters"},
     automation_condition=GLOBAL_AUTOMATION,
 )
-def cluster_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """What each current cluster is: size, modality coverage, the records closest to its centre, its top
-    terms (class-based TF-IDF over its texts), a name from those terms, and its label counts."""
+def cluster_summary(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline: PipelineConfigResource,
+    encoders: EncodersResource,
+) -> dg.MaterializeResult:
+    """What each current cluster is: size, outliers, modality coverage, the records closest to its centre,
+    its top terms (class-based TF-IDF over its texts), a name — the nearest of the configured label
+    prompts (``MM_CLUSTER_LABEL_PROMPTS``) in the shared space, else its top terms — its label counts, and
+    per-modality agreement: for each modality, the share of the cluster's members (that have it) which that
+    modality alone clusters together."""
     lake = warehouse.lake
     cl = lake.current_clusters()
     if cl.height == 0:
         lake.write_global("cluster_summary", pl.DataFrame(schema=lake.read_table("cluster_summary").schema))
         return dg.MaterializeResult(metadata={"dagster/row_count": 0})
-    fused_ids, _, X = current_vectors(lake, "fused_vectors")
+    fused_ids, _, X, _ = clustering_input(lake, pipeline)
     labels_by_id = dict(cl.select("record_id", "cluster_id").iter_rows())
     keep = [i for i, r in enumerate(fused_ids) if r in labels_by_id]
     ids = [fused_ids[i] for i in keep]
@@ -245,7 +370,8 @@ def cluster_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResou
 
     aligned = lake.read_current("aligned_records").drop("batch_id")
     texts = lake.read_current("raw_text").select("record_id", "text")
-    members = cl.select("record_id", "cluster_id", "run_id", "algorithm").join(aligned, on="record_id", how="left")
+    members = cl.select("record_id", "cluster_id", "run_id", "algorithm", "is_outlier").join(
+        aligned, on="record_id", how="left")
     members = members.join(texts, on="record_id", how="left")
     texts_by_cluster = {
         int(c): [t for t in g["text"].to_list() if t] for (c,), g in members.group_by("cluster_id") if c != -1
@@ -253,11 +379,15 @@ def cluster_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     terms = top_terms(texts_by_cluster, n=8)
     label_counts = label_summary(members["cluster_id"].to_numpy(), members["label"].to_list())
     model = load_cluster_model(lake)
+    agreement = modality_agreement(cl, lake.read_table("modality_assignments"))
+    prompt_names = name_by_prompts(lake, encoders, pipeline, labels_by_id)
     rows = []
     for (c,), g in members.group_by("cluster_id"):
         c = int(c)
         words = [t for t, _ in terms.get(c, [])]
-        name = "outliers" if c == -1 else (" / ".join(words[:3]) if words else f"cluster {c}")
+        name, source = ("outliers", "outliers") if c == -1 else (
+            (prompt_names[c], "label_prompt") if c in prompt_names
+            else (" / ".join(words[:3]) if words else f"cluster {c}", "top_terms"))
         rows.append({
             "cluster_id": c, "name": name, "size": g.height,
             "representative_record_ids": reps.get(c, []), "top_terms": words,
@@ -265,6 +395,9 @@ def cluster_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResou
             **{f"{m}_coverage": float(g[f"has_{m}"].fill_null(False).mean()) for m in EMBEDDING_TABLES},
             "algorithm": g["algorithm"][0].removesuffix("+assign"),
             "run_id": model.run_id if model else g["run_id"][0],
+            "name_source": source,
+            "agreement_json": json.dumps(agreement.get(c, {}), sort_keys=True),
+            "n_outliers": int(g["is_outlier"].fill_null(False).sum()),
         })
     df = pl.DataFrame(rows).sort("cluster_id")
     lake.write_global("cluster_summary", df)
@@ -276,5 +409,51 @@ def cluster_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResou
                 for r in df.iter_rows(named=True))),
             "preview": preview(df, ["cluster_id", "name", "size", "top_terms", "text_coverage", "image_coverage",
                                     "audio_coverage", "tabular_coverage"]),
+        }
+    )
+
+
+MAP_FILE = "_reports/embedding_map.png"
+
+
+@dg.asset(
+    deps=[clusters, cluster_assignments, fused_vectors, aligned_records],
+    group_name="clusters",
+    kinds={"scikitlearn", "parquet"},
+    tags={"layer": "clusters"},
+    automation_condition=GLOBAL_AUTOMATION,
+)
+def embedding_map(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline: PipelineConfigResource
+) -> dg.MaterializeResult:
+    """2-D coordinates of every current record in the space the clusters were computed on (PCA by default;
+    ``MM_MAP_METHOD=tsne`` fits t-SNE on a seeded sample of 3,000 and places the rest at their nearest
+    sampled neighbours), with its cluster and label, and a PNG scatter coloured by cluster in the
+    metadata (also saved as ``lake/_reports/embedding_map.png``)."""
+    lake = warehouse.lake
+    ids, batch_ids, X, spec = clustering_input(lake, pipeline)
+    if len(ids) < 3:
+        lake.write_global("embedding_map", pl.DataFrame(schema=lake.read_table("embedding_map").schema))
+        return dg.MaterializeResult(metadata={"dagster/row_count": 0})
+    cl = dict(lake.current_clusters().select("record_id", "cluster_id").iter_rows())
+    truth = dict(lake.read_current("aligned_records").select("record_id", "label").iter_rows())
+    coords = project_2d(X, pipeline.map_method, seed=pipeline.seed)
+    model = load_cluster_model(lake)
+    df = pl.DataFrame({
+        "record_id": ids, "batch_id": batch_ids, "x": coords[:, 0].astype(np.float64),
+        "y": coords[:, 1].astype(np.float64), "cluster_id": [cl.get(r, -1) for r in ids],
+        "label": [truth.get(r) for r in ids], "method": pipeline.map_method, "space": spec,
+        "run_id": model.run_id if model else None,
+    }, schema_overrides={"cluster_id": pl.Int32, "label": pl.String, "run_id": pl.String})
+    lake.write_global("embedding_map", df)
+    png = scatter_png(coords, df["cluster_id"].to_list(), lake.root / MAP_FILE,
+                      title=f"{len(ids)} records, {pipeline.map_method.upper()} of {spec}, coloured by cluster")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": df.height,
+            "method": pipeline.map_method,
+            "space": spec,
+            "png_path": str(png),
+            "map": dg.MetadataValue.md(png_markdown(png, "embedding map coloured by cluster")),
         }
     )

@@ -16,14 +16,11 @@ from mm_platform.defs.metadata import counts, preview
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import EncodersResource, PipelineConfigResource, WarehouseResource
 from mm_platform.lib.fusion import fuse
+from mm_platform.lib.corpus import EMBEDDING_TABLES
 from mm_platform.lib.lake import Lake
 from mm_platform.lib.tabular import TABULAR_DIM
 
-#: modality -> embeddings table, in fusion column order
-EMBEDDING_TABLES = {
-    "text": "text_embeddings", "image": "image_embeddings", "audio": "audio_embeddings",
-    "tabular": "tabular_embeddings",
-}
+__all__ = ["EMBEDDING_TABLES", "embedding_matrix", "fused_vectors", "modality_dims"]
 
 
 def embedding_matrix(df: pl.DataFrame, dim: int) -> np.ndarray:

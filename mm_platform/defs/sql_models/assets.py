@@ -14,7 +14,7 @@ import dagster as dg
 import duckdb
 
 
-from mm_platform.defs.clusters.assets import GLOBAL_AUTOMATION
+from mm_platform.defs.automation import GLOBAL_AUTOMATION
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.resources import WarehouseResource
 from mm_platform.lib.lake import VIEW_SOURCES, Lake, read_parquet

@@ -6,7 +6,8 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from mm_platform.defs.clusters.assets import GLOBAL_AUTOMATION, cluster_assignments, clusters
+from mm_platform.defs.automation import GLOBAL_AUTOMATION
+from mm_platform.defs.clusters.assets import cluster_assignments, clusters
 from mm_platform.defs.fusion.assets import EMBEDDING_TABLES, fused_vectors, modality_dims
 from mm_platform.defs.ingest.assets import (
     aligned_records,

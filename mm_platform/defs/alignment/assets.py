@@ -1,0 +1,144 @@
+"""Alignment layer: one shared space for every modality.
+
+``alignment_model`` trains a projection head per modality (frozen encoders) with a symmetric InfoNCE loss
+over every pair of modalities a record has, so that a record's text, image, audio and tabular vectors land
+close together. ``shared_embeddings`` projects every current vector through the current heads, and the
+mean of a record's projections is its ``shared_mean`` fused vector. Retraining writes a new version and the
+projections follow; every projected row names the head version that made it.
+"""
+
+import json
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from mm_platform.defs.automation import RECLUSTER_AUTOMATION
+from mm_platform.defs.embeddings.assets import audio_embeddings, image_embeddings, tabular_embeddings, text_embeddings
+from mm_platform.defs.fusion.assets import fused_vectors
+from mm_platform.defs.ingest.assets import aligned_records, raw_records
+from mm_platform.defs.metadata import preview
+from mm_platform.defs.resources import PipelineConfigResource, WarehouseResource
+from mm_platform.lib.alignment import AlignmentConfig, AlignmentModel, train_alignment
+from mm_platform.lib.corpus import Corpus, load_alignment, load_corpus, save_alignment, shared_mean_matrix
+
+#: Fewer records with two or more modalities than this: no model is trained (the metadata says why).
+MIN_ALIGNMENT_ROWS = 20
+
+
+def alignment_config(pipeline: PipelineConfigResource) -> AlignmentConfig:
+    return AlignmentConfig(shared_dim=pipeline.shared_dim, epochs=pipeline.alignment_epochs, seed=pipeline.seed)
+
+
+def _recall_table(retrieval: dict) -> str:
+    lines = ["| pair | recall@1 | recall@10 | label hit@10 | queries |", "|---|---|---|---|---|"]
+    for pair, r in sorted(retrieval.items()):
+        def fmt(v):
+            return "" if v is None else f"{v:.3f}"
+        lines.append(f"| {pair} | {fmt(r.get('recall@1'))} | {fmt(r.get('recall@10'))} | "
+                     f"{fmt(r.get('label_recall@10'))} | {r.get('n_queries', '')} |")
+    return "\n".join(lines)
+
+
+@dg.asset(
+    deps=[text_embeddings, image_embeddings, audio_embeddings, tabular_embeddings, fused_vectors, aligned_records,
+          raw_records],
+    group_name="alignment",
+    kinds={"pytorch", "safetensors"},
+    tags={"layer": "alignment"},
+    automation_condition=RECLUSTER_AUTOMATION,
+)
+def alignment_model(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline: PipelineConfigResource
+) -> dg.MaterializeResult:
+    """Projection heads (one per modality, frozen encoders) into one shared space, trained with a symmetric
+    InfoNCE loss over every pair of modalities of the current records, 80/20 train/validation split by a
+    fixed seed. Saved as safetensors (no pickle) under ``lake/_models/alignment/`` with its version (a hash
+    of the weights and config) and the encoder models it was trained on. Metadata: validation retrieval
+    recall@1/@10 for every ordered modality pair, and label hit@10 where labels exist. Runs with the full
+    re-cluster (first data, nightly, ``mm-platform recluster``)."""
+    lake = warehouse.lake
+    corpus = load_corpus(lake)
+    multi = int((np.sum([p for p in corpus.present.values()], axis=0) >= 2).sum()) if corpus.present else 0
+    if multi < MIN_ALIGNMENT_ROWS:
+        note = f"{multi} records with two or more modalities; at least {MIN_ALIGNMENT_ROWS} are needed"
+        context.log.warning(f"no alignment model trained: {note}")
+        return dg.MaterializeResult(metadata={"trained": False, "note": note})
+    model, metrics = train_alignment(corpus.blocks, corpus.present, alignment_config(pipeline), labels=corpus.labels)
+    path = save_alignment(lake, model, corpus, metrics)
+    retrieval = metrics.get("retrieval", {})
+    context.log.info(f"alignment model {model.version}: mean recall@10 {metrics.get('mean_recall@10')}")
+    return dg.MaterializeResult(
+        metadata={
+            "trained": True,
+            "version": model.version,
+            "path": str(path),
+            "modalities": list(model.modalities),
+            "shared_dim": model.shared_dim,
+            "encoder_models": dg.MetadataValue.json(corpus.models),
+            "n_train": metrics.get("n_train"),
+            "n_val": metrics.get("n_val"),
+            "train_loss": metrics.get("train_loss"),
+            "val_loss": metrics.get("val_loss"),
+            "mean_recall@10": metrics.get("mean_recall@10"),
+            "seconds": metrics.get("seconds"),
+            "validation_retrieval": dg.MetadataValue.md(_recall_table(retrieval)),
+            "metrics": dg.MetadataValue.json(json.loads(json.dumps(metrics, default=str))),
+        }
+    )
+
+
+def shared_frame(corpus: Corpus, model: AlignmentModel, weights: dict[str, float]) -> pl.DataFrame:
+    """Every present (record, modality) projected into the shared space, plus each record's ``mean``."""
+    frames = []
+    for m in model.modalities:
+        if m not in corpus.present or not corpus.present[m].any():
+            continue
+        rows = np.flatnonzero(corpus.present[m])
+        frames.append(pl.DataFrame({
+            "record_id": [corpus.record_ids[i] for i in rows], "batch_id": [corpus.batch_ids[i] for i in rows],
+            "modality": m, "head_version": model.version,
+            "embedding": pl.Series(model.project(m, corpus.blocks[m][rows]).tolist(), dtype=pl.List(pl.Float32)),
+        }))
+    mean = shared_mean_matrix(corpus, model, weights)
+    keep = np.flatnonzero(np.linalg.norm(mean, axis=1) > 0)
+    frames.append(pl.DataFrame({
+        "record_id": [corpus.record_ids[i] for i in keep], "batch_id": [corpus.batch_ids[i] for i in keep],
+        "modality": "mean", "head_version": model.version,
+        "embedding": pl.Series(mean[keep].tolist(), dtype=pl.List(pl.Float32)),
+    }))
+    return pl.concat(frames)
+
+
+@dg.asset(
+    deps=[alignment_model, text_embeddings, image_embeddings, audio_embeddings, tabular_embeddings, fused_vectors],
+    group_name="alignment",
+    kinds={"numpy", "parquet"},
+    tags={"layer": "alignment"},
+    automation_condition=dg.AutomationCondition.eager(),
+)
+def shared_embeddings(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline: PipelineConfigResource
+) -> dg.MaterializeResult:
+    """Every current record's vectors in the shared space: one row per (record, modality) it has, projected
+    by the current alignment heads, and one ``mean`` row (the weighted mean of its projections, the
+    ``shared_mean`` fusion). Every row names the head version; a retrained model re-projects everything.
+    Cross-modal search (text→image, audio→text, fields→image, ...) compares vectors here."""
+    lake = warehouse.lake
+    corpus = load_corpus(lake)
+    model = load_alignment(lake, corpus.models)
+    if model is None or corpus.n == 0:
+        df = pl.DataFrame(schema=lake.read_table("shared_embeddings").schema)
+        lake.write_global("shared_embeddings", df)
+        return dg.MaterializeResult(metadata={"dagster/row_count": 0,
+                                              "note": "no current alignment model (asset alignment_model)"})
+    df = shared_frame(corpus, model, pipeline.weights())
+    lake.write_global("shared_embeddings", df)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": df.height,
+            "head_version": model.version,
+            "rows_by_modality": {m: int(n) for m, n in df.group_by("modality").len().iter_rows()},
+            "preview": preview(df, ["record_id", "modality", "head_version"]),
+        }
+    )

@@ -1,0 +1,99 @@
+"""Classifiers layer: when records carry labels, how well does each fusion strategy predict them?
+
+Early fusion (one classifier on the concatenated modalities) and late fusion (one classifier per modality,
+probabilities averaged over the modalities a record has) against every single modality, all scored by
+stratified cross-validation on the same folds; the fused classifiers then label the unlabelled records.
+"""
+
+import uuid
+from datetime import UTC, datetime
+
+import dagster as dg
+import polars as pl
+
+from mm_platform.defs.automation import RECLUSTER_AUTOMATION
+from mm_platform.defs.embeddings.assets import audio_embeddings, image_embeddings, tabular_embeddings, text_embeddings
+from mm_platform.defs.fusion.assets import fused_vectors
+from mm_platform.defs.ingest.assets import aligned_records
+from mm_platform.defs.metadata import preview
+from mm_platform.defs.resources import PipelineConfigResource, WarehouseResource
+from mm_platform.lib.classify import evaluate_classifiers
+from mm_platform.lib.corpus import load_corpus
+
+#: Fewer labelled records than this (or fewer than two classes): nothing is trained, and the metadata says so.
+MIN_LABELLED = 20
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "classifier_metrics",
+            deps=[text_embeddings, image_embeddings, audio_embeddings, tabular_embeddings, fused_vectors,
+                  aligned_records],
+            group_name="classifiers", kinds={"scikitlearn", "parquet"}, tags={"layer": "classifiers"},
+            automation_condition=RECLUSTER_AUTOMATION,
+            description="Cross-validated macro-F1 and accuracy of the early-fusion, late-fusion and each "
+                        "single-modality classifier (logistic regression, stratified 5-fold, same folds).",
+        ),
+        dg.AssetSpec(
+            "predictions",
+            deps=[text_embeddings, image_embeddings, audio_embeddings, tabular_embeddings, fused_vectors,
+                  aligned_records],
+            group_name="classifiers", kinds={"scikitlearn", "parquet"}, tags={"layer": "classifiers"},
+            automation_condition=RECLUSTER_AUTOMATION,
+            description="A predicted label and its probability for every current record without a label, "
+                        "from the early- and the late-fusion classifier trained on all labelled records.",
+        ),
+    ],
+    can_subset=False,
+)
+def classifiers(context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline: PipelineConfigResource):
+    """Train and score the fused and single-modality classifiers on the current labelled records."""
+    lake = warehouse.lake
+    corpus = load_corpus(lake)
+    run_id = uuid.uuid4().hex[:12]
+    labelled = [lab for lab in corpus.labels if lab]
+    if len(labelled) < MIN_LABELLED or len(set(labelled)) < 2:
+        note = f"{len(labelled)} labelled records in {len(set(labelled))} classes: too few to train classifiers"
+        context.log.warning(note)
+        lake.write_global("classifier_metrics", pl.DataFrame(schema=lake.read_table("classifier_metrics").schema))
+        lake.write_global("predictions", pl.DataFrame(schema=lake.read_table("predictions").schema))
+        yield dg.MaterializeResult(asset_key="classifier_metrics", metadata={"dagster/row_count": 0, "note": note})
+        yield dg.MaterializeResult(asset_key="predictions", metadata={"dagster/row_count": 0, "note": note})
+        return
+    metrics, predicted = evaluate_classifiers(corpus.blocks, corpus.present, corpus.labels, seed=pipeline.seed)
+    now = datetime.now(UTC)
+    mdf = pl.DataFrame([
+        {"run_id": run_id, "created_at": now, "strategy": m["strategy"], "modalities": m["modalities"],
+         "macro_f1": m["macro_f1"], "macro_f1_std": m["macro_f1_std"], "accuracy": m["accuracy"],
+         "n_labelled": m["n_labelled"], "n_classes": m["n_classes"], "folds": m["folds"]}
+        for m in metrics
+    ], schema=lake.read_table("classifier_metrics").schema)
+    lake.write_global("classifier_metrics", mdf)
+    rows = [
+        {"record_id": corpus.record_ids[p["row"]], "batch_id": corpus.batch_ids[p["row"]], "strategy": strategy,
+         "predicted_label": p["label"], "probability": float(p["probability"]), "run_id": run_id}
+        for strategy, preds in predicted.items() for p in preds
+    ]
+    pdf = pl.DataFrame(rows, schema=lake.read_table("predictions").schema)
+    lake.write_global("predictions", pdf)
+    best = max(metrics, key=lambda m: m["macro_f1"])
+    yield dg.MaterializeResult(
+        asset_key="classifier_metrics",
+        metadata={
+            "dagster/row_count": mdf.height,
+            "macro_f1": {m["strategy"]: round(m["macro_f1"], 4) for m in metrics},
+            "best_strategy": best["strategy"],
+            "n_labelled": metrics[0]["n_labelled"],
+            "notes": sorted({n for m in metrics for n in m.get("notes", [])}),
+            "preview": preview(mdf, ["strategy", "macro_f1", "macro_f1_std", "accuracy"], n=8),
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key="predictions",
+        metadata={
+            "dagster/row_count": pdf.height,
+            "unlabelled_records": pdf["record_id"].n_unique() if pdf.height else 0,
+            "preview": preview(pdf, ["record_id", "strategy", "predicted_label", "probability"]),
+        },
+    )
