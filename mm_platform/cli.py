@@ -104,6 +104,15 @@ def cmd_recluster(args: argparse.Namespace) -> int:
     return cmd_ingest(argparse.Namespace(batch=None, force=False, recluster=True, log_level=args.log_level))
 
 
+def _shown(hit) -> str | None:
+    """What a hit matched on: the image or audio file for image/audio vectors, else the text preview."""
+    p = hit.payload
+    for m in ("image", "audio"):
+        if hit.vector.endswith(m) and p.get(f"{m}_uri"):
+            return Path(p[f"{m}_uri"]).name
+    return p.get("text") or p.get("image_uri") or p.get("audio_uri")
+
+
 def _print_hits(hits: list, as_json: bool) -> None:
     if as_json:
         print(json.dumps({"results": [
@@ -111,7 +120,7 @@ def _print_hits(hits: list, as_json: bool) -> None:
         ]}, default=_json_default, indent=2))
         return
     rows = [{"rank": i, "score": round(h.score, 4), "record_id": h.record_id, "label": h.payload.get("label"),
-             "cluster": h.payload.get("cluster_id"), "text": h.payload.get("text") or h.payload.get("image_uri")}
+             "cluster": h.payload.get("cluster_id"), "matched": _shown(h)}
             for i, h in enumerate(hits, 1)]
     print(_table(rows))
 
@@ -246,22 +255,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(_table(q("SELECT stream, records_with_timestamp, matched, unmatched, coverage, lag_median_s, "
                        "lag_max_s, tolerance_s, strategy FROM alignment_report ORDER BY batch_id, stream")))
         print("\nClusters (cluster_summary, fused text+image+audio+tabular vectors):")
-        print(_table(q("SELECT cluster_id, size, name, top_terms, label_counts_json AS labels "
-                       "FROM cluster_summary ORDER BY cluster_id"), width=70))
-        print("\nCluster quality against the demo labels (cluster_metrics):")
-        print(_table(q("SELECT space, algorithm, k, silhouette, nmi, ari FROM cluster_metrics ORDER BY nmi DESC")))
+        print(_table(q("SELECT cluster_id, size, name, top_terms, label_counts_json AS labels, "
+                       "agreement_json AS modality_agreement FROM cluster_summary ORDER BY cluster_id"), width=60))
+        print("\nCluster quality against the demo labels, per modality and fusion strategy (cluster_metrics):")
+        print(_table(q("SELECT space, algorithm, k, silhouette, nmi, ari, agreement_nmi AS agrees_with_fused "
+                       "FROM cluster_metrics ORDER BY nmi DESC")))
+        print("\nClassifiers, 5-fold cross-validated (classifier_metrics):")
+        print(_table(q("SELECT strategy, macro_f1, macro_f1_std, accuracy FROM classifier_metrics "
+                       "ORDER BY macro_f1 DESC")))
     finally:
         con.close()
-    from mm_platform.lib.search import search
+    from mm_platform.lib.search import SharedSpace, search
 
     with _resources() as res:
         encoders = res.encoders.encoders
+        shared = SharedSpace.from_lake(res.warehouse.lake)
         with res.qdrant.store() as store:
             for query in DEMO_QUERIES[:1]:
-                modality = "image" if encoders.shares_space("text", "image") else "fused"
-                print(f"\nSearch: --text {query!r} --modality {modality} "
-                      f"(profile {encoders.profile}{'; cross-modal' if modality == 'image' else ''})")
-                _print_hits(search(store, encoders, text=query, modality=modality, k=5), as_json=False)
+                native = encoders.shares_space("text", "image")
+                how = "CLIP's shared space" if native else "the shared space of the alignment heads"
+                print(f"\nCross-modal search: --text {query!r} --modality image (profile {encoders.profile}; {how})")
+                _print_hits(search(store, encoders, text=query, modality="image", k=5, shared=shared),
+                            as_json=False)
     print(f"\nQuery it yourself: mm-platform sql \"SELECT * FROM cluster_summary\"  "
           f"(DuckDB file: {paths.duckdb_path})")
     return 0

@@ -113,9 +113,15 @@ def test_ingest_end_to_end(cli_paths):
         assert {"unreadable_audio", "silent_audio", "invalid_field_value"} <= reasons_a
         # cluster quality: the fused vectors beat each single modality against the labels
         nmi = dict(con.execute("SELECT space, nmi FROM cluster_metrics").fetchall())
-        assert set(nmi) == {"fused", "text", "image", "audio", "tabular"}
+        assert {"fused", "text", "image", "audio", "tabular", "fused:shared_mean"} <= set(nmi)
         assert nmi["fused"] > max(v for k, v in nmi.items() if k != "fused"), nmi
         assert nmi["fused"] > 0.7, nmi
+        assert nmi["fused:early"] > nmi["fused:text+image"], nmi
+        # issue 5 outputs of the first re-cluster job: shared space, map, classifiers
+        f1 = dict(con.execute("SELECT strategy, macro_f1 FROM classifier_metrics").fetchall())
+        assert max(f1["early"], f1["late"]) > max(f1[m] for m in ("text", "image", "audio", "tabular")), f1
+        assert con.execute("SELECT count(DISTINCT modality) FROM shared_embeddings").fetchone()[0] == 5
+        assert con.execute("SELECT count(*) FROM embedding_map").fetchone()[0] == n_aligned
         summary = con.execute("SELECT count(*), sum(size) FROM cluster_summary").fetchone()
         assert summary[0] >= 3 and summary[1] == n_aligned
     finally:
@@ -145,8 +151,14 @@ def test_ingest_end_to_end(cli_paths):
     image = next(p["image_uri"] for p in payloads if p.get("image_uri"))
     res = cli_json("search", "--image", image, "--modality", "image", "-k", "3")
     assert res["results"][0]["payload"]["image_uri"] == image
-    proc = run_cli("search", "--text", "mug", "--modality", "image", check=False)
-    assert proc.returncode == 2 and "shared" in proc.stderr
+    # cross-modal in the offline profile goes through the shared space of the alignment heads
+    res = cli_json("search", "--text", "a ceramic mug for my morning coffee", "--modality", "image", "-k", "10")
+    assert [h["modality"] for h in res["results"]] == ["shared:image"] * 10
+    labels = [h["payload"]["label"] for h in res["results"]]
+    assert labels.count("mug") >= 3, labels
+    proc = run_cli("search", "--text", "mug", "--modality", "audio", env={"MM_LAKE_DIR": str(paths.data_dir / "x")},
+                   check=False)
+    assert proc.returncode == 2 and "shared space" in proc.stderr
     clip = next(p["audio_uri"] for p in payloads if p.get("audio_uri"))
     res = cli_json("search", "--audio", clip, "-k", "3")
     assert res["results"][0]["payload"]["audio_uri"] == clip and res["results"][0]["modality"] == "audio"
