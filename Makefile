@@ -29,6 +29,7 @@ ui: setup ## the Dagster UI + daemon (sensors, automation) on a project-local DA
 
 bench: setup ## benchmarks that print ratios measured in one run
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_ingest.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_quality.py
 
 lint: setup
 	$(BIN)/ruff check mm_platform mm_platform_tests bench

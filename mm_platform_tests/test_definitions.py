@@ -4,10 +4,13 @@ import dagster as dg
 
 from mm_platform.definitions import defs
 
-BATCH_ASSETS = {"raw_records", "raw_text", "raw_images", "rejected_records", "aligned_records",
-                "text_embeddings", "image_embeddings", "fused_vectors", "cluster_assignments", "vector_points"}
-GLOBAL_ASSETS = {"clusters", "cluster_summary", "qdrant_cluster_payloads"}
-GROUPS = {"raw", "aligned", "embeddings", "fused", "clusters", "vector_index", "sql_models"}
+BATCH_ASSETS = {"raw_records", "raw_text", "raw_images", "raw_audio", "raw_tabular", "rejected_records",
+                "stream_features", "alignment_report", "aligned_records", "text_embeddings", "image_embeddings",
+                "audio_embeddings", "tabular_embeddings", "fused_vectors", "cluster_assignments", "vector_points"}
+GLOBAL_ASSETS = {"alignment_model", "shared_embeddings", "clusters", "cluster_summary", "embedding_map",
+                 "classifier_metrics", "predictions", "qdrant_cluster_payloads"}
+GROUPS = {"raw", "aligned", "embeddings", "fused", "alignment", "clusters", "classifiers", "vector_index",
+          "sql_models"}
 
 
 def test_definitions_load():
@@ -27,8 +30,11 @@ def test_assets_groups_and_partitions():
         assert node.description, f"{name} has no docstring"
     for name in GLOBAL_ASSETS:
         node = graph.get(dg.AssetKey(name))
-        assert node.partitions_def is None
+        assert node.partitions_def is None and node.description, name
         assert node.automation_condition is not None
+    # the models fitted with the full re-cluster share its cron condition
+    for name in ("alignment_model", "classifier_metrics", "predictions"):
+        assert "0 3 * * *" in str(graph.get(dg.AssetKey(name)).automation_condition.get_snapshot())
     # the full re-cluster runs on a cron automation condition; what summarises clusters follows eagerly
     label = str(graph.get(dg.AssetKey("clusters")).automation_condition.get_snapshot())
     assert "0 3 * * *" in label
@@ -50,6 +56,8 @@ def test_checks_jobs_sensors_schedules():
     assert {"every_line_accounted", "vectors_valid", "clusters_cover_fused_vectors", "summary_sizes_match"} <= checks
     for job in ("batch_ingest_job", "recluster_job", "refresh_job"):
         assert defs.resolve_job_def(job)
+    recluster = {k.to_user_string() for k in defs.resolve_job_def("recluster_job").asset_layer.executable_asset_keys}
+    assert {"alignment_model", "clusters", "classifier_metrics", "predictions", "embedding_map"} <= recluster
     sensors = {s.name for s in defs.sensors}
     assert {"landing_sensor", "global_automation_sensor"} <= sensors
     assert {s.name for s in defs.schedules} == {"nightly_recluster"}

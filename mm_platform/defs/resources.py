@@ -251,6 +251,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             cluster_reduce_dim=_env_int("MM_CLUSTER_REDUCE_DIM", 16),
             fusion_strategy=_env("MM_FUSION_STRATEGY", "early"),
             outlier_policy=_env("MM_OUTLIER_POLICY", "keep"),
+            hdbscan_min_cluster_size=_env_int("MM_HDBSCAN_MIN_CLUSTER_SIZE", 5),
             dbscan_eps=_env("MM_DBSCAN_EPS", ""),
             dbscan_min_samples=_env_int("MM_DBSCAN_MIN_SAMPLES", 5),
             cluster_label_prompts=_env("MM_CLUSTER_LABEL_PROMPTS", ""),

@@ -9,15 +9,21 @@ so that the two views of one record land close together: for records ``i`` (seen
 ``j`` (seen through ``b``) the similarity is the cosine ``s_ij = <f_a(x_i^a), f_b(x_j^b)>``. Inputs are
 L2-normalised first, so heads see every encoder on the same scale.
 
+**Anchor modalities** (``AlignmentConfig.anchors``) already live in the target space, e.g. text and image in
+the ``clip`` profile share CLIP's space. An anchor's head is ``f_m(x) = normalize(x)`` (no parameters, never
+trained) and the shared space *is* the anchors' space: every anchor must have the same input dimension, which
+becomes ``shared_dim``. Only the other heads train, pulled into the anchors' space by the anchor-other pairs;
+anchor-anchor pairs have nothing to train and are left out of the loss (their retrieval is still reported).
+
 **Loss** (CLIP's symmetric InfoNCE). For a mini-batch and a pair of modalities ``(a, b)`` let ``R`` be the rows
 of the batch having both, ``Z_a, Z_b`` their ``(|R|, D)`` head outputs and ``L = Z_a Z_b^T / tau`` (``tau``
 fixed). Row ``r``'s positive is column ``r``; every other row of ``R`` is a negative:
 
     loss_ab = 1/2 * [ CE(L, diag) + CE(L^T, diag) ],   CE = mean over rows of  -log softmax(L)_{r,r}.
 
-The batch loss is the mean of ``loss_ab`` over the pairs with ``|R| >= 2``. Only the heads are trained
-(AdamW, cosine learning-rate decay to 0). A random head already scores ``log |R|`` on average; the loss falls as
-matching views become each other's nearest neighbours.
+The batch loss is the mean of ``loss_ab`` over the trainable pairs (not both anchors) with ``|R| >= 2``. Only
+the heads are trained (AdamW, cosine learning-rate decay to 0). A random head already scores ``log |R|`` on
+average; the loss falls as matching views become each other's nearest neighbours.
 
 **Evaluation** uses held-out rows only: for each ordered pair ``a->b`` the validation rows having both
 modalities form queries (their ``a`` vectors) and the gallery (their ``b`` vectors); see
@@ -42,7 +48,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -84,8 +90,15 @@ class AlignmentConfig:
     val_fraction: float = 0.2  #: share of the usable rows held out for validation
     seed: int = 0  #: seeds the split, the initialisation and the batch order
     max_train: int = 50_000  #: training rows above this are subsampled (seeded)
+    #: modalities already in the target space: identity (+ L2 normalisation) heads, never trained. Stored in
+    #: canonical modality order without duplicates. When any is present, :func:`train_alignment` sets
+    #: ``shared_dim`` to their (common) input dimension; a non-default ``shared_dim`` that differs is an error.
+    anchors: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.anchors, str) or not all(isinstance(m, str) and m for m in self.anchors):
+            raise ValueError(f"anchors must be a sequence of modality names, got {self.anchors!r}")
+        object.__setattr__(self, "anchors", modality_order(list(self.anchors)))
         checks = [
             (self.shared_dim >= 2, "shared_dim must be >= 2"),
             (self.hidden_dim >= 0, "hidden_dim must be >= 0 (0 = linear heads)"),
@@ -102,8 +115,15 @@ class AlignmentConfig:
                 raise ValueError(f"{message}, got {self}")
 
     def to_json(self) -> str:
-        """Canonical JSON (sorted keys), the form hashed into the model version."""
-        return json.dumps(asdict(self), sort_keys=True)
+        """Canonical JSON (sorted keys), the form hashed into the model version.
+
+        ``anchors`` is written only when non-empty, so configs without anchors keep the JSON (and hence the
+        model versions) they had before anchors existed.
+        """
+        data = asdict(self)
+        if not data["anchors"]:
+            del data["anchors"]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AlignmentConfig:
@@ -124,8 +144,11 @@ def _make_head(in_dim: int, config: AlignmentConfig) -> nn.Sequential:
 
 
 def _forward(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``normalize(head(normalize(x)))`` row-wise."""
-    return F.normalize(head(F.normalize(x, dim=1, eps=1e-12)), dim=1, eps=1e-12)
+    """``normalize(head(normalize(x)))`` row-wise (just ``normalize(x)`` for an anchor's identity head)."""
+    unit = F.normalize(x, dim=1, eps=1e-12)
+    if isinstance(head, nn.Identity):
+        return unit
+    return F.normalize(head(unit), dim=1, eps=1e-12)
 
 
 def _available_cpus() -> int:
@@ -157,7 +180,11 @@ def _training_context() -> Iterator[None]:
 
 
 class AlignmentModel:
-    """Trained projection heads, one per modality, into a shared ``shared_dim``-dimensional space."""
+    """Trained projection heads, one per modality, into a shared ``shared_dim``-dimensional space.
+
+    Modalities named in ``config.anchors`` must have an ``nn.Identity`` head and ``in_dims == shared_dim``;
+    they are listed in :attr:`anchors`.
+    """
 
     def __init__(
         self,
@@ -175,6 +202,14 @@ class AlignmentModel:
         self.config = config
         self.shared_dim = config.shared_dim
         self.extra: dict[str, str] = dict(extra or {})
+        self.anchors: tuple[str, ...] = tuple(m for m in self.modalities if m in config.anchors)
+        for m in self.anchors:
+            if not isinstance(heads[m], nn.Identity):
+                raise ValueError(f"anchor modality {m!r} needs an identity head, got {type(heads[m]).__name__}")
+            if self.in_dims[m] != self.shared_dim:
+                raise ValueError(
+                    f"anchor modality {m!r} has dimension {self.in_dims[m]}, the shared space {self.shared_dim}"
+                )
         self._heads = nn.ModuleDict({m: heads[m] for m in self.modalities}).eval()
         self.version = self._compute_version()
 
@@ -207,7 +242,8 @@ class AlignmentModel:
     def project(self, modality: str, X: np.ndarray) -> np.ndarray:
         """Map ``(n, in_dims[modality])`` encoder vectors to ``(n, shared_dim)`` float32 unit-norm rows.
 
-        Zero rows (absent values) map to zero rows. Raises ValueError on an unknown modality, a wrong shape or
+        Zero rows (absent values) map to zero rows. An anchor's rows are just L2-normalised
+        (``x / np.linalg.norm(x)`` in float32). Raises ValueError on an unknown modality, a wrong shape or
         non-finite values.
         """
         if modality not in self._heads:
@@ -220,6 +256,10 @@ class AlignmentModel:
         out = np.zeros((arr.shape[0], self.shared_dim), dtype=np.float32)
         nonzero = np.linalg.norm(arr, axis=1) > 1e-12
         rows = np.flatnonzero(nonzero)
+        if modality in self.anchors:
+            sub = arr[rows]
+            out[rows] = sub / np.linalg.norm(sub, axis=1, keepdims=True)
+            return out
         head = self._heads[modality]
         with torch.no_grad():
             for start in range(0, rows.size, _BLOCK):
@@ -291,6 +331,9 @@ class AlignmentModel:
         heads: dict[str, nn.Module] = {}
         used: set[str] = set()
         for m in modalities:
+            if m in config.anchors:
+                heads[m] = nn.Identity()  # no tensors
+                continue
             head = _make_head(in_dims[m], config)
             state = {}
             for name in head.state_dict():
@@ -308,7 +351,10 @@ class AlignmentModel:
         if unexpected:
             raise ValueError(f"{path}: unexpected tensors {unexpected[:5]}")
         extra = {k: v for k, v in metadata.items() if k not in RESERVED_METADATA}
-        model = cls(heads, in_dims, config, extra=extra)
+        try:
+            model = cls(heads, in_dims, config, extra=extra)
+        except ValueError as exc:
+            raise ValueError(f"{path}: inconsistent alignment model ({exc})") from exc
         if model.version != stored_version:
             raise ValueError(
                 f"{path}: version mismatch: file says {stored_version!r}, weights give {model.version!r}"
@@ -510,6 +556,29 @@ def _mean_loss(
     return float(np.mean(values)) if values else None
 
 
+def _anchored_config(config: AlignmentConfig, dims: Mapping[str, int]) -> AlignmentConfig:
+    """``config`` with ``shared_dim`` set to the common dimension of the anchors among ``dims``.
+
+    ValueError when those anchors differ in dimension, or ``config.shared_dim`` was set (is not the default)
+    and differs from theirs.
+    """
+    anchor_dims = {m: int(dims[m]) for m in config.anchors if m in dims}
+    if not anchor_dims:
+        return config
+    if len(set(anchor_dims.values())) != 1:
+        raise ValueError(f"anchor modalities must share one dimension (the shared space), got {anchor_dims}")
+    dim = next(iter(anchor_dims.values()))
+    if config.shared_dim == dim:
+        return config
+    default = next(f.default for f in fields(AlignmentConfig) if f.name == "shared_dim")
+    if config.shared_dim != default:
+        raise ValueError(
+            f"shared_dim={config.shared_dim} conflicts with the anchors' dimension {dim} {anchor_dims}; "
+            "leave shared_dim at its default or set it to the anchors' dimension"
+        )
+    return replace(config, shared_dim=dim)
+
+
 def train_alignment(
     blocks: Mapping[str, np.ndarray],
     present: Mapping[str, np.ndarray],
@@ -530,20 +599,28 @@ def train_alignment(
     Pairs of modalities with >= 2 training rows having both are trained; modalities in no such pair are
     dropped (``metrics["dropped_modalities"]``).
 
+    Anchors (``config.anchors`` present in ``blocks``) get identity heads. They must all have the same
+    dimension ``d``; the model's config gets ``shared_dim = d`` (ValueError when ``config.shared_dim`` is not
+    the default and differs from ``d``). Pairs of two anchors are evaluated but not trained; when every kept
+    modality is an anchor nothing is trained (``metrics["epochs"] == 0``, losses None).
+
     Returns:
         ``(model, metrics)`` with ``train_loss`` (mean batch loss of the last epoch; with ``epochs=0`` the loss
         of the untrained heads on the training rows), ``val_loss`` (same batching over validation rows, None
-        without validation rows), ``n_train``, ``n_val``, ``pairs`` (``"a|b"`` trained), ``epochs``, ``seconds``,
-        ``retrieval`` (``{"a->b": retrieval_recall(...) on validation rows having both, for k in (1, 5, 10)}``,
-        including ``label_recall@10`` when labels are given), ``mean_recall@1`` / ``mean_recall@10`` (mean over
-        ordered pairs, None without any) and ``dropped_modalities``.
+        without validation rows), ``n_train``, ``n_val``, ``pairs`` (``"a|b"`` trained), ``epochs`` (epochs
+        actually run), ``seconds``, ``retrieval`` (``{"a->b": retrieval_recall(...) on validation rows having
+        both, for k in (1, 5, 10)}`` for every kept pair, anchor pairs included, with ``label_recall@10`` when
+        labels are given), ``mean_recall@1`` / ``mean_recall@10`` (mean over ordered pairs, None without any),
+        ``dropped_modalities`` and ``anchors`` (the model's anchor modalities).
 
     Raises:
-        ValueError: inconsistent inputs, fewer than 4 usable rows, or no pair of modalities to train.
+        ValueError: inconsistent inputs, anchors of different dimensions (or not matching an explicit
+            ``shared_dim``), fewer than 4 usable rows, or no pair of modalities with rows in common.
     """
     t0 = time.perf_counter()
     config = config or AlignmentConfig()
     order, X, P, n = _prepare(blocks, present)
+    config = _anchored_config(config, {m: X[m].shape[1] for m in order})
     if labels is not None and len(labels) != n:
         raise ValueError(f"{len(labels)} labels for {n} rows")
     n_modalities = np.sum([P[m] for m in order], axis=0) if n else np.zeros(0)
@@ -561,6 +638,9 @@ def train_alignment(
         raise ValueError("no pair of modalities has two or more training rows in common")
     used = modality_order({m for p in pairs for m in p})
     dropped = [m for m in order if m not in used]
+    anchors = set(config.anchors)
+    trained_pairs = [(a, b) for a, b in pairs if not (a in anchors and b in anchors)]
+    epochs = config.epochs if trained_pairs else 0
 
     Xt = {m: torch.from_numpy(X[m]) for m in used}
     Pt = {m: torch.from_numpy(P[m]) for m in used}
@@ -568,24 +648,26 @@ def train_alignment(
     with _training_context():
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            heads = {m: _make_head(X[m].shape[1], config) for m in used}
-        if config.epochs > 0:
+            heads: dict[str, nn.Module] = {
+                m: nn.Identity() if m in anchors else _make_head(X[m].shape[1], config) for m in used
+            }
+        if epochs > 0:
             params = [p for m in used for p in heads[m].parameters()]
             opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
             steps_per_epoch = math.ceil(train_idx.size / config.batch_size)
-            total = max(1, config.epochs * steps_per_epoch)
+            total = max(1, epochs * steps_per_epoch)
             sched = torch.optim.lr_scheduler.LambdaLR(
                 opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
             )
             batch_rng = np.random.default_rng([config.seed, 1])
             for head in heads.values():
                 head.train()
-            for _ in range(config.epochs):
+            for _ in range(epochs):
                 epoch_losses: list[float] = []
                 shuffled = batch_rng.permutation(train_idx)
                 for start in range(0, shuffled.size, config.batch_size):
                     idx = torch.from_numpy(shuffled[start : start + config.batch_size])
-                    loss = _batch_loss(heads, Xt, Pt, pairs, idx, config.temperature)
+                    loss = _batch_loss(heads, Xt, Pt, trained_pairs, idx, config.temperature)
                     if loss is None:
                         sched.step()
                         continue
@@ -598,8 +680,8 @@ def train_alignment(
             for head in heads.values():
                 head.eval()
         else:
-            train_loss = _mean_loss(heads, Xt, Pt, pairs, train_idx, config)
-        val_loss = _mean_loss(heads, Xt, Pt, pairs, val_idx, config) if val_idx.size else None
+            train_loss = _mean_loss(heads, Xt, Pt, trained_pairs, train_idx, config)
+        val_loss = _mean_loss(heads, Xt, Pt, trained_pairs, val_idx, config) if val_idx.size else None
     model = AlignmentModel(heads, {m: X[m].shape[1] for m in used}, config)
 
     retrieval: dict[str, dict[str, float | int | None]] = {}
@@ -623,12 +705,13 @@ def train_alignment(
         "n_train": int(train_idx.size),
         "n_val": int(val_idx.size),
         "n_usable": int(usable.size),
-        "pairs": [f"{a}|{b}" for a, b in pairs],
-        "epochs": config.epochs,
+        "pairs": [f"{a}|{b}" for a, b in trained_pairs],
+        "epochs": epochs,
         "retrieval": retrieval,
         "mean_recall@1": mean_of("recall@1"),
         "mean_recall@10": mean_of("recall@10"),
         "dropped_modalities": dropped,
+        "anchors": list(model.anchors),
         "version": model.version,
         "seconds": round(time.perf_counter() - t0, 3),
     }

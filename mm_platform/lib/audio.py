@@ -28,14 +28,13 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import stat as _stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mm_platform.lib.media import DEFAULT_MAX_AUDIO_BYTES, MediaError
+from mm_platform.lib.media import DEFAULT_MAX_AUDIO_BYTES, MediaError, check_file
 
 #: libsndfile major formats accepted (``soundfile.info(path).format``).
 AUDIO_FORMATS: tuple[str, ...] = ("WAV", "FLAC", "OGG", "MP3")
@@ -106,21 +105,7 @@ class DecodedAudio:
 
 
 def _stat_file(path: Path, max_bytes: int) -> int:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise MediaError("missing_file", f"{str(path)!r} does not exist") from None
-    except OSError as exc:
-        raise MediaError("missing_file", f"{str(path)!r} is not accessible: {exc}") from None
-    if not _stat.S_ISREG(st.st_mode):
-        raise MediaError("not_a_file", f"{str(path)!r} is not a regular file")
-    if st.st_size == 0:
-        raise MediaError("empty_file", f"audio file {str(path)!r} is empty (0 bytes)")
-    if st.st_size > max_bytes:
-        raise MediaError(
-            "file_too_large", f"audio file {str(path)!r} has {st.st_size} bytes > limit {max_bytes}"
-        )
-    return int(st.st_size)
+    return check_file(path, max_bytes, "audio")
 
 
 def _hash_file(path: Path, max_bytes: int) -> tuple[str, int]:

@@ -44,6 +44,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
+from mm_platform.lib.clustering import is_missing_label
 from mm_platform.lib.fusion import modality_order
 
 #: Fusion strategies scored besides the single modalities.
@@ -52,12 +53,6 @@ FUSION_STRATEGIES: tuple[str, ...] = ("early", "late")
 MAX_ITER = 300
 
 
-def _is_missing(v: object) -> bool:
-    if v is None:
-        return True
-    if isinstance(v, float) and math.isnan(v):
-        return True
-    return isinstance(v, str) and not v.strip()
 
 
 class _BlockReducer:
@@ -248,7 +243,7 @@ def evaluate_classifiers(
     n = len(labels)
     order, X, P = _prepare(blocks, present, n)
     any_present = np.any([P[m] for m in order], axis=0)
-    labelled_mask = np.array([not _is_missing(v) for v in labels], dtype=bool)
+    labelled_mask = np.array([not is_missing_label(v) for v in labels], dtype=bool)
     notes: list[str] = []
     no_data = int(np.sum(labelled_mask & ~any_present))
     if no_data:

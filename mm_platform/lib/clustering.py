@@ -616,7 +616,8 @@ def fit_on_sample(
 # -- scores and descriptions ----------------------------------------------------------------------------
 
 
-def _is_missing(v: object) -> bool:
+def is_missing_label(v: object) -> bool:
+    """None, NaN or a blank string: no label."""
     if v is None:
         return True
     if isinstance(v, float) and math.isnan(v):
@@ -635,7 +636,7 @@ def external_scores(labels: np.ndarray, truth: Sequence[str | None]) -> dict[str
     labels = np.asarray(labels)
     if len(truth) != labels.shape[0]:
         raise ValueError(f"{labels.shape[0]} labels but {len(truth)} truth values")
-    keep = [i for i, t in enumerate(truth) if not _is_missing(t)]
+    keep = [i for i, t in enumerate(truth) if not is_missing_label(t)]
     n = len(keep)
     if n < 2:
         return {"nmi": None, "ari": None, "n_labelled": n}
@@ -741,7 +742,7 @@ def label_summary(labels: np.ndarray, truth: Sequence[str | None]) -> dict[int, 
         raise ValueError(f"{labels.shape[0]} labels but {len(truth)} truth values")
     counters: dict[int, Counter[str]] = {int(c): Counter() for c in np.unique(labels)}
     for lab, t in zip(labels.tolist(), truth, strict=True):
-        if not _is_missing(t):
+        if not is_missing_label(t):
             counters[int(lab)][str(t)] += 1
     return {
         c: dict(sorted(cnt.items(), key=lambda kv: (-kv[1], kv[0]))) for c, cnt in sorted(counters.items())

@@ -49,6 +49,15 @@ class Corpus:
     blocks: dict[str, np.ndarray]  # modality -> (n, d) float32, zeros where absent
     present: dict[str, np.ndarray]  # modality -> (n,) bool
     models: dict[str, str] = field(default_factory=dict)  # modality -> "model@version"
+    spaces: dict[str, str] = field(default_factory=dict)  # modality -> embedding space
+
+    def native_shared(self) -> tuple[str, ...]:
+        """Modalities whose encoders already share one space (CLIP's text and image), else ()."""
+        by_space: dict[str, list[str]] = {}
+        for m, space in self.spaces.items():
+            by_space.setdefault(space, []).append(m)
+        groups = [ms for ms in by_space.values() if len(ms) > 1]
+        return tuple(max(groups, key=len)) if groups else ()
 
     @property
     def n(self) -> int:
@@ -64,7 +73,7 @@ class Corpus:
         return Corpus(
             [self.record_ids[i] for i in idx], [self.batch_ids[i] for i in idx], [self.labels[i] for i in idx],
             {m: b[idx] for m, b in self.blocks.items()}, {m: p[idx] for m, p in self.present.items()},
-            dict(self.models),
+            dict(self.models), dict(self.spaces),
         )
 
 
@@ -90,7 +99,9 @@ def load_corpus(lake: Lake, modalities: Sequence[str] | None = None, batch_id: s
     per_mod = {m: (df["record_id"].to_list(), _matrix(df)) for m, df in frames.items() if df.height}
     blocks, present = align_blocks(ids, per_mod) if per_mod else ({}, {})
     models = {m: f"{df['model'][0]}@{df['model_version'][0]}" for m, df in frames.items() if df.height}
-    return Corpus(ids, fused["batch_id"].to_list(), [label_of.get(r) for r in ids], blocks, present, models)
+    spaces = {m: str(df["space"][0]) for m, df in frames.items() if df.height}
+    return Corpus(ids, fused["batch_id"].to_list(), [label_of.get(r) for r in ids], blocks, present, models,
+                  spaces)
 
 
 def early_matrix(corpus: Corpus, weights: str | Mapping[str, float] | None = None,

@@ -291,7 +291,9 @@ class ImageInfo:
     n_bytes: int
 
 
-def _read_limited(path: Path, max_bytes: int, kind: str) -> bytes:
+def check_file(path: Path, max_bytes: int, kind: str) -> int:
+    """Size of a regular, non-empty file within ``max_bytes``; else ``missing_file``, ``not_a_file``,
+    ``empty_file`` or ``file_too_large``."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -304,6 +306,11 @@ def _read_limited(path: Path, max_bytes: int, kind: str) -> bytes:
         raise MediaError("empty_file", f"{kind} file {str(path)!r} is empty (0 bytes)")
     if st.st_size > max_bytes:
         raise MediaError("file_too_large", f"{kind} file {str(path)!r} has {st.st_size} bytes > limit {max_bytes}")
+    return int(st.st_size)
+
+
+def _read_limited(path: Path, max_bytes: int, kind: str) -> bytes:
+    check_file(path, max_bytes, kind)
     try:
         with open(path, "rb") as fh:
             data = fh.read(max_bytes + 1)

@@ -37,6 +37,7 @@ ENV_DOC: dict[str, str] = {
     "MM_SENSOR_MAX_BATCHES": "batches the landing sensor registers per tick (default 10)",
     "MM_FUSION_STRATEGY": "what clusters are computed on: early (weighted concatenation) | shared_mean (default early)",
     "MM_OUTLIER_POLICY": "keep (outliers stay cluster -1) | nearest (they join the nearest cluster, still flagged)",
+    "MM_HDBSCAN_MIN_CLUSTER_SIZE": "HDBSCAN min_cluster_size (default 5)",
     "MM_DBSCAN_EPS": "DBSCAN radius (cosine distance); empty = chosen from the k-distance curve",
     "MM_DBSCAN_MIN_SAMPLES": "DBSCAN min_samples (default 5)",
     "MM_CLUSTER_LABEL_PROMPTS": "comma-separated names; each cluster is named by the nearest one in the shared space",

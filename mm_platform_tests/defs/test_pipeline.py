@@ -19,6 +19,7 @@ from mm_platform.defs.ingest import assets as ingest_assets
 from mm_platform.defs.sql_models.assets import build_sql_model_assets
 from mm_platform.defs.streams import assets as stream_assets
 from mm_platform.defs.vector_index import assets as vector_assets
+from mm_platform.defs.resources import PipelineConfigResource
 from mm_platform.demo import make_demo_batch
 from mm_platform.lib.encoders.registry import load_encoders
 from mm_platform.lib.lake import Lake, refresh_warehouse
@@ -259,6 +260,8 @@ def test_alignment_shared_space_map_and_classifiers(ingested, paths, instance):
 
     model = load_alignment(lake)
     assert model is not None and set(model.modalities) == {"text", "image", "audio", "tabular"}
+    # CLIP's text and image share a space: it is the shared space, and audio + tabular heads are trained into it
+    assert model.anchors == ("text", "image") and model.shared_dim == lake.read_table("text_embeddings")["dim"][0]
     shared = lake.read_table("shared_embeddings")
     assert set(shared["head_version"]) == {model.version}
     assert set(shared["modality"]) == {"text", "image", "audio", "tabular", "mean"}
@@ -270,6 +273,14 @@ def test_alignment_shared_space_map_and_classifiers(ingested, paths, instance):
     metrics = lake.read_table("classifier_metrics")
     assert {"early", "late", "text", "image", "audio", "tabular"} == set(metrics["strategy"])
     assert metrics["macro_f1"].is_between(0, 1).all()
+    # cluster names from label prompts, nearest in the shared space
+    prompts = "mug,teapot,trail shoe,backpack,headphones,desk lamp"
+    named = {**resources, "pipeline": PipelineConfigResource(cluster_k=4, stream_tolerance="10m",
+                                                             cluster_label_prompts=prompts)}
+    assert dg.materialize([*BATCH_ASSETS, *GLOBAL_ASSETS], instance=instance, resources=named,
+                          selection=dg.AssetSelection.assets("cluster_summary")).success
+    summary = lake.read_table("cluster_summary")
+    assert set(summary["name_source"]) == {"label_prompt"} and set(summary["name"]) <= set(prompts.split(","))
     # retraining with the same seed gives the same heads; re-clustering gives the same clusters
     before = lake.current_clusters().select("record_id", "cluster_id").sort("record_id")
     assert run_global(instance, resources).success

@@ -172,7 +172,8 @@ def test_save_load_round_trip(tmp_path: Path, data, trained) -> None:  # type: i
     assert meta["version"] == model.version and meta["encoder.text"] == "all-MiniLM-L6-v2"
     assert json.loads(meta["modalities"]) == ["text", "image", "audio"]
     assert json.loads(meta["in_dims"]) == DIMS
-    assert json.loads(meta["config"]) == asdict(FAST)
+    assert json.loads(meta["config"]) == {k: v for k, v in asdict(FAST).items() if k != "anchors"}
+    assert AlignmentConfig.from_dict(json.loads(meta["config"])) == FAST
     assert "text.0.weight" in names and "audio.2.bias" in names
     loaded = AlignmentModel.load(path)
     assert loaded.version == model.version and loaded.config == FAST
@@ -285,3 +286,131 @@ def test_retrieval_recall_definitions() -> None:
         retrieval_recall(G, G[:5], k=1)
     with pytest.raises(ValueError, match="k must be"):
         retrieval_recall(G, G, k=0)
+
+
+# -- anchor modalities --------------------------------------------------------------------------------------
+
+ANCHOR_DIM = 32
+ANCHORED = replace(FAST, anchors=("text", "image"))
+
+
+def _anchored_data(
+    n: int = 600, latent: int = 16, seed: int = 5
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """text and image share a space natively (image = text + small noise, same dim); audio is a random map."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, latent))
+    text = z @ rng.normal(size=(latent, ANCHOR_DIM)) + 0.3 * rng.normal(size=(n, ANCHOR_DIM))
+    image = text + 0.05 * np.sqrt(latent) * rng.normal(size=(n, ANCHOR_DIM))
+    audio = z @ rng.normal(size=(latent, 24)) + 0.3 * np.sqrt(latent) * rng.normal(size=(n, 24))
+    blocks: dict[str, np.ndarray] = {}
+    present: dict[str, np.ndarray] = {}
+    for m, X in {"text": text, "image": image, "audio": audio}.items():
+        mask = rng.random(n) < 0.9
+        blocks[m] = np.where(mask[:, None], X, 0.0).astype(np.float32)
+        present[m] = mask
+    return blocks, present
+
+
+@pytest.fixture(scope="module")
+def anchored_data() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    return _anchored_data()
+
+
+@pytest.fixture(scope="module")
+def anchored(anchored_data):  # type: ignore[no-untyped-def]
+    blocks, present = anchored_data
+    return train_alignment(blocks, present, ANCHORED)
+
+
+def _unit_rows(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, np.float32)
+    out = np.zeros_like(X)
+    nz = np.linalg.norm(X, axis=1) > 0
+    out[nz] = X[nz] / np.linalg.norm(X[nz], axis=1, keepdims=True)
+    return out
+
+
+def test_anchor_config_canonical_and_json() -> None:
+    cfg = AlignmentConfig(anchors=("image", "text", "image"))  # type: ignore[arg-type]
+    assert cfg.anchors == ("text", "image")
+    assert AlignmentConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    assert json.loads(cfg.to_json())["anchors"] == ["text", "image"]
+    assert "anchors" not in json.loads(AlignmentConfig().to_json())  # old configs hash as before
+    for bad in ("text", ("text", ""), (1,)):
+        with pytest.raises(ValueError, match="anchors"):
+            AlignmentConfig(anchors=bad)  # type: ignore[arg-type]
+
+
+def test_anchor_heads_are_identity_and_others_train_into_their_space(anchored_data, anchored) -> None:  # type: ignore[no-untyped-def]
+    blocks, present = anchored_data
+    model, metrics = anchored
+    assert model.anchors == ("text", "image") and metrics["anchors"] == ["text", "image"]
+    assert model.shared_dim == model.config.shared_dim == ANCHOR_DIM  # default shared_dim taken from anchors
+    assert metrics["pairs"] == ["text|audio", "image|audio"]  # text|image has nothing to train
+    assert metrics["epochs"] == FAST.epochs
+    assert set(metrics["retrieval"]) == {f"{a}->{b}" for a in model.modalities for b in model.modalities if a != b}
+    assert {k.split(".")[0] for k in model.tensors()} == {"audio"}
+    for m in ("text", "image"):
+        Z = model.project(m, blocks[m])
+        np.testing.assert_array_equal(Z, _unit_rows(blocks[m]))
+        np.testing.assert_array_equal(Z[~present[m]], 0.0)
+    assert metrics["retrieval"]["text->image"]["recall@10"] >= 0.9  # native shared space
+
+    untrained, base = train_alignment(blocks, present, replace(ANCHORED, epochs=0))
+    assert base["epochs"] == 0 and untrained.anchors == model.anchors
+    np.testing.assert_array_equal(untrained.project("text", blocks["text"]), model.project("text", blocks["text"]))
+    assert base["retrieval"]["text->image"] == metrics["retrieval"]["text->image"]
+    for pair in ("audio->text", "audio->image", "text->audio", "image->audio"):
+        r, b = metrics["retrieval"][pair], base["retrieval"][pair]
+        assert r["recall@10"] >= 0.85, (pair, r)
+        assert r["recall@10"] > b["recall@10"] + 0.5, (pair, r, b)
+    assert metrics["val_loss"] < base["val_loss"] - 1.0
+
+
+def test_only_anchors_skips_training(anchored_data) -> None:  # type: ignore[no-untyped-def]
+    blocks, present = anchored_data
+    sub_b = {m: blocks[m] for m in ("text", "image")}
+    sub_p = {m: present[m] for m in ("text", "image")}
+    model, metrics = train_alignment(sub_b, sub_p, ANCHORED)
+    assert metrics["epochs"] == 0 and metrics["pairs"] == []
+    assert metrics["train_loss"] is None and metrics["val_loss"] is None
+    assert model.tensors() == {} and model.anchors == ("text", "image")
+    assert metrics["retrieval"]["image->text"]["recall@10"] >= 0.9
+    np.testing.assert_array_equal(model.project("image", blocks["image"]), _unit_rows(blocks["image"]))
+
+
+def test_anchored_save_load_round_trip(tmp_path: Path, anchored_data, anchored) -> None:  # type: ignore[no-untyped-def]
+    blocks, _ = anchored_data
+    model, _ = anchored
+    path = model.save(tmp_path / "anchored.safetensors")
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+    assert json.loads(meta["config"])["anchors"] == ["text", "image"]
+    loaded = AlignmentModel.load(path)
+    assert loaded.anchors == model.anchors and loaded.config == model.config
+    assert loaded.version == model.version and loaded.shared_dim == ANCHOR_DIM
+    for m in model.modalities:
+        np.testing.assert_array_equal(loaded.project(m, blocks[m]), model.project(m, blocks[m]))
+    # dropping the anchors from the config makes text/image trained heads whose tensors are missing
+    cfg = json.loads(meta["config"])
+    del cfg["anchors"]
+    save_file(load_file(str(path)), str(tmp_path / "x.safetensors"), metadata={**meta, "config": json.dumps(cfg)})
+    with pytest.raises(ValueError, match="missing tensor"):
+        AlignmentModel.load(tmp_path / "x.safetensors")
+
+
+def test_anchor_dimension_checks(anchored_data) -> None:  # type: ignore[no-untyped-def]
+    blocks, present = anchored_data
+    bad = {**blocks, "image": blocks["image"][:, :16]}
+    with pytest.raises(ValueError, match="anchor modalities must share one dimension"):
+        train_alignment(bad, present, ANCHORED)
+    with pytest.raises(ValueError, match="conflicts with the anchors' dimension"):
+        train_alignment(blocks, present, replace(ANCHORED, shared_dim=64))
+    cfg = AlignmentConfig(shared_dim=ANCHOR_DIM, hidden_dim=0, epochs=1, anchors=("text",))
+    model, _ = train_alignment(blocks, present, cfg)  # explicit matching shared_dim is fine
+    assert model.anchors == ("text",) and model.config == cfg
+    with pytest.raises(ValueError, match="anchor modality 'text'"):
+        AlignmentModel({"text": torch.nn.Linear(ANCHOR_DIM, ANCHOR_DIM)}, {"text": ANCHOR_DIM}, cfg)
+    with pytest.raises(ValueError, match="dimension 16"):
+        AlignmentModel({"text": torch.nn.Identity()}, {"text": 16}, cfg)

@@ -26,8 +26,12 @@ from mm_platform.lib.corpus import Corpus, load_alignment, load_corpus, save_ali
 MIN_ALIGNMENT_ROWS = 20
 
 
-def alignment_config(pipeline: PipelineConfigResource) -> AlignmentConfig:
-    return AlignmentConfig(shared_dim=pipeline.shared_dim, epochs=pipeline.alignment_epochs, seed=pipeline.seed)
+def alignment_config(pipeline: PipelineConfigResource, corpus: Corpus) -> AlignmentConfig:
+    """Training settings; modalities whose encoders already share a space (CLIP's text and image) are anchors:
+    their space *is* the shared space and only the other modalities' heads are trained into it."""
+    anchors = corpus.native_shared()
+    return AlignmentConfig(shared_dim=AlignmentConfig.shared_dim if anchors else pipeline.shared_dim,
+                           epochs=pipeline.alignment_epochs, seed=pipeline.seed, anchors=anchors)
 
 
 def _recall_table(retrieval: dict) -> str:
@@ -56,7 +60,8 @@ def alignment_model(
     fixed seed. Saved as safetensors (no pickle) under ``lake/_models/alignment/`` with its version (a hash
     of the weights and config) and the encoder models it was trained on. Metadata: validation retrieval
     recall@1/@10 for every ordered modality pair, and label hit@10 where labels exist. Runs with the full
-    re-cluster (first data, nightly, ``mm-platform recluster``)."""
+    re-cluster (first data, nightly, ``mm-platform recluster``). In the ``clip`` profile text and image are
+    anchors: CLIP's space is the shared space, and the audio and tabular heads are trained into it."""
     lake = warehouse.lake
     corpus = load_corpus(lake)
     multi = int((np.sum([p for p in corpus.present.values()], axis=0) >= 2).sum()) if corpus.present else 0
@@ -64,7 +69,8 @@ def alignment_model(
         note = f"{multi} records with two or more modalities; at least {MIN_ALIGNMENT_ROWS} are needed"
         context.log.warning(f"no alignment model trained: {note}")
         return dg.MaterializeResult(metadata={"trained": False, "note": note})
-    model, metrics = train_alignment(corpus.blocks, corpus.present, alignment_config(pipeline), labels=corpus.labels)
+    model, metrics = train_alignment(corpus.blocks, corpus.present, alignment_config(pipeline, corpus),
+                                     labels=corpus.labels)
     path = save_alignment(lake, model, corpus, metrics)
     retrieval = metrics.get("retrieval", {})
     context.log.info(f"alignment model {model.version}: mean recall@10 {metrics.get('mean_recall@10')}")
@@ -74,6 +80,7 @@ def alignment_model(
             "version": model.version,
             "path": str(path),
             "modalities": list(model.modalities),
+            "anchors": list(model.anchors),
             "shared_dim": model.shared_dim,
             "encoder_models": dg.MetadataValue.json(corpus.models),
             "n_train": metrics.get("n_train"),

@@ -12,7 +12,7 @@ from mm_platform.defs.embeddings.checks import VECTORS_VALID, vectors_valid
 from mm_platform.defs.ingest.assets import raw_audio, raw_images, raw_tabular, raw_text, tabular_state_dir
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.partitions import batches_partitions
-from mm_platform.defs.resources import EncodersResource, WarehouseResource
+from mm_platform.defs.resources import EncodersResource, LandingResource, WarehouseResource
 from mm_platform.lib.encoders.base import ModelInfo
 from mm_platform.lib.tabular import TABULAR_DIM, TabularEncoderState, encode_tabular, load_state
 
@@ -181,12 +181,15 @@ def image_embeddings(
     check_specs=[dg.AssetCheckSpec(VECTORS_VALID, asset="audio_embeddings")],
 )
 def audio_embeddings(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, encoders: EncodersResource
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, encoders: EncodersResource,
+    landing: LandingResource,
 ) -> dg.MaterializeResult:
     """A unit-norm vector per record audio clip, mixed to mono and resampled to the encoder's rate: CLAP's
     audio tower in the ``clip`` profile when its weights can be had, else (and in ``offline``) log-mel and
     MFCC statistics computed with torch. Clips this model already embedded come from the cache."""
     encoder = encoders.encoders.audio()
+    # the clips passed raw_audio's limit; the encoder must not refuse what ingest accepted
+    encoder.max_audio_seconds = max(encoder.max_audio_seconds, float(landing.max_audio_seconds))
     return embed_partition(
         context, warehouse, encoders, table="audio_embeddings", source="raw_audio", content_col="sha256",
         encoder=encoder,

@@ -323,7 +323,8 @@ def raw_tabular(context: dg.AssetExecutionContext, warehouse: WarehouseResource)
     if md_state.get("unknown_fields"):
         context.log.warning(
             f"fields not known to tabular encoder {md_state['encoder_version']} are stored but not embedded: "
-            f"{md_state['unknown_fields']} (refit with `mm-platform refit-tabular`)"
+            f"{md_state['unknown_fields']} (to refit: delete lake/_models/tabular/current.json, then "
+            "`mm-platform ingest --force`)"
         )
     return dg.MaterializeResult(
         metadata={
