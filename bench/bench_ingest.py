@@ -58,7 +58,10 @@ def main() -> None:
     t_resend, _ = cli("ingest", env=env)
     _, hits = cli("sql", "SELECT batch_id, count(*) AS n, round(avg(cache_hit::int), 3) AS hit_rate FROM ("
                   "SELECT batch_id, cache_hit FROM text_embeddings_history UNION ALL "
-                  "SELECT batch_id, cache_hit FROM image_embeddings_history) GROUP BY 1 ORDER BY 1", "--json", env=env)
+                  "SELECT batch_id, cache_hit FROM image_embeddings_history UNION ALL "
+                  "SELECT batch_id, cache_hit FROM audio_embeddings_history UNION ALL "
+                  "SELECT batch_id, cache_hit FROM tabular_embeddings_history) GROUP BY 1 ORDER BY 1", "--json",
+                  env=env)
     _, metrics = cli("sql", "SELECT space, k, round(nmi, 3) AS nmi, round(ari, 3) AS ari, "
                      "round(silhouette, 3) AS silhouette FROM cluster_metrics ORDER BY space", "--json", env=env)
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -70,7 +73,7 @@ def main() -> None:
     print(f"ingest +10% ({n_inc} records): {t_inc:7.1f} s  ratio {t_inc / t_full:.3f}  (goal <= 0.25)")
     print(f"re-sent batch (same records, rewritten manifest): {t_resend:7.1f} s  ratio {t_resend / t_full:.3f}")
     print(f"peak RSS of a CLI process: {peak_mb:7.0f} MB")
-    print("embedding cache hit rate per batch (text + image vectors of its latest run):")
+    print("embedding cache hit rate per batch (text, image, audio and tabular vectors of its latest run):")
     for row in json.loads(hits)["rows"]:
         print(f"  {row['batch_id']:8s} {row['n']:5d} vectors  hit rate {row['hit_rate']:.3f}")
     print("cluster quality vs demo labels:")
