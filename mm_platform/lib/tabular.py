@@ -87,6 +87,7 @@ RESERVED_COLUMNS: tuple[str, ...] = (
     "n_missing",
     "n_invalid",
     "encoder_version",
+    "values_json",
 )
 
 _isfinite = math.isfinite

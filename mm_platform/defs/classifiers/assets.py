@@ -20,6 +20,7 @@ from mm_platform.defs.resources import PipelineConfigResource, WarehouseResource
 from mm_platform.lib.classify import evaluate_classifiers
 from mm_platform.lib.corpus import load_corpus
 
+INPUTS = [text_embeddings, image_embeddings, audio_embeddings, tabular_embeddings, fused_vectors, aligned_records]
 #: Fewer labelled records than this (or fewer than two classes): nothing is trained, and the metadata says so.
 MIN_LABELLED = 20
 
@@ -28,8 +29,7 @@ MIN_LABELLED = 20
     specs=[
         dg.AssetSpec(
             "classifier_metrics",
-            deps=[text_embeddings, image_embeddings, audio_embeddings, tabular_embeddings, fused_vectors,
-                  aligned_records],
+            deps=INPUTS,
             group_name="classifiers", kinds={"scikitlearn", "parquet"}, tags={"layer": "classifiers"},
             automation_condition=RECLUSTER_AUTOMATION,
             description="Cross-validated macro-F1 and accuracy of the early-fusion, late-fusion and each "
@@ -37,8 +37,7 @@ MIN_LABELLED = 20
         ),
         dg.AssetSpec(
             "predictions",
-            deps=[text_embeddings, image_embeddings, audio_embeddings, tabular_embeddings, fused_vectors,
-                  aligned_records],
+            deps=INPUTS,
             group_name="classifiers", kinds={"scikitlearn", "parquet"}, tags={"layer": "classifiers"},
             automation_condition=RECLUSTER_AUTOMATION,
             description="A predicted label and its probability for every current record without a label, "

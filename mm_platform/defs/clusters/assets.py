@@ -211,9 +211,9 @@ def clusters(
     corpus = load_corpus(lake)
     alignment = load_alignment(lake, corpus.models)
     compared = _strategy_rows(corpus, alignment, pipeline)
-    for modality, table in EMBEDDING_TABLES.items():
-        m_ids, _, m_X = current_vectors(lake, table)
-        compared[modality] = (m_ids, m_X)
+    for modality in corpus.modalities():
+        rows = np.flatnonzero(corpus.present[modality])
+        compared[modality] = ([corpus.record_ids[i] for i in rows], corpus.blocks[modality][rows])
     modality_rows = []
     for space, (s_ids, s_X) in compared.items():
         if len(s_ids) < 3:

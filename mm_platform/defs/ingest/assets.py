@@ -6,6 +6,7 @@ One partition per batch. Each stage writes its rows to the lake and its rejectio
 
 
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -137,6 +138,26 @@ def raw_text(context: dg.AssetExecutionContext, warehouse: WarehouseResource) ->
     )
 
 
+def inspect_batch_media(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, table: str, path_col: str,
+    inspect: Callable[[dict], tuple[dict | None, Rejection | None]],
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Inspect every media file the batch's upserts declare in ``path_col`` (4 threads), write the good ones
+    to ``table`` and the failures to that stage's rejections; returns (rows, rejections)."""
+    batch_id = context.partition_key
+    lake = warehouse.lake
+    src = lake.read_partition("raw_records", batch_id).filter(
+        (pl.col("op") == "upsert") & pl.col(path_col).is_not_null()
+    )
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(inspect, src.iter_rows(named=True)))
+    df = pl.DataFrame([r for r, _ in results if r is not None], schema=ALL_TABLES[table])
+    lake.write_partition(table, batch_id, df)
+    rej = _rejection_frame([j for _, j in results if j is not None], table)
+    lake.write_stage_rejections(table, batch_id, rej)
+    return df, rej
+
+
 def _inspect_one(batch_dir, row: dict) -> tuple[dict | None, Rejection | None]:
     try:
         path = resolve_media_path(batch_dir, row["image_path"])
@@ -163,20 +184,9 @@ def raw_images(
     """Every image a record points at, fully decoded once to prove it is readable, with size, format and
     content hash. Missing, escaping, truncated, undecodable and oversized (decompression-bomb) files are
     quarantined."""
-    batch_id = context.partition_key
-    batch_dir = landing.batch_dir(batch_id)
-    lake = warehouse.lake
-    src = lake.read_partition("raw_records", batch_id).filter(
-        (pl.col("op") == "upsert") & pl.col("image_path").is_not_null()
-    )
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda r: _inspect_one(batch_dir, r), src.iter_rows(named=True)))
-    rows = [r for r, _ in results if r is not None]
-    rejections = [j for _, j in results if j is not None]
-    df = pl.DataFrame(rows, schema=ALL_TABLES["raw_images"])
-    lake.write_partition("raw_images", batch_id, df)
-    rej = _rejection_frame(rejections, "raw_images")
-    lake.write_stage_rejections("raw_images", batch_id, rej)
+    batch_dir = landing.batch_dir(context.partition_key)
+    df, rej = inspect_batch_media(context, warehouse, "raw_images", "image_path",
+                                  lambda r: _inspect_one(batch_dir, r))
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": df.height,
@@ -217,21 +227,10 @@ def raw_audio(
     soundfile to prove it is usable, with format, sample rate, channels, duration, level and content hash.
     Missing, escaping, corrupt, truncated, empty, silent-only, non-finite, over-long and oversized files are
     quarantined; the mono mix and resampling to the encoder's rate happen when it is embedded."""
-    batch_id = context.partition_key
-    batch_dir = landing.batch_dir(batch_id)
-    lake = warehouse.lake
-    src = lake.read_partition("raw_records", batch_id).filter(
-        (pl.col("op") == "upsert") & pl.col("audio_path").is_not_null()
-    )
+    batch_dir = landing.batch_dir(context.partition_key)
     max_s = float(landing.max_audio_seconds)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda r: _inspect_audio_one(batch_dir, r, max_s), src.iter_rows(named=True)))
-    rows = [r for r, _ in results if r is not None]
-    rejections = [j for _, j in results if j is not None]
-    df = pl.DataFrame(rows, schema=ALL_TABLES["raw_audio"])
-    lake.write_partition("raw_audio", batch_id, df)
-    rej = _rejection_frame(rejections, "raw_audio")
-    lake.write_stage_rejections("raw_audio", batch_id, rej)
+    df, rej = inspect_batch_media(context, warehouse, "raw_audio", "audio_path",
+                                  lambda r: _inspect_audio_one(batch_dir, r, max_s))
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": df.height,
