@@ -96,9 +96,12 @@ def main() -> None:
     clf = {r["strategy"]: r for r in lake.read_table("classifier_metrics").iter_rows(named=True)}
     print("\n3. Classifiers (logistic regression, stratified 5-fold CV, same folds; classifier_metrics)")
     print(table([{"strategy": s, "macro_f1": clf[s]["macro_f1"], "std": clf[s]["macro_f1_std"],
-                  "accuracy": clf[s]["accuracy"]} for s in ("early", "late", *SINGLE) if s in clf],
+                  "accuracy": clf[s]["accuracy"]} for s in ("early", "late", "late_learned", *SINGLE) if s in clf],
                 ["strategy", "macro_f1", "std", "accuracy"]))
-    best_fused_f1 = max(clf[s]["macro_f1"] for s in ("early", "late"))
+    learned = clf.get("late_learned", {}).get("weights_json")
+    if learned:
+        print(f"learned late-fusion modality weights (held-out accuracy above chance): {learned}")
+    best_fused_f1 = max(clf[s]["macro_f1"] for s in ("early", "late", "late_learned") if s in clf)
     best_single_f1 = max(clf[s]["macro_f1"] for s in SINGLE if s in clf)
 
     goals = [

@@ -136,7 +136,7 @@ GLOBAL_TABLES: dict[str, dict[str, pl.DataType]] = {
     "classifier_metrics": {
         "run_id": pl.String, "created_at": TS, "strategy": pl.String, "modalities": pl.List(pl.String),
         "macro_f1": pl.Float64, "macro_f1_std": pl.Float64, "accuracy": pl.Float64, "n_labelled": pl.Int32,
-        "n_classes": pl.Int32, "folds": pl.Int32,
+        "n_classes": pl.Int32, "folds": pl.Int32, "weights_json": pl.String,
     },
     "predictions": {
         "record_id": pl.String, "batch_id": pl.String, "strategy": pl.String, "predicted_label": pl.String,

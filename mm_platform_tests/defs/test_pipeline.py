@@ -271,7 +271,7 @@ def test_alignment_shared_space_map_and_classifiers(ingested, paths, instance):
     assert emap.height == fused.height and emap["x"].is_finite().all()
     assert (paths.lake_dir / cluster_assets.MAP_FILE).stat().st_size > 1000
     metrics = lake.read_table("classifier_metrics")
-    assert {"early", "late", "text", "image", "audio", "tabular"} == set(metrics["strategy"])
+    assert {"early", "late", "late_learned", "text", "image", "audio", "tabular"} == set(metrics["strategy"])
     assert metrics["macro_f1"].is_between(0, 1).all()
     # cluster names from label prompts, nearest in the shared space
     prompts = "mug,teapot,trail shoe,backpack,headphones,desk lamp"

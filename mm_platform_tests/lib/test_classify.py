@@ -48,10 +48,11 @@ def spec_run():  # type: ignore[no-untyped-def]
 def test_fusion_beats_every_single_modality(spec_run) -> None:  # type: ignore[no-untyped-def]
     *_, metrics, _ = spec_run
     by = {r["strategy"]: r for r in metrics}
-    assert [r["strategy"] for r in metrics] == ["early", "late", "text", "image", "audio", "tabular"]
+    assert [r["strategy"] for r in metrics] == ["early", "late", "late_learned", "text", "image", "audio",
+                                                 "tabular"]
     best_single = max(by[m]["macro_f1"] for m in SPEC_DIMS)
     assert best_single < 0.7
-    for s in ("early", "late"):
+    for s in ("early", "late", "late_learned"):
         assert by[s]["macro_f1"] > best_single + 0.2, s
         assert by[s]["accuracy"] > 0.85
         assert by[s]["modalities"] == list(SPEC_DIMS)
@@ -70,7 +71,7 @@ def test_labelled_rows_counted_and_predictions_for_unlabelled(spec_run) -> None:
     if np.any(labelled & ~any_present):
         assert "without any modality" in metrics[0]["notes"]
     expected_rows = np.flatnonzero(~labelled & any_present).tolist()
-    assert set(predictions) == {"early", "late"}
+    assert set(predictions) == {"early", "late", "late_learned"}
     for strategy, preds in predictions.items():
         assert [p["row"] for p in preds] == expected_rows
         assert all(p["strategy"] == strategy for p in preds)
@@ -131,3 +132,17 @@ def test_input_validation() -> None:
         evaluate_classifiers(blocks, {"text": present["text"]}, labels)
     with pytest.raises(ValueError, match="at least one"):
         evaluate_classifiers({}, {}, labels)
+
+
+def test_learned_late_fusion_weights_down_a_noise_modality() -> None:
+    blocks, present, labels, _ = _confusable(400, SMALL_DIMS, seed=5, p_present=1.0)
+    rng = np.random.default_rng(0)
+    noisy = {**blocks, "audio": rng.normal(size=blocks["audio"].shape).astype(np.float32)}
+    metrics, _ = evaluate_classifiers(noisy, present, labels, folds=3)
+    by = {r["strategy"]: r for r in metrics}
+    weights = by["late_learned"]["weights"]
+    assert set(weights) == set(SMALL_DIMS) and by["late"]["weights"] is None
+    assert weights["audio"] < 0.1 < min(w for m, w in weights.items() if m != "audio")
+    # a noise modality adds near-uniform probabilities, so it barely moves the unweighted mean either:
+    # learning its weight away must not cost anything
+    assert by["late_learned"]["macro_f1"] >= by["late"]["macro_f1"] - 0.02

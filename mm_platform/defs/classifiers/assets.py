@@ -1,10 +1,12 @@
 """Classifiers layer: when records carry labels, how well does each fusion strategy predict them?
 
-Early fusion (one classifier on the concatenated modalities) and late fusion (one classifier per modality,
-probabilities averaged over the modalities a record has) against every single modality, all scored by
-stratified cross-validation on the same folds; the fused classifiers then label the unlabelled records.
+Early fusion (one classifier on the concatenated modalities), late fusion (one classifier per modality,
+probabilities averaged over the modalities a record has) and late fusion with learned modality weights,
+against every single modality, all scored by stratified cross-validation on the same folds; the fused
+classifiers then label the unlabelled records.
 """
 
+import json
 import uuid
 from datetime import UTC, datetime
 
@@ -32,8 +34,9 @@ MIN_LABELLED = 20
             deps=INPUTS,
             group_name="classifiers", kinds={"scikitlearn", "parquet"}, tags={"layer": "classifiers"},
             automation_condition=RECLUSTER_AUTOMATION,
-            description="Cross-validated macro-F1 and accuracy of the early-fusion, late-fusion and each "
-                        "single-modality classifier (logistic regression, stratified 5-fold, same folds).",
+            description="Cross-validated macro-F1 and accuracy of the early-fusion, late-fusion (unweighted and "
+                        "with learned modality weights) and each single-modality classifier (logistic "
+                        "regression, stratified 5-fold, same folds).",
         ),
         dg.AssetSpec(
             "predictions",
@@ -41,7 +44,8 @@ MIN_LABELLED = 20
             group_name="classifiers", kinds={"scikitlearn", "parquet"}, tags={"layer": "classifiers"},
             automation_condition=RECLUSTER_AUTOMATION,
             description="A predicted label and its probability for every current record without a label, "
-                        "from the early- and the late-fusion classifier trained on all labelled records.",
+                        "from the early-, late- and learned-late-fusion classifiers trained on all labelled "
+                        "records.",
         ),
     ],
     can_subset=False,
@@ -65,7 +69,8 @@ def classifiers(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
     mdf = pl.DataFrame([
         {"run_id": run_id, "created_at": now, "strategy": m["strategy"], "modalities": m["modalities"],
          "macro_f1": m["macro_f1"], "macro_f1_std": m["macro_f1_std"], "accuracy": m["accuracy"],
-         "n_labelled": m["n_labelled"], "n_classes": m["n_classes"], "folds": m["folds"]}
+         "n_labelled": m["n_labelled"], "n_classes": m["n_classes"], "folds": m["folds"],
+         "weights_json": json.dumps(m["weights"], sort_keys=True) if m.get("weights") else None}
         for m in metrics
     ], schema=lake.read_table("classifier_metrics").schema)
     lake.write_global("classifier_metrics", mdf)
@@ -83,6 +88,7 @@ def classifiers(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
             "dagster/row_count": mdf.height,
             "macro_f1": {m["strategy"]: round(m["macro_f1"], 4) for m in metrics},
             "best_strategy": best["strategy"],
+            "learned_modality_weights": next((m["weights"] for m in metrics if m.get("weights")), {}),
             "n_labelled": metrics[0]["n_labelled"],
             "notes": sorted({n for m in metrics for n in m.get("notes", [])}),
             "preview": preview(mdf, ["strategy", "macro_f1", "macro_f1_std", "accuracy"], n=8),
