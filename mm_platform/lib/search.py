@@ -141,14 +141,13 @@ def _fusion_layout(store: QdrantStore) -> tuple[list[str], dict[str, float]]:
     raise SearchError("the collection holds no fused vectors yet: run `mm-platform ingest` first")
 
 
-def _stored_models(store: QdrantStore) -> dict[str, str]:
-    models: dict[str, str] = {}
+def _stored_model(store: QdrantStore, modality: str) -> str | None:
+    """The model that made the collection's ``modality`` vectors (from the first point that has one)."""
     for point in store.scroll_all():
-        for m, name in ((point.payload or {}).get("models") or {}).items():
-            models.setdefault(m, name)
-        if len(models) >= 2:
-            break
-    return models
+        name = ((point.payload or {}).get("models") or {}).get(modality)
+        if name:
+            return name
+    return None
 
 
 def _shares_space(encoders: EncoderSet, a: str, b: str) -> bool:
@@ -185,10 +184,10 @@ def search(store: QdrantStore, encoders: EncoderSet, *, text: str | None = None,
     dims = store.vector_dims()
     if target != "mean" and target not in dims:
         raise SearchError(f"no {target!r} vectors in collection {store.collection!r} (has {sorted(dims)})")
-    stored = _stored_models(store)
-    if stored.get(query.modality) and stored[query.modality] != query.model:
+    stored = _stored_model(store, query.modality)
+    if stored and stored != query.model:
         raise SearchError(
-            f"the collection's {query.modality} vectors were made by {stored[query.modality]}, the current "
+            f"the collection's {query.modality} vectors were made by {stored}, the current "
             f"profile ({encoders.profile}) embeds queries with {query.model}: set MM_MODEL_PROFILE to match, "
             "or re-ingest"
         )

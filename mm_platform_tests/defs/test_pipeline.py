@@ -250,6 +250,12 @@ def test_search_by_audio_clip_and_by_fields(ingested, paths, tiny_clip):
             search(store, encoders, fields={"price": "cheap"}, tabular_state=state, k=3)
         with pytest.raises(SearchError, match="fitted"):
             search(store, encoders, fields={"price": 3}, tabular_state=None, k=3)
+        # a query embedded by another audio model than the collection's (CLAP here) is refused, not ranked
+        from mm_platform.lib.encoders.registry import EncoderSettings
+
+        offline = load_encoders(EncoderSettings(profile="offline"), resources["device"].config())
+        with pytest.raises(SearchError, match="were made by clap"):
+            search(store, offline, audio=clip["audio_uri"], k=3)
 
 
 def test_alignment_shared_space_map_and_classifiers(ingested, paths, instance):

@@ -91,11 +91,12 @@ def run_clustering(X: np.ndarray, pipeline: PipelineConfigResource) -> tuple[Clu
     return res, Z, (mean, comps)
 
 
-def clustering_input(lake: Lake, pipeline: PipelineConfigResource, batch_id: str | None = None
-                     ) -> tuple[list[str], list[str], np.ndarray, str]:
+def clustering_input(lake: Lake, pipeline: PipelineConfigResource, batch_id: str | None = None,
+                     corpus: Corpus | None = None) -> tuple[list[str], list[str], np.ndarray, str]:
     """(record_ids, batch_ids, matrix, spec) of what the clusters are computed on, by ``MM_FUSION_STRATEGY``:
     ``early`` reads ``fused_vectors``; ``shared_mean`` averages each record's projections by the current
-    alignment heads. ``batch_id`` restricts to one batch (eager assignment), else every current record."""
+    alignment heads (from ``corpus`` when the caller already loaded it). ``batch_id`` restricts to one batch
+    (eager assignment), else every current record."""
     if pipeline.fusion_strategy == "early":
         if batch_id is None:
             ids, batch_ids, X = current_vectors(lake, "fused_vectors")
@@ -106,7 +107,7 @@ def clustering_input(lake: Lake, pipeline: PipelineConfigResource, batch_id: str
             X = np.asarray(df["embedding"].to_list(), np.float32) if df.height else np.zeros((0, 0), np.float32)
         return ids, batch_ids, X, (df["fusion"][0] if df.height else "early")
     if pipeline.fusion_strategy == "shared_mean":
-        corpus = load_corpus(lake, batch_id=batch_id)
+        corpus = corpus if corpus is not None else load_corpus(lake, batch_id=batch_id)
         model = load_alignment(lake, corpus.models)
         if model is None:
             raise dg.Failure("MM_FUSION_STRATEGY=shared_mean needs a current alignment model: materialize "
@@ -119,12 +120,15 @@ def clustering_input(lake: Lake, pipeline: PipelineConfigResource, batch_id: str
 
 
 def _strategy_rows(corpus: Corpus, alignment, pipeline: PipelineConfigResource) -> dict[str, tuple[list, np.ndarray]]:
-    """Every fusion strategy (and text+image alone) to compare in ``cluster_metrics``: space -> (ids, X)."""
-    spaces: dict[str, np.ndarray] = {"fused:early": early_matrix(corpus, pipeline.weights())}
+    """The fusion strategies other than the selected one (which the run clusters already), and text+image
+    alone, to compare in ``cluster_metrics``: space -> (ids, X)."""
+    spaces: dict[str, np.ndarray] = {}
+    if pipeline.fusion_strategy != "early":
+        spaces["fused:early"] = early_matrix(corpus, pipeline.weights())
     pair = [m for m in ("text", "image") if m in corpus.modalities()]
     if len(pair) == 2 and len(corpus.modalities()) > 2:
         spaces["fused:text+image"] = early_matrix(corpus, pipeline.weights(), pair)
-    if alignment is not None:
+    if alignment is not None and pipeline.fusion_strategy != "shared_mean":
         spaces["fused:shared_mean"] = shared_mean_matrix(corpus, alignment, pipeline.weights())
     out = {}
     for space, X in spaces.items():
@@ -181,7 +185,8 @@ def clusters(
     ``cluster_metrics``. Saves the cluster model that places new batches at once."""
     lake = warehouse.lake
     run_id = uuid.uuid4().hex[:12]
-    ids, batch_ids, X, spec = clustering_input(lake, pipeline)
+    corpus = load_corpus(lake)
+    ids, batch_ids, X, spec = clustering_input(lake, pipeline, corpus=corpus)
     fp = fused_fingerprint(lake)
     if not ids:
         lake.write_global("recluster_assignments", pl.DataFrame(schema=lake.read_table("recluster_assignments").schema))
@@ -207,8 +212,12 @@ def clusters(
                             new_clusters=len(mapping.new_ids), retired_clusters=len(mapping.retired_ids),
                             agreement_nmi=1.0, fusion_strategy=spec)]
     per_space: dict[str, dict] = {"fused": {"k": res.k, "silhouette": res.silhouette, "strategy": spec, **scores}}
+    # the selected strategy's own row is this clustering, not a second run of it
+    selected = f"fused:{pipeline.fusion_strategy}"
+    metrics.append(_metrics_row(run_id, selected, res, scores, len(ids), fp, agreement_nmi=1.0,
+                                fusion_strategy=pipeline.fusion_strategy))
+    per_space[selected] = {"k": res.k, "silhouette": res.silhouette, "agreement_nmi": 1.0, **scores}
     fused_of = dict(zip(ids, stable.tolist(), strict=True))
-    corpus = load_corpus(lake)
     alignment = load_alignment(lake, corpus.models)
     compared = _strategy_rows(corpus, alignment, pipeline)
     for modality in corpus.modalities():
@@ -319,14 +328,13 @@ def modality_agreement(cl: pl.DataFrame, per_modality: pl.DataFrame) -> dict[int
 
 
 def name_by_prompts(lake: Lake, encoders: EncodersResource, pipeline: PipelineConfigResource,
-                    cluster_of: dict[str, int]) -> dict[int, str]:
+                    cluster_of: dict[str, int], corpus: Corpus | None) -> dict[int, str]:
     """cluster -> the label prompt nearest to the cluster's centre in the shared space (text head applied to
     the prompt's text embedding; the centre is the mean of its members' shared-mean vectors). Empty without
     prompts or without a current alignment model."""
     prompts = pipeline.label_prompts()
-    if not prompts:
+    if not prompts or corpus is None:
         return {}
-    corpus = load_corpus(lake)
     model = load_alignment(lake, corpus.models)
     if model is None or "text" not in model.modalities:
         return {}
@@ -362,7 +370,10 @@ def cluster_summary(
     if cl.height == 0:
         lake.write_global("cluster_summary", pl.DataFrame(schema=lake.read_table("cluster_summary").schema))
         return dg.MaterializeResult(metadata={"dagster/row_count": 0})
-    fused_ids, _, X, _ = clustering_input(lake, pipeline)
+    # the corpus is needed only by the shared-space strategy and by prompt names: load it once for both
+    needs_corpus = pipeline.fusion_strategy == "shared_mean" or bool(pipeline.label_prompts())
+    corpus = load_corpus(lake) if needs_corpus else None
+    fused_ids, _, X, _ = clustering_input(lake, pipeline, corpus=corpus)
     labels_by_id = dict(cl.select("record_id", "cluster_id").iter_rows())
     keep = [i for i, r in enumerate(fused_ids) if r in labels_by_id]
     ids = [fused_ids[i] for i in keep]
@@ -380,7 +391,7 @@ def cluster_summary(
     label_counts = label_summary(members["cluster_id"].to_numpy(), members["label"].to_list())
     model = load_cluster_model(lake)
     agreement = modality_agreement(cl, lake.read_table("modality_assignments"))
-    prompt_names = name_by_prompts(lake, encoders, pipeline, labels_by_id)
+    prompt_names = name_by_prompts(lake, encoders, pipeline, labels_by_id, corpus)
     rows = []
     for (c,), g in members.group_by("cluster_id"):
         c = int(c)

@@ -289,14 +289,12 @@ def raw_tabular(context: dg.AssetExecutionContext, warehouse: WarehouseResource)
     if rows:
         state, fitted_now = fit_or_load(tabular_state_dir(lake), rows)
         typed = type_rows(state, rows)
-        line_of = dict(zip(ids, lines, strict=True))
-        for prob in typed.problems:
-            rid = ids[prob.row]
-            rejections.append(Rejection(batch_id, line_of[rid], rid, "fields", prob.reason, prob.detail))
-        frame = typed_frame(ids, typed, state)
         invalid = [0] * len(ids)
         for prob in typed.problems:
+            rejections.append(Rejection(batch_id, lines[prob.row], ids[prob.row], "fields", prob.reason,
+                                        prob.detail))
             invalid[prob.row] += 1
+        frame = typed_frame(ids, typed, state)
         values_json = [json.dumps(v, sort_keys=True, default=str) for v in typed.values]
         df = frame.with_columns(
             pl.lit(batch_id).alias("batch_id"),
