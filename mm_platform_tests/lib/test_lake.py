@@ -520,7 +520,7 @@ def test_read_partition_never_mixes_versions_during_overwrite(lake: Lake) -> Non
 
 @pytest.mark.xfail(
     strict=True,
-    reason="KNOWN LIMITATION, open (see README): in-place os.replace of part.parquet under glob views: DuckDB's "
+    reason="KNOWN LIMITATION, open (see docs/operations.md): in-place os.replace of part.parquet under glob views: DuckDB's "
     "read_parquet reopens the path between reading the footer and the pages, so a query racing an "
     "overwrite returns the row count of one version with the data of the next (silently wrong), or fails.",
 )
