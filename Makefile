@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# test processes (pytest-xdist; one test file stays in one process, so module fixtures are built once)
+PYTEST_WORKERS ?= 2
+XDIST := -n $(PYTEST_WORKERS) --dist loadfile
 
 .PHONY: setup demo test test-fast ui bench lint clean
 
@@ -19,10 +22,10 @@ demo: setup ## write a demo batch, ingest it end to end, print what was found
 	$(BIN)/mm-platform demo
 
 test: setup ## the whole test suite (unit, asset, end-to-end)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(XDIST)
 
 test-fast: setup ## everything but the end-to-end tests
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not e2e"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(XDIST) -m "not e2e"
 
 ui: setup ## the Dagster UI + daemon (sensors, automation) on a project-local DAGSTER_HOME
 	DAGSTER_HOME="$$($(BIN)/mm-platform home)" $(BIN)/dagster dev -w workspace.yaml
