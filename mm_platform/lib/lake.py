@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import time
 import uuid
@@ -26,6 +27,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from mm_platform.lib.sqlquote import sql_identifier, sql_literal
 from mm_platform.lib.streams import ALIGNMENT_REPORT_SCHEMA
 
 F32_LIST = pl.List(pl.Float32)
@@ -343,8 +345,8 @@ class Lake:
 # -- the DuckDB warehouse (views only) --------------------------------------------------------------
 
 def _scan(lake: Lake, table: str) -> str:
-    path = (lake.glob(table) if table in ALL_TABLES else str(lake.global_path(table))).replace("'", "''")
-    return f"SELECT * FROM read_parquet('{path}', union_by_name=true)"
+    path = lake.glob(table) if table in ALL_TABLES else str(lake.global_path(table))
+    return f"SELECT * FROM read_parquet({sql_literal(path)}, union_by_name=true)"
 
 
 #: Views derived from the lake tables: record versions (latest landed batch wins), the current records,
@@ -396,7 +398,7 @@ def view_statements(lake: Lake) -> list[tuple[str, str]]:
             views.append((table, _scan(lake, table)))
     views += [(name, DERIVED_VIEWS[name]) for name in ("record_versions", "current_records", "record_deletions")]
     views += [
-        (t, f"SELECT h.* FROM {t}_history h SEMI JOIN current_records c "
+        (t, f"SELECT h.* FROM {sql_identifier(t + '_history')} h SEMI JOIN current_records c "
             "ON h.record_id = c.record_id AND h.batch_id = c.batch_id")
         for t in RECORD_TABLES
     ]
@@ -405,7 +407,7 @@ def view_statements(lake: Lake) -> list[tuple[str, str]]:
 
 
 def _create_view(name: str, select: str) -> str:
-    return f'CREATE OR REPLACE VIEW "{name}" AS {select.strip()}'
+    return f"CREATE OR REPLACE VIEW {sql_identifier(name)} AS {select.strip()}"
 
 
 def register_views(con: duckdb.DuckDBPyConnection, lake: Lake, extra: Mapping[str, str] | None = None) -> None:
@@ -471,7 +473,7 @@ def refresh_warehouse(lake: Lake, duckdb_path: Path, timeout_s: float = 30.0) ->
             existing = {r[0] for r in con.execute(
                 "SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
             for stale in existing - set(tables):
-                con.execute(f'DROP VIEW IF EXISTS "{stale}" CASCADE')
+                con.execute(f"DROP VIEW IF EXISTS {sql_identifier(stale)} CASCADE")
             for sql in statements:
                 con.execute(sql)
         finally:
@@ -481,7 +483,11 @@ def refresh_warehouse(lake: Lake, duckdb_path: Path, timeout_s: float = 30.0) ->
 
 
 def connect_readonly(lake: Lake, duckdb_path: Path) -> duckdb.DuckDBPyConnection:
-    """A connection for queries: the warehouse file read-only when it can be had, else in-memory views."""
+    """A connection for queries: the warehouse file read-only when it can be had, else in-memory views.
+
+    Full DuckDB (any file on the machine can be read): for trusted local use only (``mm-platform sql
+    --unsafe``, the demo). Anything that runs queries it did not write itself uses ``connect_restricted``.
+    """
     try:
         refresh_warehouse(lake, duckdb_path, timeout_s=5.0)
         return duckdb.connect(str(duckdb_path), read_only=True)
@@ -489,3 +495,90 @@ def connect_readonly(lake: Lake, duckdb_path: Path) -> duckdb.DuckDBPyConnection
         con = duckdb.connect()
         register_views(con, lake)
         return con
+
+
+class RestrictedSQLError(ValueError):
+    """A statement that a restricted connection does not run (it writes, attaches, loads, configures …)."""
+
+
+#: Statement types a restricted connection runs: queries only (``DESCRIBE``/``SHOW``/``SUMMARIZE`` parse as
+#: SELECT). ``EXPLAIN [ANALYZE]`` is allowed when what it explains is itself allowed.
+RESTRICTED_STATEMENT_TYPES = frozenset({duckdb.StatementType.SELECT})
+_EXPLAIN = re.compile(r"^\s*explain(\s+analyze)?\s+", re.IGNORECASE)
+
+
+def check_restricted_sql(sql: str) -> None:
+    """Raise ``RestrictedSQLError`` unless every statement in ``sql`` is a plain query.
+
+    Defense in depth: DuckDB itself (``connect_restricted``) already refuses files outside the lake,
+    extensions and configuration changes; this also refuses what the lake's own allowance would let
+    through (``COPY … TO`` a lake file, ``CREATE``, ``PRAGMA``, ``CALL``, ``SET``, ``ATTACH``, ``EXPORT`` …).
+    """
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise RestrictedSQLError(f"SQL does not parse: {exc}") from exc
+    if not statements:
+        raise RestrictedSQLError("no SQL statement given")
+    for stmt in statements:
+        if stmt.type in RESTRICTED_STATEMENT_TYPES:
+            continue
+        inner = _EXPLAIN.sub("", stmt.query, count=1)
+        if stmt.type == duckdb.StatementType.EXPLAIN and inner != stmt.query:
+            check_restricted_sql(inner)
+            continue
+        raise RestrictedSQLError(
+            f"only read-only queries (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN) are allowed here; "
+            f"refused a {stmt.type.name} statement"
+        )
+
+
+def _dir_prefixes(root: Path) -> list[str]:
+    """The lake root as DuckDB allowed-directory prefixes (as given and with symlinks resolved)."""
+    out: list[str] = []
+    for p in (Path(os.path.abspath(root)), root.resolve()):
+        prefix = str(p).rstrip(os.sep) + os.sep
+        if prefix not in out:
+            out.append(prefix)
+    return out
+
+
+def restrict_connection(con: duckdb.DuckDBPyConnection, allowed_dirs: list[Path]) -> duckdb.DuckDBPyConnection:
+    """Lock ``con`` down: files only under ``allowed_dirs``, no extension install/auto-load, no external
+    access otherwise, and the configuration locked so no later ``SET``/``RESET`` can undo it."""
+    prefixes = [p for d in allowed_dirs for p in _dir_prefixes(Path(d))]
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET allow_community_extensions = false")
+    con.execute("SET allowed_directories = ?", [prefixes])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def connect_restricted(lake: Lake, duckdb_path: Path | None = None) -> duckdb.DuckDBPyConnection:
+    """A query connection for SQL from anyone (``mm-platform sql``, the web service): the warehouse views,
+    with DuckDB reading files only under the lake, nothing installed or loaded, and settings locked.
+
+    The views live in a private in-memory database, never the warehouse file (``duckdb_path`` is accepted
+    for symmetry with ``connect_readonly`` and not opened): DuckDB's access settings belong to a database
+    instance, and a process shares one instance per file, so locking the file's instance would also lock
+    every other connection to it in the process (and the file's writer could not reopen it).
+    Run the caller's SQL through ``execute_restricted`` (or call ``check_restricted_sql`` first): DuckDB
+    still lets a query write *inside* the lake (``COPY … TO``), which only the statement check refuses.
+    Cursors (``con.cursor()``) share the restrictions, for one connection per thread.
+    """
+    del duckdb_path
+    con = duckdb.connect(":memory:")
+    try:
+        register_views(con, lake)
+        return restrict_connection(con, [lake.root])
+    except BaseException:
+        con.close()
+        raise
+
+
+def execute_restricted(con: duckdb.DuckDBPyConnection, sql: str, params: object = None) -> duckdb.DuckDBPyConnection:
+    """``check_restricted_sql(sql)`` then ``con.execute(sql, params)`` (a ``connect_restricted`` connection)."""
+    check_restricted_sql(sql)
+    return con.execute(sql, params) if params is not None else con.execute(sql)
