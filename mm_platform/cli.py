@@ -349,7 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.fn(args) or 0)
+    from mm_platform.lib.lake import LakeWriteError
+
+    try:
+        return int(args.fn(args) or 0)
+    except LakeWriteError as exc:  # a full disk or read-only data dir: say so, no traceback
+        _err(str(exc))
+        return 1
 
 
 if __name__ == "__main__":

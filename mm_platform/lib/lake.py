@@ -14,14 +14,17 @@ before the first batch lands.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -192,16 +195,99 @@ def read_parquet(path: Path) -> pl.DataFrame:
         return pl.read_parquet(fh)
 
 
+#: errno values that mean "the data dir cannot take this write" (not a bug): reported as ``LakeWriteError``.
+_WRITE_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+                 errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EFBIG: "file too large"}
+
+
+class LakeWriteError(OSError):
+    """A lake write failed for lack of space or permission; nothing half-written is left visible."""
+
+    def __init__(self, what: str, path: Path, cause: OSError):
+        super().__init__(cause.errno, f"{what} writing {path}: {cause.strerror or cause} "
+                                      "(nothing was half-written; free space or fix permissions, then run again)")
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _write_parquet_file(df: pl.DataFrame, path: Path) -> None:
+    """The one place lake Parquet bytes hit the disk (tests replace it to simulate a full disk)."""
+    df.write_parquet(path, compression="zstd", statistics=True)
+
+
+def _guard_write(path: Path) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def guard() -> Iterator[None]:
+        try:
+            yield
+        except LakeWriteError:
+            raise
+        except OSError as exc:
+            what = _WRITE_ERRNOS.get(exc.errno or 0)
+            if what is None:
+                raise
+            raise LakeWriteError(what, path, exc) from exc
+    return guard()
+
+
 def atomic_write_parquet(df: pl.DataFrame, path: Path) -> Path:
-    """Write ``df`` to ``path`` through a temp file in the same directory and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        df.write_parquet(tmp, compression="zstd", statistics=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write ``df`` to ``path`` through a temp file in the same directory and an atomic rename.
+
+    The temp file is removed whatever happens; a full disk or read-only data dir raises ``LakeWriteError``
+    (an ``OSError`` naming the path) and leaves the previous file, if any, in place.
+    """
+    with _guard_write(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            _write_parquet_file(df, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return path
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    with _guard_write(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+#: The lake's record of what it wrote: ``<lake>/_files/<table>/<batch_id=…|_global>.json`` holds the size,
+#: mtime and SHA-256 of each partition (or global) file as written, so a file changed behind the platform's
+#: back (truncated, overwritten by a ``COPY … TO``, deleted) is noticed and rewritten, not trusted.
+FILES_DIR = "_files"
+#: Where damaged files are moved before their batch is re-run (kept for inspection, never deleted).
+QUARANTINE_DIR = "_quarantine"
+
+
+@dataclass(frozen=True)
+class LakeDamage:
+    """A lake file that is not what the platform wrote."""
+
+    table: str
+    batch_id: str | None  # None: a global table
+    path: Path
+    problem: str  # "missing" or "changed (…)"
+
+    def describe(self) -> str:
+        where = f"batch {self.batch_id}" if self.batch_id is not None else "global table"
+        return f"lake file {self.path} ({self.table}, {where}) is {self.problem}"
 
 
 class Lake:
@@ -238,11 +324,78 @@ class Lake:
     # -- writes -------------------------------------------------------------------------------------
     def write_partition(self, table: str, batch_id: str, df: pl.DataFrame) -> Path:
         self.ensure_initialized()
-        return atomic_write_parquet(conform(table, df), self.partition_path(table, batch_id))
+        path = atomic_write_parquet(conform(table, df), self.partition_path(table, batch_id))
+        self._record(table, batch_id, path)
+        return path
 
     def write_global(self, table: str, df: pl.DataFrame) -> Path:
         self.ensure_initialized()
-        return atomic_write_parquet(conform(table, df), self.global_path(table))
+        path = atomic_write_parquet(conform(table, df), self.global_path(table))
+        self._record(table, None, path)
+        return path
+
+    # -- verification -------------------------------------------------------------------------------
+    def file_record_path(self, table: str, batch_id: str | None) -> Path:
+        name = f"batch_id={batch_id}.json" if batch_id is not None else "_global.json"
+        return self.root / FILES_DIR / table / name
+
+    def _record(self, table: str, batch_id: str | None, path: Path) -> None:
+        st = path.stat()
+        _atomic_write_text(json.dumps({"path": str(path.relative_to(self.root)), "size": st.st_size,
+                                       "mtime_ns": st.st_mtime_ns, "sha256": _sha256(path)}),
+                           self.file_record_path(table, batch_id))
+
+    def verify(self, settle_s: float = 0.5) -> list[LakeDamage]:
+        """Every recorded lake file that is missing or differs from what was written.
+
+        Cheap: a ``stat`` per file; the SHA-256 is computed only when size or mtime differ (a file whose
+        bytes are unchanged, e.g. copied back, is accepted and its record refreshed). A mismatch is checked
+        again after ``settle_s``: a writer records a file just after renaming it into place, so a check
+        racing a write would otherwise take a fresh file for a damaged one.
+        """
+        base = self.root / FILES_DIR
+        if not base.is_dir():
+            return []
+        suspects = [d for rec_path in sorted(base.glob("*/*.json")) if (d := self._check(rec_path))]
+        if not suspects:
+            return []
+        time.sleep(settle_s)
+        return [d for d in suspects if self._check(self.file_record_path(d.table, d.batch_id))]
+
+    def _check(self, rec_path: Path) -> LakeDamage | None:
+        try:
+            rec = json.loads(rec_path.read_text())
+        except (OSError, ValueError):
+            return None  # removed meanwhile (a delete), or being replaced
+        table = rec_path.parent.name
+        batch_id = rec_path.stem.split("=", 1)[1] if rec_path.stem.startswith("batch_id=") else None
+        path = self.root / rec["path"]
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return LakeDamage(table, batch_id, path, "missing")
+        if st.st_size == rec["size"] and st.st_mtime_ns == rec["mtime_ns"]:
+            return None
+        if st.st_size == rec["size"] and _sha256(path) == rec["sha256"]:
+            with contextlib.suppress(OSError):
+                self._record(table, batch_id, path)
+            return None
+        return LakeDamage(table, batch_id, path, f"changed since it was written (size {st.st_size}, written {rec['size']})")
+
+    def quarantine(self, damage: LakeDamage) -> Path | None:
+        """Move a damaged file out of the views to ``_quarantine/`` (kept for inspection); returns where."""
+        if not damage.path.exists():
+            return None
+        dest = self.root / QUARANTINE_DIR / damage.path.relative_to(self.root).parent / \
+            f"{damage.path.name}.{time.strftime('%Y%m%dT%H%M%S')}.{uuid.uuid4().hex[:6]}"
+        with _guard_write(dest):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(damage.path, dest)
+        return dest
+
+    def forget(self, table: str, batch_id: str | None) -> None:
+        """Drop the record of a file the platform itself removed (or whose table is recomputed whole)."""
+        self.file_record_path(table, batch_id).unlink(missing_ok=True)
 
     def stage_rejections_path(self, stage: str, batch_id: str) -> Path:
         return self.root / "_rejections" / stage / f"batch_id={batch_id}" / "part.parquet"
@@ -261,6 +414,7 @@ class Lake:
 
     def delete_partition(self, table: str, batch_id: str) -> None:
         shutil.rmtree(self.partition_path(table, batch_id).parent, ignore_errors=True)
+        self.forget(table, batch_id)
 
     # -- reads --------------------------------------------------------------------------------------
     def has_partition(self, table: str, batch_id: str) -> bool:
