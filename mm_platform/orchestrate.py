@@ -99,7 +99,8 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str:
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             err = event.step_failure_data.error
-            while err.cause is not None and "Error occurred while executing" in err.message:
+            while err.cause is not None and ("Error occurred while executing" in err.message
+                                             or err.message.startswith("Exceeded max_retries")):
                 err = err.cause
             return f"{event.step_key}: {err.message.strip()}"
     return "run failed"
