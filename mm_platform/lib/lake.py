@@ -290,6 +290,11 @@ class LakeDamage:
         return f"lake file {self.path} ({self.table}, {where}) is {self.problem}"
 
 
+def glob_escape(path: str) -> str:
+    """``path`` as a DuckDB glob matching only itself: ``[``, ``]``, ``*``, ``?`` become one-character classes."""
+    return re.sub(r"([\[\]*?])", r"[\1]", path)
+
+
 class Lake:
     """Parquet files, one per (table, batch partition), under ``root``."""
 
@@ -307,8 +312,9 @@ class Lake:
         return self.table_dir(table) / "part.parquet"
 
     def glob(self, table: str) -> str:
+        """The DuckDB file pattern of a table; glob characters in the lake's own path match literally."""
         if table in PARTITIONED_TABLES:
-            return str(self.table_dir(table) / "*" / "part.parquet")
+            return glob_escape(str(self.table_dir(table))) + "/*/part.parquet"
         return str(self.global_path(table))
 
     def ensure_initialized(self) -> None:
@@ -688,12 +694,14 @@ def check_restricted_sql(sql: str) -> None:
 
 
 def _dir_prefixes(root: Path) -> list[str]:
-    """The lake root as DuckDB allowed-directory prefixes (as given and with symlinks resolved)."""
+    """The lake root as DuckDB allowed-directory prefixes: as given, with symlinks resolved, and each as the
+    glob-escaped spelling the views use (DuckDB checks a glob pattern's text before expanding it)."""
     out: list[str] = []
     for p in (Path(os.path.abspath(root)), root.resolve()):
         prefix = str(p).rstrip(os.sep) + os.sep
-        if prefix not in out:
-            out.append(prefix)
+        for spelling in (prefix, glob_escape(prefix)):
+            if spelling not in out:
+                out.append(spelling)
     return out
 
 

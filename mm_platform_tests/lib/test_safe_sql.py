@@ -18,6 +18,7 @@ from mm_platform.lib.lake import (
     connect_readonly,
     connect_restricted,
     execute_restricted,
+    refresh_warehouse,
     view_statements,
 )
 from mm_platform.lib.sqlquote import sql_identifier, sql_literal
@@ -145,14 +146,27 @@ def test_unsafe_connection_reads_any_file(env):
         con.close()
 
 
-def test_views_work_with_hostile_characters_in_the_lake_path(tmp_path: Path):
-    lake = Lake(tmp_path / "it's a \"lake\" ; DROP --" / "lake")
+@pytest.mark.parametrize("name", ["it's a \"lake\" ; DROP --", "glob [1]*?{a,b}", "ünï cødé \u05e9"])
+def test_views_work_with_hostile_characters_in_the_lake_path(tmp_path: Path, name: str):
+    lake = Lake(tmp_path / name / "lake")
     lake.write_partition("aligned_records", "b1", rows("aligned_records", record_id="r1", batch_id="b1"))
+    lake.write_global("cluster_summary", rows("cluster_summary", cluster_id=3))
     con = connect_restricted(lake, lake.root.parent / "w'h.duckdb")
     try:
         assert execute_restricted(con, "SELECT count(*) FROM aligned_records_history").fetchone() == (1,)
+        assert execute_restricted(con, "SELECT cluster_id FROM cluster_summary").fetchall() == [(3,)]
     finally:
         con.close()
+    if "?" in name:
+        return  # DuckDB takes a `?` in a database file path for URI options: no warehouse file there
+    # the warehouse file's views too
+    assert refresh_warehouse(lake, lake.root.parent / "w'h.duckdb")
+    ro = duckdb.connect(str(lake.root.parent / "w'h.duckdb"), read_only=True)
+    try:
+        assert ro.execute("SELECT count(*) FROM aligned_records").fetchone() == (0,)  # no raw_records: not current
+        assert ro.execute("SELECT count(*) FROM aligned_records_history").fetchone() == (1,)
+    finally:
+        ro.close()
 
 
 def test_quoting_helpers():
