@@ -148,14 +148,21 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_sql(args: argparse.Namespace) -> int:
     import duckdb
 
-    from mm_platform.lib.lake import Lake, connect_readonly
+    from mm_platform.lib.lake import Lake, RestrictedSQLError, connect_readonly, connect_restricted, execute_restricted
 
     paths = Paths.from_env()
-    con = connect_readonly(Lake(paths.lake_dir), paths.duckdb_path)
+    lake = Lake(paths.lake_dir)
+    con = connect_readonly(lake, paths.duckdb_path) if args.unsafe else connect_restricted(lake, paths.duckdb_path)
     try:
-        cur = con.execute(args.query)
+        cur = con.execute(args.query) if args.unsafe else execute_restricted(con, args.query)
         cols = [d[0] for d in cur.description] if cur.description else []
         rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+    except RestrictedSQLError as exc:
+        _err(f"refused: {exc} (`mm-platform sql --unsafe` runs any SQL with full local DuckDB)")
+        return 2
+    except duckdb.PermissionException as exc:
+        _err(f"refused: {exc} (queries may read only the lake {lake.root}; `--unsafe` lifts this)")
+        return 2
     except duckdb.Error as exc:
         _err(f"SQL error: {exc}")
         return 2
@@ -324,9 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_search)
 
-    q = sub.add_parser("sql", help="run SQL against the DuckDB warehouse (read-only)")
+    q = sub.add_parser("sql", help="run a query against the DuckDB warehouse (read-only, files of the lake only)")
     q.add_argument("query")
     q.add_argument("--json", action="store_true")
+    q.add_argument("--unsafe", action="store_true",
+                   help="full local DuckDB (any file, COPY, ATTACH, extensions); the warehouse file stays read-only")
     q.set_defaults(fn=cmd_sql)
 
     st = sub.add_parser("status", help="batches, table sizes, Qdrant points, cluster quality")
@@ -340,7 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.fn(args) or 0)
+    from mm_platform.lib.lake import LakeWriteError
+
+    try:
+        return int(args.fn(args) or 0)
+    except LakeWriteError as exc:  # a full disk or read-only data dir: say so, no traceback
+        _err(str(exc))
+        return 1
 
 
 if __name__ == "__main__":

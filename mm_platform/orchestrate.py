@@ -19,7 +19,7 @@ from pathlib import Path
 import dagster as dg
 
 from mm_platform.lib.lake import Lake
-from mm_platform.lib.ledger import global_layer_stale, mark_global_fresh
+from mm_platform.lib.ledger import global_layer_stale, mark_global_fresh, repair_lake
 from mm_platform.lib.manifest import BatchInfo, list_complete_batches
 from mm_platform.lib.settings import Paths
 
@@ -61,12 +61,15 @@ def _encoders_resource():
 
 
 def pending_batches(paths: Paths, lake: Lake, profile: str | None = None) -> list[BatchInfo]:
-    """Complete batches not ingested with their current manifest (and, given ``profile``, that profile)."""
+    """Complete batches not ingested with their current manifest (and, given ``profile``, that profile), and
+    batches whose lake files are not as written (``repair_lake`` moves those aside first)."""
+    complete = list_complete_batches(paths.landing_dir)
+    damaged = repair_lake(lake, {b.batch_id for b in complete})
     ledger = lake.read_table("batches")
     done = {b: (h, p) for b, h, p in ledger.select("batch_id", "manifest_sha256", "profile_key").iter_rows()}
     return [
-        b for b in list_complete_batches(paths.landing_dir)
-        if b.batch_id not in done or done[b.batch_id][0] != b.manifest_sha256
+        b for b in complete
+        if b.batch_id in damaged or b.batch_id not in done or done[b.batch_id][0] != b.manifest_sha256
         or (profile is not None and done[b.batch_id][1] != profile)
     ]
 
@@ -96,7 +99,8 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str:
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             err = event.step_failure_data.error
-            while err.cause is not None and "Error occurred while executing" in err.message:
+            while err.cause is not None and ("Error occurred while executing" in err.message
+                                             or err.message.startswith("Exceeded max_retries")):
                 err = err.cause
             return f"{event.step_key}: {err.message.strip()}"
     return "run failed"

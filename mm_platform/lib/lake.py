@@ -14,18 +14,23 @@ before the first batch lands.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
+import json
 import os
+import re
 import shutil
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import polars as pl
 
+from mm_platform.lib.sqlquote import sql_identifier, sql_literal
 from mm_platform.lib.streams import ALIGNMENT_REPORT_SCHEMA
 
 F32_LIST = pl.List(pl.Float32)
@@ -190,16 +195,104 @@ def read_parquet(path: Path) -> pl.DataFrame:
         return pl.read_parquet(fh)
 
 
+#: errno values that mean "the data dir cannot take this write" (not a bug): reported as ``LakeWriteError``.
+_WRITE_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+                 errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EFBIG: "file too large"}
+
+
+class LakeWriteError(OSError):
+    """A lake write failed for lack of space or permission; nothing half-written is left visible."""
+
+    def __init__(self, what: str, path: Path, cause: OSError):
+        super().__init__(cause.errno, f"{what} writing {path}: {cause.strerror or cause} "
+                                      "(nothing was half-written; free space or fix permissions, then run again)")
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _write_parquet_file(df: pl.DataFrame, path: Path) -> None:
+    """The one place lake Parquet bytes hit the disk (tests replace it to simulate a full disk)."""
+    df.write_parquet(path, compression="zstd", statistics=True)
+
+
+def _guard_write(path: Path) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def guard() -> Iterator[None]:
+        try:
+            yield
+        except LakeWriteError:
+            raise
+        except OSError as exc:
+            what = _WRITE_ERRNOS.get(exc.errno or 0)
+            if what is None:
+                raise
+            raise LakeWriteError(what, path, exc) from exc
+    return guard()
+
+
 def atomic_write_parquet(df: pl.DataFrame, path: Path) -> Path:
-    """Write ``df`` to ``path`` through a temp file in the same directory and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        df.write_parquet(tmp, compression="zstd", statistics=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write ``df`` to ``path`` through a temp file in the same directory and an atomic rename.
+
+    The temp file is removed whatever happens; a full disk or read-only data dir raises ``LakeWriteError``
+    (an ``OSError`` naming the path) and leaves the previous file, if any, in place.
+    """
+    with _guard_write(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            _write_parquet_file(df, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return path
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    with _guard_write(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+#: The lake's record of what it wrote: ``<lake>/_files/<table>/<batch_id=…|_global>.json`` holds the size,
+#: mtime and SHA-256 of each partition (or global) file as written, so a file changed behind the platform's
+#: back (truncated, overwritten by a ``COPY … TO``, deleted) is noticed and rewritten, not trusted.
+FILES_DIR = "_files"
+#: Where damaged files are moved before their batch is re-run (kept for inspection, never deleted).
+QUARANTINE_DIR = "_quarantine"
+
+
+@dataclass(frozen=True)
+class LakeDamage:
+    """A lake file that is not what the platform wrote."""
+
+    table: str
+    batch_id: str | None  # None: a global table
+    path: Path
+    problem: str  # "missing" or "changed (…)"
+
+    def describe(self) -> str:
+        where = f"batch {self.batch_id}" if self.batch_id is not None else "global table"
+        return f"lake file {self.path} ({self.table}, {where}) is {self.problem}"
+
+
+def glob_escape(path: str) -> str:
+    """``path`` as a DuckDB glob matching only itself: ``[``, ``]``, ``*``, ``?`` become one-character classes."""
+    return re.sub(r"([\[\]*?])", r"[\1]", path)
 
 
 class Lake:
@@ -219,8 +312,9 @@ class Lake:
         return self.table_dir(table) / "part.parquet"
 
     def glob(self, table: str) -> str:
+        """The DuckDB file pattern of a table; glob characters in the lake's own path match literally."""
         if table in PARTITIONED_TABLES:
-            return str(self.table_dir(table) / "*" / "part.parquet")
+            return glob_escape(str(self.table_dir(table))) + "/*/part.parquet"
         return str(self.global_path(table))
 
     def ensure_initialized(self) -> None:
@@ -236,11 +330,78 @@ class Lake:
     # -- writes -------------------------------------------------------------------------------------
     def write_partition(self, table: str, batch_id: str, df: pl.DataFrame) -> Path:
         self.ensure_initialized()
-        return atomic_write_parquet(conform(table, df), self.partition_path(table, batch_id))
+        path = atomic_write_parquet(conform(table, df), self.partition_path(table, batch_id))
+        self._record(table, batch_id, path)
+        return path
 
     def write_global(self, table: str, df: pl.DataFrame) -> Path:
         self.ensure_initialized()
-        return atomic_write_parquet(conform(table, df), self.global_path(table))
+        path = atomic_write_parquet(conform(table, df), self.global_path(table))
+        self._record(table, None, path)
+        return path
+
+    # -- verification -------------------------------------------------------------------------------
+    def file_record_path(self, table: str, batch_id: str | None) -> Path:
+        name = f"batch_id={batch_id}.json" if batch_id is not None else "_global.json"
+        return self.root / FILES_DIR / table / name
+
+    def _record(self, table: str, batch_id: str | None, path: Path) -> None:
+        st = path.stat()
+        _atomic_write_text(json.dumps({"path": str(path.relative_to(self.root)), "size": st.st_size,
+                                       "mtime_ns": st.st_mtime_ns, "sha256": _sha256(path)}),
+                           self.file_record_path(table, batch_id))
+
+    def verify(self, settle_s: float = 0.5) -> list[LakeDamage]:
+        """Every recorded lake file that is missing or differs from what was written.
+
+        Cheap: a ``stat`` per file; the SHA-256 is computed only when size or mtime differ (a file whose
+        bytes are unchanged, e.g. copied back, is accepted and its record refreshed). A mismatch is checked
+        again after ``settle_s``: a writer records a file just after renaming it into place, so a check
+        racing a write would otherwise take a fresh file for a damaged one.
+        """
+        base = self.root / FILES_DIR
+        if not base.is_dir():
+            return []
+        suspects = [d for rec_path in sorted(base.glob("*/*.json")) if (d := self._check(rec_path))]
+        if not suspects:
+            return []
+        time.sleep(settle_s)
+        return [d for d in suspects if self._check(self.file_record_path(d.table, d.batch_id))]
+
+    def _check(self, rec_path: Path) -> LakeDamage | None:
+        try:
+            rec = json.loads(rec_path.read_text())
+        except (OSError, ValueError):
+            return None  # removed meanwhile (a delete), or being replaced
+        table = rec_path.parent.name
+        batch_id = rec_path.stem.split("=", 1)[1] if rec_path.stem.startswith("batch_id=") else None
+        path = self.root / rec["path"]
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return LakeDamage(table, batch_id, path, "missing")
+        if st.st_size == rec["size"] and st.st_mtime_ns == rec["mtime_ns"]:
+            return None
+        if st.st_size == rec["size"] and _sha256(path) == rec["sha256"]:
+            with contextlib.suppress(OSError):
+                self._record(table, batch_id, path)
+            return None
+        return LakeDamage(table, batch_id, path, f"changed since it was written (size {st.st_size}, written {rec['size']})")
+
+    def quarantine(self, damage: LakeDamage) -> Path | None:
+        """Move a damaged file out of the views to ``_quarantine/`` (kept for inspection); returns where."""
+        if not damage.path.exists():
+            return None
+        dest = self.root / QUARANTINE_DIR / damage.path.relative_to(self.root).parent / \
+            f"{damage.path.name}.{time.strftime('%Y%m%dT%H%M%S')}.{uuid.uuid4().hex[:6]}"
+        with _guard_write(dest):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(damage.path, dest)
+        return dest
+
+    def forget(self, table: str, batch_id: str | None) -> None:
+        """Drop the record of a file the platform itself removed (or whose table is recomputed whole)."""
+        self.file_record_path(table, batch_id).unlink(missing_ok=True)
 
     def stage_rejections_path(self, stage: str, batch_id: str) -> Path:
         return self.root / "_rejections" / stage / f"batch_id={batch_id}" / "part.parquet"
@@ -259,6 +420,7 @@ class Lake:
 
     def delete_partition(self, table: str, batch_id: str) -> None:
         shutil.rmtree(self.partition_path(table, batch_id).parent, ignore_errors=True)
+        self.forget(table, batch_id)
 
     # -- reads --------------------------------------------------------------------------------------
     def has_partition(self, table: str, batch_id: str) -> bool:
@@ -343,8 +505,8 @@ class Lake:
 # -- the DuckDB warehouse (views only) --------------------------------------------------------------
 
 def _scan(lake: Lake, table: str) -> str:
-    path = (lake.glob(table) if table in ALL_TABLES else str(lake.global_path(table))).replace("'", "''")
-    return f"SELECT * FROM read_parquet('{path}', union_by_name=true)"
+    path = lake.glob(table) if table in ALL_TABLES else str(lake.global_path(table))
+    return f"SELECT * FROM read_parquet({sql_literal(path)}, union_by_name=true)"
 
 
 #: Views derived from the lake tables: record versions (latest landed batch wins), the current records,
@@ -396,7 +558,7 @@ def view_statements(lake: Lake) -> list[tuple[str, str]]:
             views.append((table, _scan(lake, table)))
     views += [(name, DERIVED_VIEWS[name]) for name in ("record_versions", "current_records", "record_deletions")]
     views += [
-        (t, f"SELECT h.* FROM {t}_history h SEMI JOIN current_records c "
+        (t, f"SELECT h.* FROM {sql_identifier(t + '_history')} h SEMI JOIN current_records c "
             "ON h.record_id = c.record_id AND h.batch_id = c.batch_id")
         for t in RECORD_TABLES
     ]
@@ -405,7 +567,7 @@ def view_statements(lake: Lake) -> list[tuple[str, str]]:
 
 
 def _create_view(name: str, select: str) -> str:
-    return f'CREATE OR REPLACE VIEW "{name}" AS {select.strip()}'
+    return f"CREATE OR REPLACE VIEW {sql_identifier(name)} AS {select.strip()}"
 
 
 def register_views(con: duckdb.DuckDBPyConnection, lake: Lake, extra: Mapping[str, str] | None = None) -> None:
@@ -471,7 +633,7 @@ def refresh_warehouse(lake: Lake, duckdb_path: Path, timeout_s: float = 30.0) ->
             existing = {r[0] for r in con.execute(
                 "SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
             for stale in existing - set(tables):
-                con.execute(f'DROP VIEW IF EXISTS "{stale}" CASCADE')
+                con.execute(f"DROP VIEW IF EXISTS {sql_identifier(stale)} CASCADE")
             for sql in statements:
                 con.execute(sql)
         finally:
@@ -481,7 +643,11 @@ def refresh_warehouse(lake: Lake, duckdb_path: Path, timeout_s: float = 30.0) ->
 
 
 def connect_readonly(lake: Lake, duckdb_path: Path) -> duckdb.DuckDBPyConnection:
-    """A connection for queries: the warehouse file read-only when it can be had, else in-memory views."""
+    """A connection for queries: the warehouse file read-only when it can be had, else in-memory views.
+
+    Full DuckDB (any file on the machine can be read): for trusted local use only (``mm-platform sql
+    --unsafe``, the demo). Anything that runs queries it did not write itself uses ``connect_restricted``.
+    """
     try:
         refresh_warehouse(lake, duckdb_path, timeout_s=5.0)
         return duckdb.connect(str(duckdb_path), read_only=True)
@@ -489,3 +655,92 @@ def connect_readonly(lake: Lake, duckdb_path: Path) -> duckdb.DuckDBPyConnection
         con = duckdb.connect()
         register_views(con, lake)
         return con
+
+
+class RestrictedSQLError(ValueError):
+    """A statement that a restricted connection does not run (it writes, attaches, loads, configures …)."""
+
+
+#: Statement types a restricted connection runs: queries only (``DESCRIBE``/``SHOW``/``SUMMARIZE`` parse as
+#: SELECT). ``EXPLAIN [ANALYZE]`` is allowed when what it explains is itself allowed.
+RESTRICTED_STATEMENT_TYPES = frozenset({duckdb.StatementType.SELECT})
+_EXPLAIN = re.compile(r"^\s*explain(\s+analyze)?\s+", re.IGNORECASE)
+
+
+def check_restricted_sql(sql: str) -> None:
+    """Raise ``RestrictedSQLError`` unless every statement in ``sql`` is a plain query.
+
+    Defense in depth: DuckDB itself (``connect_restricted``) already refuses files outside the lake,
+    extensions and configuration changes; this also refuses what the lake's own allowance would let
+    through (``COPY … TO`` a lake file, ``CREATE``, ``PRAGMA``, ``CALL``, ``SET``, ``ATTACH``, ``EXPORT`` …).
+    """
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise RestrictedSQLError(f"SQL does not parse: {exc}") from exc
+    if not statements:
+        raise RestrictedSQLError("no SQL statement given")
+    for stmt in statements:
+        if stmt.type in RESTRICTED_STATEMENT_TYPES:
+            continue
+        inner = _EXPLAIN.sub("", stmt.query, count=1)
+        if stmt.type == duckdb.StatementType.EXPLAIN and inner != stmt.query:
+            check_restricted_sql(inner)
+            continue
+        raise RestrictedSQLError(
+            f"only read-only queries (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN) are allowed here; "
+            f"refused a {stmt.type.name} statement"
+        )
+
+
+def _dir_prefixes(root: Path) -> list[str]:
+    """The lake root as DuckDB allowed-directory prefixes: as given, with symlinks resolved, and each as the
+    glob-escaped spelling the views use (DuckDB checks a glob pattern's text before expanding it)."""
+    out: list[str] = []
+    for p in (Path(os.path.abspath(root)), root.resolve()):
+        prefix = str(p).rstrip(os.sep) + os.sep
+        for spelling in (prefix, glob_escape(prefix)):
+            if spelling not in out:
+                out.append(spelling)
+    return out
+
+
+def restrict_connection(con: duckdb.DuckDBPyConnection, allowed_dirs: list[Path]) -> duckdb.DuckDBPyConnection:
+    """Lock ``con`` down: files only under ``allowed_dirs``, no extension install/auto-load, no external
+    access otherwise, and the configuration locked so no later ``SET``/``RESET`` can undo it."""
+    prefixes = [p for d in allowed_dirs for p in _dir_prefixes(Path(d))]
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET allow_community_extensions = false")
+    con.execute("SET allowed_directories = ?", [prefixes])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def connect_restricted(lake: Lake, duckdb_path: Path | None = None) -> duckdb.DuckDBPyConnection:
+    """A query connection for SQL from anyone (``mm-platform sql``, the web service): the warehouse views,
+    with DuckDB reading files only under the lake, nothing installed or loaded, and settings locked.
+
+    The views live in a private in-memory database, never the warehouse file (``duckdb_path`` is accepted
+    for symmetry with ``connect_readonly`` and not opened): DuckDB's access settings belong to a database
+    instance, and a process shares one instance per file, so locking the file's instance would also lock
+    every other connection to it in the process (and the file's writer could not reopen it).
+    Run the caller's SQL through ``execute_restricted`` (or call ``check_restricted_sql`` first): DuckDB
+    still lets a query write *inside* the lake (``COPY … TO``), which only the statement check refuses.
+    Cursors (``con.cursor()``) share the restrictions, for one connection per thread.
+    """
+    del duckdb_path
+    con = duckdb.connect(":memory:")
+    try:
+        register_views(con, lake)
+        return restrict_connection(con, [lake.root])
+    except BaseException:
+        con.close()
+        raise
+
+
+def execute_restricted(con: duckdb.DuckDBPyConnection, sql: str, params: object = None) -> duckdb.DuckDBPyConnection:
+    """``check_restricted_sql(sql)`` then ``con.execute(sql, params)`` (a ``connect_restricted`` connection)."""
+    check_restricted_sql(sql)
+    return con.execute(sql, params) if params is not None else con.execute(sql)

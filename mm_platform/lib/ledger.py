@@ -5,6 +5,7 @@ in a fraction of a second of work."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Mapping
 
@@ -13,6 +14,11 @@ from mm_platform.lib.manifest import list_complete_batches
 from mm_platform.lib.settings import Paths
 
 GLOBAL_STAMP = "_global_refresh.fingerprint"
+#: Global tables only a full re-cluster rewrites (the refresh rewrites the other global tables).
+RECLUSTER_TABLES = ("recluster_assignments", "cluster_metrics", "modality_assignments", "classifier_metrics",
+                    "predictions")
+
+log = logging.getLogger("mm_platform.lake")
 
 
 def encoder_request_key(env: Mapping[str, str] | None = None) -> str:
@@ -51,11 +57,42 @@ def mark_global_fresh(lake: Lake) -> None:
     (lake.root / GLOBAL_STAMP).write_text(fused_fingerprint(lake))
 
 
+def repair_lake(lake: Lake, landed: set[str] | None = None) -> set[str]:
+    """Check every recorded lake file against what was written; move damaged ones to ``_quarantine/``.
+
+    Returns the batches to re-run (their partitions are rewritten, embeddings from the cached vectors).
+    A damaged global table is moved aside too and the global layer marked stale, so the next refresh
+    rewrites it. Says what it found on the ``mm_platform.lake`` logger (a warning, shown on stderr).
+    """
+    rerun: set[str] = set()
+    damage = lake.verify()
+    for d in damage:
+        moved = lake.quarantine(d)
+        msg = d.describe() + (f"; moved to {moved}" if moved else "")
+        if d.batch_id is None:
+            lake.forget(d.table, None)
+            (lake.root / GLOBAL_STAMP).unlink(missing_ok=True)
+            how = "run `mm-platform recluster` to rewrite it" if d.table in RECLUSTER_TABLES else \
+                "the next refresh rewrites it"
+            log.warning("%s; global layer marked stale, %s", msg, how)
+        elif landed is not None and d.batch_id not in landed:
+            log.warning("%s; batch %s is no longer in the landing dir, so it cannot be rewritten", msg, d.batch_id)
+        else:
+            rerun.add(d.batch_id)
+            log.warning("%s; batch %s will be re-ingested (embeddings from the cached vectors)", msg, d.batch_id)
+    if damage:
+        lake.ensure_initialized()
+    return rerun
+
+
 def nothing_to_do(paths: Paths, env: Mapping[str, str] | None = None) -> bool:
     """True when every complete batch is ingested with its current manifest under the model settings the
-    environment requests now, and the global layer is fresh. (A change in what `auto` resolves to is picked
+    environment requests now, every lake file is as written (``Lake.verify``: a stat per file), and the global
+    layer is fresh. (A change in what `auto` resolves to is picked
     up by the next ingest that has work, or by `ingest --force`.)"""
     lake = Lake(paths.lake_dir)
+    if lake.verify():  # a lake file differs from what was written (or is gone): ingest repairs it
+        return False
     ledger = lake.read_table("batches")
     done = {b: (h, r) for b, h, r in ledger.select("batch_id", "manifest_sha256", "profile_request").iter_rows()}
     request = encoder_request_key(env)

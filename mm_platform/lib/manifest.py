@@ -41,6 +41,7 @@ import json
 import math
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,6 +151,29 @@ def _is_clean_str(s: str) -> bool:
 
 def _has_control(s: str) -> bool:
     return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in s)
+
+
+#: Bidirectional formatting controls (embeddings, overrides, isolates, marks): text holding one can display
+#: differently from what it is ("Trojan Source"), so no id may contain them.
+BIDI_CONTROLS = frozenset(
+    [chr(c) for c in range(0x202A, 0x202F)] + [chr(c) for c in range(0x2066, 0x206A)] + ["\u200e", "\u200f", "\u061c"]
+)
+#: Categories of characters that draw nothing: controls, format (zero-width) chars, separators, marks alone,
+#: private use and unassigned.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp", "Mn", "Me"})
+#: Letters and symbols that render blank although their category says otherwise.
+_BLANK_GLYPHS = frozenset("\u115f\u1160\u3164\uffa0\u2800\u180e")
+
+
+def id_display_problem(s: str) -> str | None:
+    """Why ``s`` cannot serve as an id a person reads, or None: it holds a bidirectional control, or no
+    visible character at all (only whitespace, zero-width or other format characters)."""
+    bidi = sorted({f"U+{ord(c):04X}" for c in s if c in BIDI_CONTROLS})
+    if bidi:
+        return f"contains bidirectional control characters ({', '.join(bidi)})"
+    if not any(unicodedata.category(c) not in _INVISIBLE_CATEGORIES and c not in _BLANK_GLYPHS for c in s):
+        return "has no visible character (only whitespace, zero-width or format characters)"
+    return None
 
 
 def _short(v: Any, n: int = 80) -> str:
@@ -283,6 +307,9 @@ def _parse_line(
         return rec_reject("invalid_record_id", f"record_id has leading/trailing whitespace: {_short(rid)}")
     if len(rid) > MAX_RECORD_ID_CHARS:
         return rec_reject("invalid_record_id", f"record_id longer than {MAX_RECORD_ID_CHARS} characters", None)
+    problem = id_display_problem(rid)
+    if problem:
+        return rec_reject("invalid_record_id", f"record_id {problem}: {_short(rid)}")
 
     # op
     op = obj.get("op", None)
@@ -357,6 +384,8 @@ def _parse_line(
             if not ent or not _is_clean_str(ent) or _has_control(ent) or len(ent) > MAX_ENTITY_ID_CHARS:
                 part_reject("entity_id", "invalid_entity_id",
                             f"entity_id must be 1-{MAX_ENTITY_ID_CHARS} printable characters: {_short(obj['entity_id'])}")
+            elif problem := id_display_problem(ent):
+                part_reject("entity_id", "invalid_entity_id", f"entity_id {problem}: {_short(ent)}")
             else:
                 entity = ent
 

@@ -33,6 +33,7 @@ from typing import Any
 import duckdb
 
 from mm_platform.lib import lake as _lake
+from mm_platform.lib.sqlquote import sql_identifier, sql_literal
 
 LAYERS: tuple[str, ...] = ("staging", "intermediate", "marts")
 
@@ -275,10 +276,6 @@ def _select_body(sql: str) -> str:
     return body
 
 
-def _sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def run_model(con: duckdb.DuckDBPyConnection, model: SqlModel, out_path: Path) -> int:
     """Run ``model``'s SELECT on ``con`` and write the result to ``out_path`` as Parquet, atomically.
 
@@ -291,8 +288,8 @@ def run_model(con: duckdb.DuckDBPyConnection, model: SqlModel, out_path: Path) -
     body = _select_body(model.sql)
     tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        con.execute(f"COPY (\n{body}\n) TO {_sql_string(str(tmp))} (FORMAT PARQUET, COMPRESSION ZSTD)")
-        rows = con.execute(f"SELECT count(*) FROM read_parquet({_sql_string(str(tmp))})").fetchone()
+        con.execute(f"COPY (\n{body}\n) TO {sql_literal(str(tmp))} (FORMAT PARQUET, COMPRESSION ZSTD)")
+        rows = con.execute(f"SELECT count(*) FROM read_parquet({sql_literal(str(tmp))})").fetchone()
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -301,9 +298,8 @@ def run_model(con: duckdb.DuckDBPyConnection, model: SqlModel, out_path: Path) -
 
 def register_view(con: duckdb.DuckDBPyConnection, name: str, parquet_path: Path) -> None:
     """``CREATE OR REPLACE VIEW name AS SELECT * FROM read_parquet(path)``."""
-    ident = '"' + name.replace('"', '""') + '"'
     con.execute(
-        f"CREATE OR REPLACE VIEW {ident} AS SELECT * FROM read_parquet({_sql_string(str(parquet_path))})"
+        f"CREATE OR REPLACE VIEW {sql_identifier(name)} AS SELECT * FROM read_parquet({sql_literal(str(parquet_path))})"
     )
 
 

@@ -184,3 +184,17 @@ def test_ingest_exits_non_zero_on_failure(cli_paths):
     # the batch itself landed; a fixed config finishes the job on the next ingest
     proc = run_cli("ingest")
     assert "refreshing" in proc.stdout
+
+
+def test_sql_is_restricted_to_the_lake_unless_unsafe(cli_paths, tmp_path):
+    secret = tmp_path / "secret.csv"
+    secret.write_text("user,password\nroot,hunter2\n")
+    for query in (f"SELECT * FROM read_csv('{secret}')", "SELECT * FROM read_text('/etc/passwd')",
+                  "COPY (SELECT 1) TO 'x.csv'", "ATTACH 'o.duckdb'", "SET enable_external_access = true"):
+        proc = run_cli("sql", query, check=False)
+        assert proc.returncode == 2, (query, proc.stdout, proc.stderr)
+        assert "mm-platform: refused:" in proc.stderr and "Traceback" not in proc.stderr
+        assert "hunter2" not in proc.stdout + proc.stderr
+    assert cli_json("sql", "SELECT count(*) AS n FROM aligned_records")["rows"] == [{"n": 0}]
+    unsafe = cli_json("sql", f"SELECT password FROM read_csv('{secret}')", "--unsafe")
+    assert unsafe["rows"] == [{"password": "hunter2"}]

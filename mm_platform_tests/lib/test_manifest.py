@@ -1032,3 +1032,41 @@ def test_module_exports() -> None:
         assert hasattr(mf, name), name
     assert mf.MODALITIES == ("text", "image", "audio", "fields")
     assert mf.OPS == ("upsert", "delete")
+
+
+@pytest.mark.parametrize(
+    ("rid", "detail_part"),
+    [
+        ("\u200b", "no visible character"),  # zero-width space
+        ("\u200b\u200c\u200d\u2060\ufeff", "no visible character"),  # zero-width run, word joiner, BOM
+        ("\u00ad\u034f", "no visible character"),  # soft hyphen + combining grapheme joiner
+        ("\u3164\u3164", "no visible character"),  # Hangul filler renders blank
+        ("\u2800", "no visible character"),  # braille blank
+        ("\ue000", "no visible character"),  # private use
+        ("invoice\u202egpj.exe", "bidirectional control characters (U+202E)"),  # right-to-left override
+        ("a\u2066b\u2069", "U+2066, U+2069"),  # isolates
+        ("a\u200fb", "U+200F"), ("a\u200eb", "U+200E"), ("a\u061cb", "U+061C"), ("\u202a\u202b\u202cx", "U+202A"),
+    ],
+)
+def test_hostile_record_ids_are_rejected(tmp_path: Path, rid: str, detail_part: str) -> None:
+    pm = parse_lines(tmp_path, [json.dumps({"record_id": rid, "text": "hello"})])
+    assert pm.records == []
+    r = only_rejection(pm)
+    assert (r.modality, r.reason) == ("record", "invalid_record_id")
+    assert detail_part in r.detail
+
+
+@pytest.mark.parametrize("rid", ["a\u200bb", "caf\u00e9", "e\u0301", "\u05e9\u05dc\u05d5\u05dd", "\u0645\u0631\u062d\u0628\u0627",
+                                 "\U0001f600", "\u4e2d\u6587", "x-1.2_3"])
+def test_visible_ids_in_any_script_are_accepted(tmp_path: Path, rid: str) -> None:
+    pm = parse_lines(tmp_path, [json.dumps({"record_id": rid, "text": "hello"})])
+    assert [r.record_id for r in pm.records] == [rid] and not pm.rejections
+
+
+@pytest.mark.parametrize(("ent", "detail_part"), [("\u200b\u200d", "no visible character"),
+                                                   ("dev\u202e1", "bidirectional")])
+def test_hostile_entity_ids_are_rejected_and_the_record_kept(tmp_path: Path, ent: str, detail_part: str) -> None:
+    pm = parse_lines(tmp_path, [json.dumps({"record_id": "r1", "text": "hello", "entity_id": ent})])
+    assert [r.record_id for r in pm.records] == ["r1"] and pm.records[0].entity_id is None
+    r = only_rejection(pm)
+    assert (r.modality, r.reason) == ("entity_id", "invalid_entity_id") and detail_part in r.detail

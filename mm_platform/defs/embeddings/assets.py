@@ -14,6 +14,7 @@ from mm_platform.defs.metadata import preview
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import EncodersResource, LandingResource, WarehouseResource
 from mm_platform.lib.encoders.base import ModelInfo
+from mm_platform.lib.sqlquote import sql_identifier
 from mm_platform.lib.tabular import TABULAR_DIM, TabularEncoderState, encode_tabular, load_state
 
 #: Identity of the tabular encoder; its version is the fitted state's version.
@@ -38,7 +39,7 @@ def cached_vectors(warehouse: WarehouseResource, table: str, info: ModelInfo, ha
         return {}
     with warehouse.compute_connection() as con:
         rows = con.execute(
-            f"SELECT content_sha256, any_value(embedding) FROM {table}_history "
+            f"SELECT content_sha256, any_value(embedding) FROM {sql_identifier(table + '_history')} "
             "WHERE model = ? AND model_version = ? AND content_sha256 IN (SELECT unnest(?)) GROUP BY 1",
             [info.model_id, info.model_version, sorted(set(hashes))],
         ).fetchall()

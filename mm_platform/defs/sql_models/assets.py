@@ -18,7 +18,8 @@ from mm_platform.defs.automation import GLOBAL_AUTOMATION
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.resources import WarehouseResource
 from mm_platform.lib.lake import VIEW_SOURCES, Lake, read_parquet
-from mm_platform.lib.sql_models import SqlModel, discover_models, run_model, topo_order
+from mm_platform.lib.sql_models import SqlModel, discover_models, register_view, run_model, topo_order
+from mm_platform.lib.sqlquote import sql_identifier
 
 #: The SQL project: ``$MM_SQL_DIR``, else ``dbt_like_sql/`` beside the package.
 SQL_DIR = Path(os.environ.get("MM_SQL_DIR") or Path(__file__).resolve().parents[3] / "dbt_like_sql")
@@ -53,7 +54,7 @@ def ensure_upstream_views(con: duckdb.DuckDBPyConnection, model: SqlModel, model
         if upstream is None or lake.global_path(dep).exists():
             continue
         ensure_upstream_views(con, upstream, models, lake)
-        con.execute(f'CREATE OR REPLACE VIEW "{dep}" AS {upstream.sql.strip().rstrip(";")}')
+        con.execute(f'CREATE OR REPLACE VIEW {sql_identifier(dep)} AS {upstream.sql.strip().rstrip(";")}')
 
 
 def build_sql_models_asset(models: dict[str, SqlModel]) -> dg.AssetsDefinition:
@@ -76,7 +77,7 @@ def build_sql_models_asset(models: dict[str, SqlModel]) -> dg.AssetsDefinition:
                 ensure_upstream_views(con, model, models, lake)
                 path = lake.global_path(name)
                 rows = run_model(con, model, path)
-                con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM read_parquet(\'{path}\')')
+                register_view(con, name, path)
                 head = read_parquet(path).head(5)
                 yield dg.MaterializeResult(asset_key=name, metadata={"dagster/row_count": rows,
                                                                      "preview": preview(head)})

@@ -1,0 +1,153 @@
+"""The lake is verified, not trusted (size/mtime/SHA-256 records, quarantine of damaged files), and a full
+disk or read-only data dir fails cleanly: a clear ``LakeWriteError``, no temp file left, old data intact."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from mm_platform.lib import lake as lake_mod
+from mm_platform.lib.lake import Lake, LakeWriteError, register_views
+from mm_platform.lib.ledger import GLOBAL_STAMP, repair_lake
+from mm_platform.lib.sqlquote import sql_literal
+
+
+def frame(ids: list[str], batch_id: str = "b1") -> pl.DataFrame:
+    return pl.DataFrame({"record_id": ids, "batch_id": [batch_id] * len(ids)}).with_columns(
+        pl.lit(None).alias(c) for c in lake_mod.ALL_TABLES["aligned_records"] if c not in ("record_id", "batch_id"))
+
+
+def tmp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+
+
+@pytest.fixture()
+def lake(tmp_path: Path) -> Lake:
+    lk = Lake(tmp_path / "lake")
+    lk.write_partition("aligned_records", "b1", frame(["a", "b", "c"]))
+    lk.write_partition("aligned_records", "b2", frame(["d"], "b2"))
+    lk.write_global("cluster_summary", lake_mod.empty_frame("cluster_summary"))
+    return lk
+
+
+def test_untouched_lake_verifies_clean_and_a_rewrite_is_recorded(lake: Lake):
+    assert lake.verify() == []
+    lake.write_partition("aligned_records", "b1", frame(["a"]))
+    assert lake.verify() == []
+
+
+def test_copy_over_a_partition_is_detected_quarantined_and_reported(lake: Lake, caplog):
+    part = lake.partition_path("aligned_records", "b1")
+    # the attack of the issue: COPY (an empty result) TO the partition file
+    duckdb.sql(f"COPY (SELECT * FROM read_parquet({sql_literal(part)}) LIMIT 0) TO {sql_literal(part)} (FORMAT PARQUET)")
+    damage = lake.verify(settle_s=0)
+    assert [(d.table, d.batch_id, d.path) for d in damage] == [("aligned_records", "b1", part)]
+    assert "changed since it was written" in damage[0].problem
+    with caplog.at_level(logging.WARNING, logger="mm_platform.lake"):
+        assert repair_lake(lake, {"b1", "b2"}) == {"b1"}
+    assert "will be re-ingested" in caplog.text and str(part) in caplog.text
+    assert not part.exists()
+    kept = list((lake.root / lake_mod.QUARANTINE_DIR / "aligned_records" / "batch_id=b1").iterdir())
+    assert len(kept) == 1  # the damaged bytes are kept for inspection
+    # still damaged (missing) until the batch is rewritten; then clean
+    assert [d.problem for d in lake.verify(settle_s=0)] == ["missing"]
+    lake.write_partition("aligned_records", "b1", frame(["a", "b", "c"]))
+    assert lake.verify() == []
+
+
+def test_truncation_same_size_rewrite_and_deletion(lake: Lake):
+    p1, p2 = lake.partition_path("aligned_records", "b1"), lake.partition_path("aligned_records", "b2")
+    data = p1.read_bytes()
+    p1.write_bytes(data[: len(data) // 2])  # truncated
+    assert [d.batch_id for d in lake.verify(settle_s=0)] == ["b1"]
+    p1.write_bytes(data)  # the same bytes back (new mtime): accepted after hashing, record refreshed
+    assert lake.verify(settle_s=0) == []
+    p1.write_bytes(bytes(len(data)))  # same size, other bytes: caught by the hash
+    assert [d.batch_id for d in lake.verify(settle_s=0)] == ["b1"]
+    lake.write_partition("aligned_records", "b1", frame(["a"]))
+    p2.unlink()
+    assert [(d.batch_id, d.problem) for d in lake.verify(settle_s=0)] == [("b2", "missing")]
+    lake.delete_partition("aligned_records", "b2")  # the platform's own delete forgets the record
+    assert lake.verify(settle_s=0) == []
+
+
+def test_damaged_global_table_marks_the_global_layer_stale(lake: Lake, caplog):
+    (lake.root / GLOBAL_STAMP).write_text("x")
+    lake.global_path("cluster_summary").write_bytes(b"not parquet")
+    with caplog.at_level(logging.WARNING, logger="mm_platform.lake"):
+        assert repair_lake(lake) == set()
+    assert "global layer marked stale" in caplog.text
+    assert not (lake.root / GLOBAL_STAMP).exists()
+    assert lake.read_table("cluster_summary").height == 0  # an empty, valid table until the refresh
+    assert lake.verify(settle_s=0) == []
+
+
+def test_views_skip_quarantined_files(lake: Lake):
+    part = lake.partition_path("aligned_records", "b1")
+    part.write_bytes(b"garbage")
+    repair_lake(lake, {"b1", "b2"})
+    con = duckdb.connect()
+    register_views(con, lake)
+    assert con.execute("SELECT record_id FROM aligned_records_history").fetchall() == [("d",)]
+
+
+@pytest.mark.parametrize(("err", "words"), [(errno.ENOSPC, "disk full"), (errno.EROFS, "read-only file system"),
+                                            (errno.EACCES, "permission denied"), (errno.EDQUOT, "disk quota exceeded")])
+def test_full_or_read_only_disk_fails_cleanly(lake: Lake, monkeypatch, err: int, words: str):
+    part = lake.partition_path("aligned_records", "b1")
+    before = part.read_bytes()
+
+    def half_write(df: pl.DataFrame, path: Path) -> None:
+        path.write_bytes(b"PAR1 half")  # some bytes reached the temp file, then the disk filled up
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(lake_mod, "_write_parquet_file", half_write)
+    with pytest.raises(LakeWriteError) as exc:
+        lake.write_partition("aligned_records", "b1", frame(["z"]))
+    assert str(exc.value).startswith(f"{words}") and str(part) in str(exc.value)
+    assert exc.value.errno == err and isinstance(exc.value, OSError)
+    assert part.read_bytes() == before and tmp_files(lake.root) == []
+    assert lake.verify(settle_s=0) == []
+    monkeypatch.undo()
+    lake.write_partition("aligned_records", "b1", frame(["z"]))  # space is back: the write completes
+    assert lake.read_partition("aligned_records", "b1")["record_id"].to_list() == ["z"]
+
+
+def test_failing_rename_and_failing_record_leave_no_temp_files(lake: Lake, monkeypatch):
+    real_replace = os.replace
+
+    def no_rename(src, dst):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(lake_mod.os, "replace", no_rename)
+    with pytest.raises(LakeWriteError, match="read-only file system writing"):
+        lake.write_partition("aligned_records", "b3", frame(["q"], "b3"))
+    monkeypatch.setattr(lake_mod.os, "replace", real_replace)
+    assert tmp_files(lake.root) == [] and not lake.has_partition("aligned_records", "b3")
+
+    def fail_json(path, *a, **k):
+        if path.suffix == ".json" or ".json." in path.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(path, *a, **k)
+
+    monkeypatch.setattr(lake_mod.os, "replace", fail_json)
+    with pytest.raises(LakeWriteError, match="disk full writing .*batch_id=b3.json"):
+        lake.write_partition("aligned_records", "b3", frame(["q"], "b3"))
+    monkeypatch.undo()
+    assert tmp_files(lake.root) == []
+
+
+def test_other_os_errors_are_not_disguised(lake: Lake, monkeypatch):
+    def boom(df, path):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(lake_mod, "_write_parquet_file", boom)
+    with pytest.raises(OSError) as exc:
+        lake.write_partition("aligned_records", "b1", frame(["z"]))
+    assert not isinstance(exc.value, LakeWriteError) and exc.value.errno == errno.EIO
