@@ -19,7 +19,13 @@ from pathlib import Path
 import dagster as dg
 
 from mm_platform.lib.lake import Lake
-from mm_platform.lib.ledger import global_layer_stale, mark_global_fresh, repair_lake
+from mm_platform.lib.ledger import (
+    global_layer_stale,
+    mark_global_failed,
+    mark_global_fresh,
+    recluster_owed,
+    repair_lake,
+)
 from mm_platform.lib.manifest import BatchInfo, list_complete_batches
 from mm_platform.lib.settings import Paths
 
@@ -125,7 +131,9 @@ def _run_global(job_name: str, instance: dg.DagsterInstance, lake: Lake, log_lev
     report.reclustered = result.success and job_name == "recluster_job"
     report.global_error = "" if result.success else _first_error(result)
     if result.success:
-        mark_global_fresh(lake)
+        mark_global_fresh(lake, job_name)
+    else:
+        mark_global_failed(lake, job_name, report.global_error)
     echo("global layer: " + (f"done in {time.monotonic() - t0:.1f}s" if result.success
                               else f"FAILED: {report.global_error}"))
 
@@ -174,7 +182,10 @@ def ingest(
         report.batches.append(outcome)
         echo(f"[{i}/{len(todo)}] batch {batch.batch_id}: "
              + (f"done in {outcome.seconds:.1f}s" if outcome.success else f"FAILED: {outcome.error}"))
-    if lake.partitions("fused_vectors") and (recluster or load_cluster_model(lake) is None):
+    owed = recluster_owed(lake)
+    if lake.partitions("fused_vectors") and (recluster or owed or load_cluster_model(lake) is None):
+        if owed and not recluster:
+            echo(f"full re-cluster owed ({owed}): running it again")
         _run_global("recluster_job", instance, lake, log_level, echo, report)
     elif any(b.success for b in report.batches) or global_layer_stale(lake):
         _run_global("refresh_job", instance, lake, log_level, echo, report)

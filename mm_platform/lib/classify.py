@@ -240,6 +240,11 @@ def _prepare(
     return order, X, P
 
 
+class InsufficientLabels(ValueError):
+    """The labels cannot be compared by cross-validation (fewer than two classes with two examples each):
+    odd but valid data, reported by the caller as a skip with this message, never a failed run."""
+
+
 def evaluate_classifiers(
     blocks: Mapping[str, np.ndarray],
     present: Mapping[str, np.ndarray],
@@ -270,7 +275,8 @@ def evaluate_classifiers(
         modality, from models fitted on all kept labelled rows.
 
     Raises:
-        ValueError: inconsistent inputs, ``folds < 2``, or fewer than two classes left to compare.
+        ValueError: inconsistent inputs or ``folds < 2``.
+        InsufficientLabels: fewer than two classes with two labelled examples left to compare.
     """
     t0 = time.perf_counter()
     if folds < 2:
@@ -306,7 +312,7 @@ def evaluate_classifiers(
         shown = ", ".join(f"{c} ({counts[c]})" for c in dropped[:10]) + (" ..." if len(dropped) > 10 else "")
         notes.append(f"{len(dropped)} classes with fewer than {min_count} examples dropped: {shown}")
     if len(keep_classes) < 2:
-        raise ValueError(f"need at least two classes with >= 2 labelled examples, got counts {counts}")
+        raise InsufficientLabels(f"need at least two classes with >= 2 labelled examples, got counts {counts}")
     class_index = {c: i for i, c in enumerate(keep_classes)}
     keep = np.array([name in class_index for name in names], dtype=bool)
     rows = labelled[keep]

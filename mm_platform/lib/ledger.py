@@ -14,6 +14,8 @@ from mm_platform.lib.manifest import list_complete_batches
 from mm_platform.lib.settings import Paths
 
 GLOBAL_STAMP = "_global_refresh.fingerprint"
+#: Present while a full re-cluster is owed: the last one failed, or a table only it writes was damaged.
+RECLUSTER_OWED = "_recluster.owed"
 #: Global tables only a full re-cluster rewrites (the refresh rewrites the other global tables).
 RECLUSTER_TABLES = ("recluster_assignments", "cluster_metrics", "modality_assignments", "classifier_metrics",
                     "predictions")
@@ -53,8 +55,29 @@ def global_layer_stale(lake: Lake) -> bool:
     return not stamp.exists() or stamp.read_text() != fused_fingerprint(lake)
 
 
-def mark_global_fresh(lake: Lake) -> None:
+def mark_global_fresh(lake: Lake, job_name: str = "refresh_job") -> None:
+    """A global run succeeded: the stamp records the fused vectors it saw; a full re-cluster pays its debt."""
     (lake.root / GLOBAL_STAMP).write_text(fused_fingerprint(lake))
+    if job_name == "recluster_job":
+        (lake.root / RECLUSTER_OWED).unlink(missing_ok=True)
+
+
+def mark_global_failed(lake: Lake, job_name: str, error: str) -> None:
+    """A global run failed: the layer is stale, and a failed re-cluster is owed to the next ingest."""
+    (lake.root / GLOBAL_STAMP).unlink(missing_ok=True)
+    if job_name == "recluster_job":
+        owe_recluster(lake, f"the last full re-cluster failed: {error}")
+
+
+def owe_recluster(lake: Lake, why: str) -> None:
+    lake.root.mkdir(parents=True, exist_ok=True)
+    (lake.root / RECLUSTER_OWED).write_text(why)
+
+
+def recluster_owed(lake: Lake) -> str | None:
+    """Why the next ingest must run a full re-cluster (a failed one, a damaged re-cluster table), or None."""
+    path = lake.root / RECLUSTER_OWED
+    return path.read_text() or "a full re-cluster is owed" if path.exists() else None
 
 
 def repair_lake(lake: Lake, landed: set[str] | None = None) -> set[str]:
@@ -72,7 +95,9 @@ def repair_lake(lake: Lake, landed: set[str] | None = None) -> set[str]:
         if d.batch_id is None:
             lake.forget(d.table, None)
             (lake.root / GLOBAL_STAMP).unlink(missing_ok=True)
-            how = "run `mm-platform recluster` to rewrite it" if d.table in RECLUSTER_TABLES else \
+            if d.table in RECLUSTER_TABLES:
+                owe_recluster(lake, f"{d.table} was damaged")
+            how = "the next ingest re-clusters to rewrite it" if d.table in RECLUSTER_TABLES else \
                 "the next refresh rewrites it"
             log.warning("%s; global layer marked stale, %s", msg, how)
         elif landed is not None and d.batch_id not in landed:
@@ -99,4 +124,4 @@ def nothing_to_do(paths: Paths, env: Mapping[str, str] | None = None) -> bool:
     for batch in list_complete_batches(paths.landing_dir):
         if done.get(batch.batch_id) != (batch.manifest_sha256, request):
             return False
-    return not global_layer_stale(lake)
+    return not global_layer_stale(lake) and recluster_owed(lake) is None

@@ -19,7 +19,7 @@ from mm_platform.defs.fusion.assets import fused_vectors
 from mm_platform.defs.ingest.assets import aligned_records
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.resources import PipelineConfigResource, WarehouseResource
-from mm_platform.lib.classify import evaluate_classifiers
+from mm_platform.lib.classify import InsufficientLabels, evaluate_classifiers
 from mm_platform.lib.corpus import load_corpus
 
 INPUTS = [text_embeddings, image_embeddings, audio_embeddings, tabular_embeddings, fused_vectors, aligned_records]
@@ -56,15 +56,22 @@ def classifiers(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
     corpus = load_corpus(lake)
     run_id = uuid.uuid4().hex[:12]
     labelled = [lab for lab in corpus.labels if lab]
+    skipped = None
     if len(labelled) < MIN_LABELLED or len(set(labelled)) < 2:
-        note = f"{len(labelled)} labelled records in {len(set(labelled))} classes: too few to train classifiers"
-        context.log.warning(note)
+        skipped = f"{len(labelled)} labelled records in {len(set(labelled))} classes: too few to train classifiers"
+    else:
+        try:
+            metrics, predicted = evaluate_classifiers(corpus.blocks, corpus.present, corpus.labels,
+                                                      seed=pipeline.seed)
+        except InsufficientLabels as exc:
+            skipped = f"classifiers not trained: {exc}"
+    if skipped is not None:
+        context.log.warning(skipped)
         lake.write_global("classifier_metrics", pl.DataFrame(schema=lake.read_table("classifier_metrics").schema))
         lake.write_global("predictions", pl.DataFrame(schema=lake.read_table("predictions").schema))
-        yield dg.MaterializeResult(asset_key="classifier_metrics", metadata={"dagster/row_count": 0, "note": note})
-        yield dg.MaterializeResult(asset_key="predictions", metadata={"dagster/row_count": 0, "note": note})
+        for key in ("classifier_metrics", "predictions"):
+            yield dg.MaterializeResult(asset_key=key, metadata={"dagster/row_count": 0, "skipped": skipped})
         return
-    metrics, predicted = evaluate_classifiers(corpus.blocks, corpus.present, corpus.labels, seed=pipeline.seed)
     now = datetime.now(UTC)
     mdf = pl.DataFrame([
         {"run_id": run_id, "created_at": now, "strategy": m["strategy"], "modalities": m["modalities"],
