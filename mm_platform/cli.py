@@ -157,14 +157,17 @@ def cmd_search(args: argparse.Namespace) -> int:
         served = _search_service(args)
         if served is not None:
             return served
-    from mm_platform.defs.ingest.assets import tabular_state_dir
     from mm_platform.lib.search import SearchError, SharedSpace, search
-    from mm_platform.lib.tabular import load_state
 
     with _resources() as res:
         try:
             lake = res.warehouse.lake
-            state = load_state(tabular_state_dir(lake)) if args.fields is not None else None
+            state = None
+            if args.fields is not None:  # only a fields query needs the ingest assets' module
+                from mm_platform.defs.ingest.assets import tabular_state_dir
+                from mm_platform.lib.tabular import load_state
+
+                state = load_state(tabular_state_dir(lake))
             with res.qdrant.store() as store:
                 hits = search(store, res.encoders.encoders, text=args.text, image=args.image, audio=args.audio,
                               fields=args.fields, tabular_state=state, modality=args.modality, k=args.k,
@@ -199,7 +202,21 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
-def status_report(paths: Paths) -> dict[str, Any]:
+def _qdrant_store_from_env(paths: Paths):
+    """The Qdrant store as `build_resources` configures it, without importing Dagster or the encoders."""
+    import os
+
+    from mm_platform.lib.qdrant_store import QdrantStore
+
+    url = os.environ.get("QDRANT_URL", "").strip()
+    return QdrantStore(collection=os.environ.get("MM_QDRANT_COLLECTION", "").strip() or "mm_records",
+                       path=None if url else (os.environ.get("MM_QDRANT_PATH", "").strip() or paths.qdrant_path),
+                       url=url or None, api_key=os.environ.get("QDRANT_API_KEY", "").strip() or None,
+                       open_timeout_s=5)
+
+
+def status_report(paths: Paths, qdrant: Any = None) -> dict[str, Any]:
+    """``qdrant``: a context manager factory yielding an open store (the service passes its own)."""
     from mm_platform.lib.lake import Lake
     from mm_platform.lib.qdrant_store import QdrantBusy
     from mm_platform.orchestrate import current_profile, ingested_hashes, pending_batches, table_counts
@@ -216,19 +233,24 @@ def status_report(paths: Paths) -> dict[str, Any]:
         "tables": table_counts(lake),
         "cluster_metrics": metrics.drop("params_json").to_dicts(),
     }
-    with _resources() as res:
-        try:
-            with res.qdrant.store() as store:
-                store.open_timeout_s = 5
-                report["qdrant"] = {"location": store.location, "collection": store.collection,
-                                    "points": store.count(), "vectors": store.vector_dims()}
-        except QdrantBusy as exc:
-            report["qdrant"] = {"error": str(exc)}
+    try:
+        with qdrant() if qdrant else _qdrant_store_from_env(paths) as store:
+            report["qdrant"] = {"location": store.location, "collection": store.collection,
+                                "points": store.count(), "vectors": store.vector_dims()}
+    except QdrantBusy as exc:
+        report["qdrant"] = {"error": str(exc)}
     return report
 
 
+def _status_from_service() -> dict[str, Any] | None:
+    from mm_platform.serve.discovery import get_from_service, running_service
+
+    info = running_service(Paths.from_env().data_dir)
+    return get_from_service(info, "/api/status") if info else None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    report = status_report(Paths.from_env())
+    report = _status_from_service() or status_report(Paths.from_env())
     if args.json:
         print(json.dumps(report, default=_json_default, indent=2))
         return 0

@@ -284,6 +284,13 @@ def create_app(services: Services, token: str | None = None) -> FastAPI:
     def health() -> dict[str, Any]:
         return {"ok": True, "data_dir": str(services.paths.data_dir), "pid": os.getpid()}
 
+    @app.get("/api/status")
+    def status() -> dict[str, Any]:
+        """What `mm-platform status --json` prints (the CLI asks here first when the service runs)."""
+        from mm_platform.cli import status_report
+
+        return json.loads(json.dumps(status_report(services.paths, qdrant=services.holder.store), default=str))
+
     @app.get("/api/facets")
     def facets() -> dict[str, Any]:
         with services.db() as con:

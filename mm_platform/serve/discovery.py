@@ -82,3 +82,15 @@ def search_via_service(info: dict[str, Any], query: dict[str, Any], timeout_s: f
         return None
     except (OSError, ValueError):
         return None
+
+
+def get_from_service(info: dict[str, Any], path: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
+    """GET a JSON endpoint of the service; None when it cannot be had (the caller computes it itself)."""
+    req = urllib.request.Request(info["url"].rstrip("/") + path)
+    if info.get("token"):
+        req.add_header("Authorization", f"Bearer {info['token']}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return json.loads(resp.read())
+    except (OSError, ValueError):
+        return None

@@ -149,3 +149,11 @@ def test_cli_search_uses_the_running_service(service):
     answer = json.loads(proc.stdout)
     assert "took_ms" in answer and len(answer["results"]) == 3  # only the service reports took_ms
     assert elapsed < 10, elapsed
+
+
+def test_cli_status_asks_the_running_service(service):
+    _, env = service
+    report = json.loads(subprocess.run([sys.executable, "-m", "mm_platform.cli", "status", "--json"], env=env,
+                                       capture_output=True, text=True, timeout=120, check=True).stdout)
+    assert report["data_dir"] == env["MM_DATA_DIR"]
+    assert report["qdrant"]["points"] == report["current_records"] > 0  # the service holds Qdrant; no QdrantBusy

@@ -164,3 +164,10 @@ def test_discovery_file_only_names_a_live_process(tmp_path):
     assert oct((tmp_path / "serve.json").stat().st_mode & 0o777) == "0o600"
     (tmp_path / "serve.json").write_text('{"url": "http://127.0.0.1:1", "pid": 999999999}')
     assert running_service(tmp_path) is None
+
+
+def test_status_endpoint_matches_the_lake(client, served):
+    report = client.get("/api/status").json()
+    assert report["data_dir"] == str(served.paths.data_dir)
+    assert report["qdrant"]["points"] == report["current_records"] > 0
+    assert report["pending_batches"] == [] and len(report["ingested_batches"]) == 1

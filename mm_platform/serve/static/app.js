@@ -160,6 +160,7 @@ async function renderMap(params) {
     return best;
   }
   function draw() {
+    const t0 = performance.now();
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.fillStyle = "#0f1422"; ctx.fillRect(0, 0, W, H);
     const r = n > 20000 ? 1.6 : n > 2000 ? 2.5 : 4.5, key = by === "cluster" ? cl : lb;
@@ -179,6 +180,7 @@ async function renderMap(params) {
     }
     ctx.globalAlpha = 1;
     if (hover >= 0) { ctx.strokeStyle = "#fff"; ctx.lineWidth = 2; ctx.beginPath(); ctx.arc(sx(hover), sy(hover), r + 4, 0, 6.2832); ctx.stroke(); }
+    window.__mapStats = {...(window.__mapStats || {}), n, drawMs: performance.now() - t0};  // read by bench/bench_serve.py
   }
   function legend() {
     const names = by === "cluster" ? meta.clusters.map((c) => [c, c < 0 ? "outlier" : "cluster " + c]) : meta.labels.map((l, i) => [i, l]);
@@ -207,7 +209,8 @@ async function renderMap(params) {
       if (Math.abs(dx) + Math.abs(dy) > 3) drag.moved = true;
       cx = drag.cx - dx / scale; cy = drag.cy + dy / scale; tip.hidden = true; redraw(); return;
     }
-    const i = nearest(px, py, 12);
+    const th = performance.now(), i = nearest(px, py, 12);
+    window.__mapStats = {...(window.__mapStats || {}), hoverMs: performance.now() - th};
     if (i !== hover) { hover = i; redraw(); }
     if (i < 0) { tip.hidden = true; return; }
     const rid = meta.record_ids[i];
