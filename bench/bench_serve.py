@@ -83,7 +83,12 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=240)
     ap.add_argument("--points", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=40)
+    ap.add_argument("--only-scale", action="store_true", help="skip the demo corpus part")
+    ap.add_argument("--skip-qdrant-scale", action="store_true", help="scale: only the map")
     args = ap.parse_args()
+    if args.only_scale:
+        scale(args.points, qdrant=not args.skip_qdrant_scale)
+        return
 
     import httpx
 
@@ -119,7 +124,7 @@ def main() -> None:
             "cluster gallery API": timed(lambda i: c.get("/api/clusters").raise_for_status(), n),
             "map points": timed(lambda i: c.get("/api/map/points").raise_for_status(), n),
         }
-        print(f"\nservice, first query (loads the text model): {first:.0f} ms")
+        print(f"\nservice, first query after start (text model warmed in the background): {first:.0f} ms")
         for name, xs in rows.items():
             print(f"  {name:28s} {pct(xs)}")
         warm = statistics.median(rows["search text"])
@@ -134,20 +139,25 @@ def main() -> None:
     print(f"  status:                     {status_cli:5.2f} s")
 
     if args.points:
-        scale(args.points)
+        scale(args.points, qdrant=not args.skip_qdrant_scale)
     shutil.rmtree(root, ignore_errors=True)
 
 
-def scale(n_points: int) -> None:
-    import polars as pl
-
-    from mm_platform.lib.lake import Lake
-    from mm_platform.lib.qdrant_store import PointData, QdrantStore
-
+def scale(n_points: int, qdrant: bool = True) -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-serve-scale-"))
     rng = np.random.default_rng(0)
     vecs = rng.standard_normal((n_points, 384)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    if qdrant:
+        scale_qdrant(root, vecs, rng)
+    scale_map(root, n_points, rng)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def scale_qdrant(root: Path, vecs: np.ndarray, rng: np.random.Generator) -> None:
+    from mm_platform.lib.qdrant_store import PointData, QdrantStore
+
+    n_points = len(vecs)
     t0 = time.perf_counter()
     with QdrantStore("bench", path=root / "qdrant", upsert_chunk=2048) as store:
         store.ensure_collection({"text": 384})
@@ -165,6 +175,12 @@ def scale(n_points: int) -> None:
     print(f"  vector search k=12          {pct(xs)}")
     print(f"  with a payload filter       {pct(xf)}")
 
+
+def scale_map(root: Path, n_points: int, rng: np.random.Generator) -> None:
+    import polars as pl
+
+    from mm_platform.lib.lake import Lake
+
     # the map: a synthetic embedding_map served by a service over a lake holding only that table
     data = root / "data"
     lake = Lake(data / "lake")
@@ -175,7 +191,7 @@ def scale(n_points: int) -> None:
     lake.write_global("embedding_map", pl.DataFrame({
         "record_id": [f"r{i:06d}" for i in range(n_points)], "batch_id": ["b"] * n_points,
         "x": xy[:, 0], "y": xy[:, 1], "cluster_id": cl.astype(np.int32), "label": [f"l{i % 7}" for i in range(n_points)],
-        "method": ["synthetic"] * n_points, "space": ["fused"] * n_points}))
+        "method": ["synthetic"] * n_points, "space": ["fused"] * n_points, "run_id": ["bench"] * n_points}))
     env = {**os.environ, "MM_DATA_DIR": str(data), "MM_MODEL_PROFILE": "offline", "HF_HUB_OFFLINE": "1",
            "DAGSTER_HOME": str(root / "dh")}
     proc, url = start_service(env)
@@ -214,7 +230,6 @@ def scale(n_points: int) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

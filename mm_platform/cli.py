@@ -275,7 +275,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token = os.environ.get("MM_SERVE_TOKEN", "").strip() or None
     check_bind(args.host, token)
     paths = Paths.from_env()
-    with open_services(paths) as services:
+    with open_services(paths, warm=True) as services:
         app = create_app(services, token=token)
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         url = f"http://{host}:{args.port}"

@@ -492,8 +492,14 @@ def create_app(services: Services, token: str | None = None) -> FastAPI:
     return app
 
 
+def _warm(encoders) -> None:
+    with contextlib.suppress(Exception):  # a model that cannot load says so on the first query instead
+        encoders.text().encode(["warm up"])
+
+
 @contextlib.contextmanager
-def open_services(paths: Paths | None = None, qdrant_idle_s: float | None = None) -> Iterator[Services]:
+def open_services(paths: Paths | None = None, qdrant_idle_s: float | None = None,
+                  warm: bool = False) -> Iterator[Services]:
     """The code location's resources (as a Dagster run gets them) wrapped for the service."""
     import dagster as dg
 
@@ -503,6 +509,8 @@ def open_services(paths: Paths | None = None, qdrant_idle_s: float | None = None
     idle = float(os.environ.get("MM_SERVE_QDRANT_IDLE_S", "2") or 2) if qdrant_idle_s is None else qdrant_idle_s
     with dg.build_resources(build_resources()) as res:
         services = Services(paths, res, qdrant_idle_s=idle)
+        if warm:  # the first text query should not pay for the model load (EncoderSet is thread-safe)
+            threading.Thread(target=_warm, args=(res.encoders.encoders,), daemon=True, name="warmup").start()
         try:
             yield services
         finally:

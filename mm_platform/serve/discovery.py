@@ -63,9 +63,10 @@ class ServiceError(RuntimeError):
     """The service answered the query with an error (the message is its reason)."""
 
 
-def search_via_service(info: dict[str, Any], query: dict[str, Any], timeout_s: float = 2.0) -> dict[str, Any] | None:
-    """POST a text/fields query to the service. None when it cannot be reached in time (use the in-process
-    path then); :class:`ServiceError` when it answered with an error."""
+def search_via_service(info: dict[str, Any], query: dict[str, Any], timeout_s: float = 20.0) -> dict[str, Any] | None:
+    """POST a text/fields query to the service. None when it cannot be reached (use the in-process path
+    then); :class:`ServiceError` when it answered with an error. A dead port fails at once; the timeout only
+    bounds a live service still loading its model, which is still faster than loading it here."""
     req = urllib.request.Request(info["url"].rstrip("/") + "/api/search", data=json.dumps(query).encode(),
                                  headers={"Content-Type": "application/json"}, method="POST")
     if info.get("token"):
