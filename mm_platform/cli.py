@@ -1,4 +1,4 @@
-"""``mm-platform``: demo, make-demo-data, ingest, recluster, search, sql, status, home."""
+"""``mm-platform``: demo, make-demo-data, ingest, recluster, search, serve, sql, status, home."""
 
 from __future__ import annotations
 
@@ -125,15 +125,49 @@ def _print_hits(hits: list, as_json: bool) -> None:
     print(_table(rows))
 
 
+def _search_service(args: argparse.Namespace) -> int | None:
+    """Answer a text or fields search through a running `mm-platform serve` (no model load here). None when
+    there is none or it cannot be reached quickly: the caller searches in-process."""
+    from mm_platform.serve.discovery import ServiceError, running_service, search_via_service
+
+    if args.text is None and args.fields is None:
+        return None
+    info = running_service(Paths.from_env().data_dir)
+    if info is None:
+        return None
+    query = {"text": args.text, "fields": args.fields, "modality": args.modality, "k": args.k}
+    try:
+        answer = search_via_service(info, {k: v for k, v in query.items() if v is not None})
+    except ServiceError as exc:
+        _err(str(exc))
+        return 2
+    if answer is None:
+        return None
+    if args.json:
+        print(json.dumps(answer, default=_json_default, indent=2))
+        return 0
+    rows = [{"rank": i, "score": round(h["score"], 4), "record_id": h["record_id"], "label": h.get("label"),
+             "cluster": h.get("cluster_id"), "matched": h.get("text")} for i, h in enumerate(answer["results"], 1)]
+    print(_table(rows))
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
-    from mm_platform.defs.ingest.assets import tabular_state_dir
+    if not args.no_service:
+        served = _search_service(args)
+        if served is not None:
+            return served
     from mm_platform.lib.search import SearchError, SharedSpace, search
-    from mm_platform.lib.tabular import load_state
 
     with _resources() as res:
         try:
             lake = res.warehouse.lake
-            state = load_state(tabular_state_dir(lake)) if args.fields is not None else None
+            state = None
+            if args.fields is not None:  # only a fields query needs the ingest assets' module
+                from mm_platform.defs.ingest.assets import tabular_state_dir
+                from mm_platform.lib.tabular import load_state
+
+                state = load_state(tabular_state_dir(lake))
             with res.qdrant.store() as store:
                 hits = search(store, res.encoders.encoders, text=args.text, image=args.image, audio=args.audio,
                               fields=args.fields, tabular_state=state, modality=args.modality, k=args.k,
@@ -175,7 +209,21 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
-def status_report(paths: Paths) -> dict[str, Any]:
+def _qdrant_store_from_env(paths: Paths):
+    """The Qdrant store as `build_resources` configures it, without importing Dagster or the encoders."""
+    import os
+
+    from mm_platform.lib.qdrant_store import QdrantStore
+
+    url = os.environ.get("QDRANT_URL", "").strip()
+    return QdrantStore(collection=os.environ.get("MM_QDRANT_COLLECTION", "").strip() or "mm_records",
+                       path=None if url else (os.environ.get("MM_QDRANT_PATH", "").strip() or paths.qdrant_path),
+                       url=url or None, api_key=os.environ.get("QDRANT_API_KEY", "").strip() or None,
+                       open_timeout_s=5)
+
+
+def status_report(paths: Paths, qdrant: Any = None) -> dict[str, Any]:
+    """``qdrant``: a context manager factory yielding an open store (the service passes its own)."""
     from mm_platform.lib.lake import Lake
     from mm_platform.lib.qdrant_store import QdrantBusy
     from mm_platform.orchestrate import current_profile, ingested_hashes, pending_batches, table_counts
@@ -192,19 +240,24 @@ def status_report(paths: Paths) -> dict[str, Any]:
         "tables": table_counts(lake),
         "cluster_metrics": metrics.drop("params_json").to_dicts(),
     }
-    with _resources() as res:
-        try:
-            with res.qdrant.store() as store:
-                store.open_timeout_s = 5
-                report["qdrant"] = {"location": store.location, "collection": store.collection,
-                                    "points": store.count(), "vectors": store.vector_dims()}
-        except QdrantBusy as exc:
-            report["qdrant"] = {"error": str(exc)}
+    try:
+        with qdrant() if qdrant else _qdrant_store_from_env(paths) as store:
+            report["qdrant"] = {"location": store.location, "collection": store.collection,
+                                "points": store.count(), "vectors": store.vector_dims()}
+    except QdrantBusy as exc:
+        report["qdrant"] = {"error": str(exc)}
     return report
 
 
+def _status_from_service() -> dict[str, Any] | None:
+    from mm_platform.serve.discovery import get_from_service, running_service
+
+    info = running_service(Paths.from_env().data_dir)
+    return get_from_service(info, "/api/status") if info else None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    report = status_report(Paths.from_env())
+    report = _status_from_service() or status_report(Paths.from_env())
     if args.json:
         print(json.dumps(report, default=_json_default, indent=2))
         return 0
@@ -215,6 +268,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"qdrant:    {report['qdrant']}")
     if report["cluster_metrics"]:
         print(_table(report["cluster_metrics"], ["space", "algorithm", "k", "n_records", "silhouette", "nmi", "ari"]))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    from mm_platform.serve.app import check_bind, create_app, open_services
+    from mm_platform.serve.discovery import remove_discovery, write_discovery
+
+    token = os.environ.get("MM_SERVE_TOKEN", "").strip() or None
+    check_bind(args.host, token)
+    paths = Paths.from_env()
+    with open_services(paths, warm=True) as services:
+        app = create_app(services, token=token)
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        url = f"http://{host}:{args.port}"
+        print(f"mm-platform explorer on {url}" + (" (token required)" if token else ""), flush=True)
+        write_discovery(paths.data_dir, url, token)
+        try:
+            uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        finally:
+            remove_discovery(paths.data_dir)
     return 0
 
 
@@ -329,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "query's goes through the shared space; shared = every record's mean projection")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--json", action="store_true")
+    s.add_argument("--no-service", action="store_true",
+                   help="search in-process even when `mm-platform serve` runs (it answers text/fields queries)")
     s.set_defaults(fn=cmd_search)
 
     q = sub.add_parser("sql", help="run a query against the DuckDB warehouse (read-only, files of the lake only)")
@@ -341,6 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="batches, table sizes, Qdrant points, cluster quality")
     st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_status)
+
+    sv = sub.add_parser("serve", help="the search and cluster explorer in the browser (FastAPI + uvicorn)")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="bind address (default 127.0.0.1; any other needs MM_SERVE_TOKEN)")
+    sv.add_argument("--port", type=int, default=8765)
+    sv.add_argument("--log-level", default="warning")
+    sv.set_defaults(fn=cmd_serve)
 
     h = sub.add_parser("home", help="create/print the Dagster home used by CLI runs and `make ui`")
     h.set_defaults(fn=cmd_home)

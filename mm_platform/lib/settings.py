@@ -49,6 +49,8 @@ ENV_DOC: dict[str, str] = {
     "MM_STREAM_TOLERANCE": "as-of join tolerance of stream readings, e.g. 30s, 5m, 1h (default 5m)",
     "MM_STREAM_TOLERANCES": "per-stream tolerances overriding the default, e.g. telemetry=10m,weather=1h",
     "MM_STREAM_STRATEGY": "backward (last reading before the record) | forward | nearest (default backward)",
+    "MM_SERVE_TOKEN": "token `mm-platform serve` requires (Bearer header, ?token= or cookie); needed to bind beyond 127.0.0.1",
+    "MM_SERVE_QDRANT_IDLE_S": "seconds `mm-platform serve` keeps embedded Qdrant open after a request (default 2)",
 }
 
 
