@@ -32,7 +32,7 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
-from mm_platform.lib.lake import Lake, connect_readonly
+from mm_platform.lib.lake import Lake, connect_restricted, execute_restricted
 from mm_platform.lib.qdrant_store import QdrantBusy, QdrantStore
 from mm_platform.lib.settings import Paths
 
@@ -44,12 +44,13 @@ TOKEN_COOKIE = "mm_token"
 
 
 def connect(lake: Lake, duckdb_path: Path) -> duckdb.DuckDBPyConnection:
-    """The one place the service opens DuckDB: read-only (switch to a restricted connection here)."""
-    return connect_readonly(lake, duckdb_path)
+    """The one place the service opens DuckDB: the restricted connection of ``mm-platform sql`` (the lake's
+    views; no file outside the lake, no COPY/ATTACH/INSTALL/LOAD, settings locked)."""
+    return connect_restricted(lake, duckdb_path)
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
-    cur = con.execute(sql, params or [])
+    cur = execute_restricted(con, sql, params or [])
     cols = [d[0] for d in cur.description]
     return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
@@ -131,11 +132,16 @@ class Services:
 
     @contextlib.contextmanager
     def db(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = connect(self.lake, self.paths.duckdb_path)
+        """A cursor of one restricted connection, rebuilt when the warehouse's views change (a new table
+        column, say); the views read the lake's files at query time, so new batches show without a rebuild."""
+        wh = self.paths.duckdb_path
+        key = wh.stat().st_mtime_ns if wh.exists() else 0
+        base = self._cached("duckdb", key, lambda: connect(self.lake, wh))
+        cur = base.cursor()
         try:
-            yield con
+            yield cur
         finally:
-            con.close()
+            cur.close()
 
     def shared_space(self):
         from mm_platform.lib.search import SharedSpace
