@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_WORKERS ?= 2
 XDIST := -n $(PYTEST_WORKERS) --dist loadfile
 
-.PHONY: setup demo test test-fast ui bench lint clean
+.PHONY: setup demo test test-fast ui serve bench lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test-fast: setup ## everything but the end-to-end tests
 
 ui: setup ## the Dagster UI + daemon (sensors, automation) on a project-local DAGSTER_HOME
 	DAGSTER_HOME="$$($(BIN)/mm-platform home)" $(BIN)/dagster dev -w workspace.yaml
+
+serve: setup ## the search and cluster explorer at http://127.0.0.1:8765
+	$(BIN)/mm-platform serve
 
 bench: setup ## benchmarks that print ratios measured in one run
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_ingest.py
