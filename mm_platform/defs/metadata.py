@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import dagster as dg
 import polars as pl
+
+_MD_SPECIAL = {
+    "&": "&amp;", "<": "&lt;", ">": "&gt;", "\\": "\\\\", "`": "\\`", "*": "\\*", "_": "\\_",
+    "[": "\\[", "]": "\\]", "(": "\\(", ")": "\\)", "|": "\\|", "#": "\\#", "!": "\\!",
+}
+_MD_SPECIAL_RE = re.compile("|".join(re.escape(k) for k in _MD_SPECIAL))
+_SCRIPT_URL_RE = re.compile(r"(java|vb)script\s*:|data\s*:\s*text/html", re.IGNORECASE)
+
+
+def md_escape(value: object) -> str:
+    """User text made inert for Dagster's markdown metadata renderer.
+
+    HTML (``<``, ``>``, ``&``) becomes entities, markdown syntax (links ``[..](..)``, emphasis, code,
+    table pipes, headings, images) is backslash-escaped, newlines become spaces, and script URL schemes
+    (``javascript:``, ``vbscript:``, ``data:text/html``) lose their colon so nothing can become a live link.
+    """
+    text = "" if value is None else str(value)
+    text = text.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+    text = _MD_SPECIAL_RE.sub(lambda m: _MD_SPECIAL[m.group(0)], text)
+    return _SCRIPT_URL_RE.sub(lambda m: m.group(0).replace(":", "&#58;"), text)
 
 
 def _cell(value: object, width: int = 48) -> str:
@@ -15,15 +36,15 @@ def _cell(value: object, width: int = 48) -> str:
         text = f"{value:.4g}"
     else:
         text = "" if value is None else str(value)
-    text = text.replace("|", "\\|").replace("\n", " ")
-    return text if len(text) <= width else text[: width - 1] + "…"
+    text = text if len(text) <= width else text[: width - 1] + "…"
+    return md_escape(text)
 
 
 def preview(df: pl.DataFrame, columns: Sequence[str] | None = None, n: int = 5) -> dg.MetadataValue:
     """A markdown table of the first ``n`` rows (vectors shown as their length)."""
     cols = [c for c in (columns or df.columns) if c in df.columns]
     head = df.select(cols).head(n)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = ["| " + " | ".join(md_escape(c) for c in cols) + " |", "|" + "---|" * len(cols)]
     for row in head.iter_rows():
         lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
     if df.height > n:

@@ -20,7 +20,7 @@ from mm_platform.defs.automation import GLOBAL_AUTOMATION, RECLUSTER_AUTOMATION
 from mm_platform.defs.embeddings.assets import audio_embeddings, image_embeddings, tabular_embeddings, text_embeddings
 from mm_platform.defs.fusion.assets import EMBEDDING_TABLES, fused_vectors
 from mm_platform.defs.ingest.assets import aligned_records, raw_records, raw_text
-from mm_platform.defs.metadata import preview
+from mm_platform.defs.metadata import md_escape, preview
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import EncodersResource, PipelineConfigResource, WarehouseResource
 from mm_platform.lib.cluster_stability import ClusterModel, apply_mapping, build_model, fit_projection, match_cluster_ids
@@ -416,7 +416,8 @@ def cluster_summary(
         metadata={
             "dagster/row_count": df.height,
             "clusters": dg.MetadataValue.md("\n".join(
-                f"- **{r['cluster_id']}** ({r['size']}): {r['name']} — e.g. {', '.join(r['representative_record_ids'])}"
+                f"- **{r['cluster_id']}** ({r['size']}): {md_escape(r['name'])} — e.g. "
+                f"{', '.join(md_escape(i) for i in r['representative_record_ids'])}"
                 for r in df.iter_rows(named=True))),
             "preview": preview(df, ["cluster_id", "name", "size", "top_terms", "text_coverage", "image_coverage",
                                     "audio_coverage", "tabular_coverage"]),
