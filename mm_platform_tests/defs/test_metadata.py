@@ -42,3 +42,33 @@ def test_raw_records_metadata_has_no_raw_html_or_script_links(paths, instance):
     md = result.asset_materializations_for_node("raw_records")[0].metadata["preview"].value
     assert "&lt;img" in md  # the record is shown, escaped
     assert "<img" not in md and "](javascript:" not in md
+
+
+def test_every_asset_check_has_a_description():
+    from mm_platform.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    keys = list(graph.asset_check_keys)
+    assert len(keys) >= 7  # every_line_accounted, 4 x vectors_valid, 2 cluster checks
+    for key in keys:
+        spec = graph.get_check_spec(key)
+        assert spec.description and spec.description.strip(), f"{key.to_user_string()} has no description"
+
+
+def test_check_results_name_their_batch(tmp_path):
+    import numpy as np
+
+    from mm_platform.defs.embeddings.checks import vectors_valid
+    from mm_platform.defs.ingest.checks import every_line_accounted
+
+    batch = tmp_path / "b7"
+    batch.mkdir()
+    (batch / "records.jsonl").write_text('{"record_id": "a"}\n')
+    lines = pl.DataFrame({"line_number": [1]})
+    empty = pl.DataFrame({"line_number": []}, schema={"line_number": pl.Int64})
+    r = every_line_accounted(batch, lines, empty, empty, "b7")
+    assert r.passed and r.metadata["batch_id"].value == "b7" and "b7" in r.description
+    v = np.ones((1, 4), dtype=np.float32) / 2
+    df = pl.DataFrame({"record_id": ["a"], "embedding": [v[0].tolist()], "dim": [4]})
+    r = vectors_valid(df, {"a"}, "text_embeddings", "b7")
+    assert r.passed and r.metadata["batch_id"].value == "b7" and "b7" in r.description
