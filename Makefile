@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup demo test test-fast ui bench lint clean
+.PHONY: setup demo test test-fast ui check-defs bench lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ test-fast: setup ## everything but the end-to-end tests
 
 ui: setup ## the Dagster UI + daemon (sensors, automation) on a project-local DAGSTER_HOME
 	DAGSTER_HOME="$$($(BIN)/mm-platform home)" $(BIN)/dagster dev -w workspace.yaml
+
+check-defs: setup ## the code location loads and validates (what `dg check defs` checks); for CI
+	$(BIN)/dagster definitions validate -w workspace.yaml
 
 bench: setup ## benchmarks that print ratios measured in one run
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_ingest.py
