@@ -4,6 +4,7 @@ import json
 
 import dagster as dg
 import polars as pl
+import pytest
 
 from mm_platform.defs.ingest import assets as ingest_assets
 from mm_platform.defs.metadata import md_escape, preview
@@ -72,3 +73,28 @@ def test_check_results_name_their_batch(tmp_path):
     df = pl.DataFrame({"record_id": ["a"], "embedding": [v[0].tolist()], "dim": [4]})
     r = vectors_valid(df, {"a"}, "text_embeddings", "b7")
     assert r.passed and r.metadata["batch_id"].value == "b7" and "b7" in r.description
+
+
+def test_alignment_records_loss_curves_and_warns_on_a_large_gap():
+    from dataclasses import replace
+
+    from mm_platform.defs.alignment.assets import loss_curve_table, loss_gap_check
+    from mm_platform.lib.alignment import train_alignment
+    from mm_platform_tests.lib.test_alignment import FAST, _planted
+
+    blocks, present, labels = _planted(n=200)
+    _, metrics = train_alignment(blocks, present, replace(FAST, epochs=4), labels=labels)
+    assert len(metrics["train_loss_curve"]) == len(metrics["val_loss_curve"]) == 4
+    assert metrics["train_loss_curve"][-1] == metrics["train_loss"]
+    assert metrics["val_loss_curve"][-1] == pytest.approx(metrics["val_loss"], rel=1e-5)
+    table = loss_curve_table(metrics).value
+    assert [r.data["epoch"] for r in table.records] == [1, 2, 3, 4]
+    assert [c.name for c in table.schema.columns] == ["epoch", "train_loss", "val_loss"]
+
+    ok, warning = loss_gap_check({"train_loss": 1.0, "val_loss": 1.5})
+    assert ok.passed and warning is None and ok.severity == dg.AssetCheckSeverity.WARN
+    bad, warning = loss_gap_check({"train_loss": 1.17, "val_loss": 5.6})  # the demo's gap (issue 14)
+    assert not bad.passed and bad.severity == dg.AssetCheckSeverity.WARN
+    assert "4.79x" in warning and bad.metadata["val_train_ratio"].value == pytest.approx(4.786, abs=1e-3)
+    none, warning = loss_gap_check({})
+    assert none.passed and warning is None
