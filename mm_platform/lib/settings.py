@@ -49,12 +49,18 @@ ENV_DOC: dict[str, str] = {
     "MM_STREAM_TOLERANCE": "as-of join tolerance of stream readings, e.g. 30s, 5m, 1h (default 5m)",
     "MM_STREAM_TOLERANCES": "per-stream tolerances overriding the default, e.g. telemetry=10m,weather=1h",
     "MM_STREAM_STRATEGY": "backward (last reading before the record) | forward | nearest (default backward)",
+    "MM_SERVE_URL": "base URL of the explorer (mm-platform serve) linked from the Dagster UI (default http://127.0.0.1:8765)",
 }
 
 
 def _env(env: Mapping[str, str], key: str, default: str = "") -> str:
     value = env.get(key, "")
     return value if value.strip() else default
+
+
+def serve_url(env: Mapping[str, str] | None = None) -> str:
+    """Base URL of the explorer service, without a trailing slash (``MM_SERVE_URL``)."""
+    return _env(os.environ if env is None else env, "MM_SERVE_URL", "http://127.0.0.1:8765").rstrip("/")
 
 
 @dataclass(frozen=True)
