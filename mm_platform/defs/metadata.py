@@ -55,3 +55,25 @@ def preview(df: pl.DataFrame, columns: Sequence[str] | None = None, n: int = 5) 
 def counts(series: pl.Series) -> dict[str, int]:
     vc = series.value_counts(sort=True)
     return {str(r[0]): int(r[1]) for r in vc.iter_rows()}
+
+
+OWNERS = ["team:mm-platform"]
+MODALITIES = ("text", "image", "audio", "tabular")
+
+
+def ui_spec(spec: dg.AssetSpec) -> dg.AssetSpec:
+    """Owner ``team:mm-platform`` and ``layer`` / ``modality`` tags on an asset (the UI filters by them).
+
+    ``layer`` defaults to the asset's group; ``modality`` is the modality named in its name
+    (``raw_text``, ``raw_images``, ``image_embeddings``), else ``multimodal``. Tags an asset already sets are kept."""
+    name = spec.key.path[-1]
+    tokens = set(name.split("_"))
+    modality = next((m for m in MODALITIES if m in tokens or f"{m}s" in tokens), "multimodal")
+    tags = {"layer": spec.group_name or "default", "modality": modality, **(spec.tags or {})}
+    owners = list(dict.fromkeys([*(spec.owners or []), *OWNERS]))
+    return spec.replace_attributes(owners=owners, tags=tags)
+
+
+def with_ui_attributes(assets: Sequence) -> list:
+    """``assets`` with :func:`ui_spec` applied to every spec."""
+    return list(dg.map_asset_specs(ui_spec, list(assets)))

@@ -98,3 +98,16 @@ def test_alignment_records_loss_curves_and_warns_on_a_large_gap():
     assert "4.79x" in warning and bad.metadata["val_train_ratio"].value == pytest.approx(4.786, abs=1e-3)
     none, warning = loss_gap_check({})
     assert none.passed and warning is None
+
+
+def test_every_asset_has_owner_and_layer_and_modality_tags():
+    from mm_platform.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert "team:mm-platform" in node.owners, key
+        assert node.tags.get("layer") and node.tags.get("modality"), key
+    assert graph.get(dg.AssetKey("raw_images")).tags["modality"] == "image"
+    assert graph.get(dg.AssetKey("audio_embeddings")).tags["modality"] == "audio"
+    assert graph.get(dg.AssetKey("text_embeddings")).tags["layer"] == "embeddings"
