@@ -77,3 +77,34 @@ def ui_spec(spec: dg.AssetSpec) -> dg.AssetSpec:
 def with_ui_attributes(assets: Sequence) -> list:
     """``assets`` with :func:`ui_spec` applied to every spec."""
     return list(dg.map_asset_specs(ui_spec, list(assets)))
+
+
+def _table_type(dtype: pl.DataType) -> str:
+    if dtype.is_integer():
+        return "int"
+    if dtype.is_float():
+        return "float"
+    if dtype == pl.Boolean:
+        return "bool"
+    return "string"
+
+
+def _table_value(value: object) -> str | int | float | bool | None:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return float(f"{value:.4g}")  # 4 significant digits
+    if isinstance(value, list | tuple):
+        return f"[{len(value)} items]" if len(value) > 6 else ", ".join(map(str, value))
+    return str(value)
+
+
+def table(df: pl.DataFrame, columns: Sequence[str] | None = None, n: int = 20) -> dg.MetadataValue:
+    """A ``MetadataValue.table`` of the first ``n`` rows with a column schema; floats rounded to 4
+    significant digits, text kept whole (the UI renders it as text, not markdown)."""
+    cols = [c for c in (columns or df.columns) if c in df.columns]
+    head = df.select(cols).head(n)
+    schema = dg.TableSchema(columns=[dg.TableColumn(c, _table_type(head.schema[c])) for c in cols])
+    records = [dg.TableRecord({c: _table_value(v) for c, v in zip(cols, row, strict=True)})
+               for row in head.iter_rows()]
+    return dg.MetadataValue.table(records, schema=schema)

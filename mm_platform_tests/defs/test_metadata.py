@@ -111,3 +111,16 @@ def test_every_asset_has_owner_and_layer_and_modality_tags():
     assert graph.get(dg.AssetKey("raw_images")).tags["modality"] == "image"
     assert graph.get(dg.AssetKey("audio_embeddings")).tags["modality"] == "audio"
     assert graph.get(dg.AssetKey("text_embeddings")).tags["layer"] == "embeddings"
+
+
+def test_table_metadata_has_a_schema_rounds_floats_and_keeps_text_whole():
+    from mm_platform.defs.metadata import table
+
+    long = "a label that is much longer than the forty-eight characters of a markdown preview cell"
+    df = pl.DataFrame({"strategy": [long, "late"], "macro_f1": [0.123456789, None], "n": [3, 4],
+                       "v": [[0.1] * 10, [0.2]]})
+    value = table(df).value
+    assert [(c.name, c.type) for c in value.schema.columns] == [
+        ("strategy", "string"), ("macro_f1", "float"), ("n", "int"), ("v", "string")]
+    assert value.records[0].data == {"strategy": long, "macro_f1": 0.1235, "n": 3, "v": "[10 items]"}
+    assert value.records[1].data["macro_f1"] is None and value.records[1].data["v"] == "0.2"
