@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_WORKERS ?= 2
 XDIST := -n $(PYTEST_WORKERS) --dist loadfile
 
-.PHONY: setup demo test test-fast ui serve bench lint clean
+.PHONY: setup demo test test-fast ui serve check-defs bench lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ ui: setup ## the Dagster UI + daemon (sensors, automation) on a project-local DA
 
 serve: setup ## the search and cluster explorer at http://127.0.0.1:8765
 	$(BIN)/mm-platform serve
+
+check-defs: setup ## the code location loads and validates (what `dg check defs` checks); for CI
+	$(BIN)/dagster definitions validate -w workspace.yaml
 
 bench: setup ## benchmarks that print ratios measured in one run
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_ingest.py

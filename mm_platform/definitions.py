@@ -19,6 +19,7 @@ from mm_platform.defs.embeddings import assets as embedding_assets
 from mm_platform.defs.fusion import assets as fusion_assets
 from mm_platform.defs.ingest import assets as ingest_assets
 from mm_platform.defs.ingest.sensors import DEFAULT_MAX_BATCHES_PER_TICK, build_landing_sensor
+from mm_platform.defs.metadata import with_ui_attributes
 from mm_platform.defs.jobs import batch_ingest_job, nightly_recluster_schedule, recluster_job, refresh_job
 from mm_platform.defs.resources import build_resources
 from mm_platform.defs.sql_models.assets import build_sql_model_assets
@@ -27,13 +28,13 @@ from mm_platform.defs.vector_index import assets as vector_assets
 
 
 def build_definitions() -> dg.Definitions:
-    assets = [
+    assets = with_ui_attributes([
         *dg.load_assets_from_modules(
             [ingest_assets, stream_assets, embedding_assets, fusion_assets, alignment_assets, cluster_assets,
              classifier_assets, vector_assets]
         ),
         *build_sql_model_assets(),
-    ]
+    ])
     return dg.Definitions(
         assets=assets,
         asset_checks=dg.load_asset_checks_from_modules([cluster_checks]),

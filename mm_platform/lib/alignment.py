@@ -607,7 +607,8 @@ def train_alignment(
     Returns:
         ``(model, metrics)`` with ``train_loss`` (mean batch loss of the last epoch; with ``epochs=0`` the loss
         of the untrained heads on the training rows), ``val_loss`` (same batching over validation rows, None
-        without validation rows), ``n_train``, ``n_val``, ``pairs`` (``"a|b"`` trained), ``epochs`` (epochs
+        without validation rows), ``train_loss_curve`` / ``val_loss_curve`` (per epoch; empty without
+        training, the latter also without validation rows), ``n_train``, ``n_val``, ``pairs`` (``"a|b"`` trained), ``epochs`` (epochs
         actually run), ``seconds``, ``retrieval`` (``{"a->b": retrieval_recall(...) on validation rows having
         both, for k in (1, 5, 10)}`` for every kept pair, anchor pairs included, with ``label_recall@10`` when
         labels are given), ``mean_recall@1`` / ``mean_recall@10`` (mean over ordered pairs, None without any),
@@ -645,6 +646,8 @@ def train_alignment(
     Xt = {m: torch.from_numpy(X[m]) for m in used}
     Pt = {m: torch.from_numpy(P[m]) for m in used}
     train_loss: float | None = None
+    train_curve: list[float | None] = []
+    val_curve: list[float | None] = []
     with _training_context():
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
@@ -677,6 +680,13 @@ def train_alignment(
                     sched.step()
                     epoch_losses.append(float(loss.detach()))
                 train_loss = float(np.mean(epoch_losses)) if epoch_losses else None
+                train_curve.append(train_loss)
+                if val_idx.size:  # eval mode: no dropout, no RNG draws, so the trained weights are unchanged
+                    for head in heads.values():
+                        head.eval()
+                    val_curve.append(_mean_loss(heads, Xt, Pt, trained_pairs, val_idx, config))
+                    for head in heads.values():
+                        head.train()
             for head in heads.values():
                 head.eval()
         else:
@@ -702,6 +712,8 @@ def train_alignment(
     metrics: dict[str, Any] = {
         "train_loss": train_loss,
         "val_loss": val_loss,
+        "train_loss_curve": train_curve,
+        "val_loss_curve": val_curve,
         "n_train": int(train_idx.size),
         "n_val": int(val_idx.size),
         "n_usable": int(usable.size),

@@ -51,12 +51,18 @@ ENV_DOC: dict[str, str] = {
     "MM_STREAM_STRATEGY": "backward (last reading before the record) | forward | nearest (default backward)",
     "MM_SERVE_TOKEN": "token `mm-platform serve` requires (Bearer header, ?token= or cookie); needed to bind beyond 127.0.0.1",
     "MM_SERVE_QDRANT_IDLE_S": "seconds `mm-platform serve` keeps embedded Qdrant open after a request (default 2)",
+    "MM_SERVE_URL": "base URL of the explorer (mm-platform serve) linked from the Dagster UI (default http://127.0.0.1:8765)",
 }
 
 
 def _env(env: Mapping[str, str], key: str, default: str = "") -> str:
     value = env.get(key, "")
     return value if value.strip() else default
+
+
+def serve_url(env: Mapping[str, str] | None = None) -> str:
+    """Base URL of the explorer service, without a trailing slash (``MM_SERVE_URL``)."""
+    return _env(os.environ if env is None else env, "MM_SERVE_URL", "http://127.0.0.1:8765").rstrip("/")
 
 
 @dataclass(frozen=True)

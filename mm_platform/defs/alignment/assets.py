@@ -24,6 +24,43 @@ from mm_platform.lib.corpus import Corpus, load_alignment, load_corpus, save_ali
 
 #: Fewer records with two or more modalities than this: no model is trained (the metadata says why).
 MIN_ALIGNMENT_ROWS = 20
+#: Validation loss more than this many times the training loss: the model overfits (a WARN check + warning).
+MAX_VAL_TRAIN_LOSS_RATIO = 2.0
+LOSS_GAP_CHECK = "validation_loss_close_to_training"
+
+
+def loss_gap_check(metrics: dict) -> tuple[dg.AssetCheckResult, str | None]:
+    """WARN check (and a warning text) when validation loss is far above training loss."""
+    train, val = metrics.get("train_loss"), metrics.get("val_loss")
+    ratio = float(val) / float(train) if train and val is not None and train > 0 else None
+    warning = None
+    if ratio is not None and ratio > MAX_VAL_TRAIN_LOSS_RATIO:
+        warning = (f"validation loss {val:.4g} is {ratio:.3g}x the training loss {train:.4g} "
+                   f"(> {MAX_VAL_TRAIN_LOSS_RATIO:g}x): the heads overfit the training records; more records "
+                   "with several modalities or fewer epochs (MM_ALIGNMENT_EPOCHS) help")
+    return dg.AssetCheckResult(
+        check_name=LOSS_GAP_CHECK,
+        passed=warning is None,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=warning or (f"val/train loss ratio {ratio:.3g} <= {MAX_VAL_TRAIN_LOSS_RATIO:g}"
+                                if ratio is not None else "no validation or training loss to compare"),
+        metadata={"batch_id": "all (global)", "train_loss": train, "val_loss": val,
+                  "val_train_ratio": None if ratio is None else round(ratio, 4),
+                  "max_ratio": MAX_VAL_TRAIN_LOSS_RATIO},
+    ), warning
+
+
+def loss_curve_table(metrics: dict) -> dg.MetadataValue:
+    """Per-epoch training and validation loss as a table (4 significant digits)."""
+    train, val = metrics.get("train_loss_curve") or [], metrics.get("val_loss_curve") or []
+
+    def r(v):
+        return None if v is None else float(f"{v:.4g}")
+    rows = [dg.TableRecord({"epoch": i + 1, "train_loss": r(t), "val_loss": r(val[i] if i < len(val) else None)})
+            for i, t in enumerate(train)]
+    schema = dg.TableSchema(columns=[dg.TableColumn("epoch", "int"), dg.TableColumn("train_loss", "float"),
+                                     dg.TableColumn("val_loss", "float")])
+    return dg.MetadataValue.table(rows, schema=schema)
 
 
 def alignment_config(pipeline: PipelineConfigResource, corpus: Corpus) -> AlignmentConfig:
@@ -51,6 +88,9 @@ def _recall_table(retrieval: dict) -> str:
     kinds={"pytorch", "safetensors"},
     tags={"layer": "alignment"},
     automation_condition=RECLUSTER_AUTOMATION,
+    check_specs=[dg.AssetCheckSpec(LOSS_GAP_CHECK, asset="alignment_model", description=(
+        "All batches (global model): the validation loss of the alignment heads is at most "
+        f"{MAX_VAL_TRAIN_LOSS_RATIO:g}x their training loss (WARN otherwise: the heads overfit)."))],
 )
 def alignment_model(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline: PipelineConfigResource
@@ -68,15 +108,21 @@ def alignment_model(
     if multi < MIN_ALIGNMENT_ROWS:
         note = f"{multi} records with two or more modalities; at least {MIN_ALIGNMENT_ROWS} are needed"
         context.log.warning(f"no alignment model trained: {note}")
-        return dg.MaterializeResult(metadata={"trained": False, "note": note})
+        return dg.MaterializeResult(metadata={"trained": False, "note": note}, check_results=[loss_gap_check({})[0]])
     model, metrics = train_alignment(corpus.blocks, corpus.present, alignment_config(pipeline, corpus),
                                      labels=corpus.labels)
     path = save_alignment(lake, model, corpus, metrics)
     retrieval = metrics.get("retrieval", {})
     context.log.info(f"alignment model {model.version}: mean recall@10 {metrics.get('mean_recall@10')}")
+    gap_check, warning = loss_gap_check(metrics)
+    if warning:
+        context.log.warning(warning)
     return dg.MaterializeResult(
+        check_results=[gap_check],
         metadata={
             "trained": True,
+            "warning": warning or "",
+            "loss_curves": loss_curve_table(metrics),
             "version": model.version,
             "path": str(path),
             "modalities": list(model.modalities),

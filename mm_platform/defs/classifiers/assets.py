@@ -17,7 +17,7 @@ from mm_platform.defs.automation import RECLUSTER_AUTOMATION
 from mm_platform.defs.embeddings.assets import audio_embeddings, image_embeddings, tabular_embeddings, text_embeddings
 from mm_platform.defs.fusion.assets import fused_vectors
 from mm_platform.defs.ingest.assets import aligned_records
-from mm_platform.defs.metadata import preview
+from mm_platform.defs.metadata import preview, table
 from mm_platform.defs.resources import PipelineConfigResource, WarehouseResource
 from mm_platform.lib.classify import InsufficientLabels, evaluate_classifiers
 from mm_platform.lib.corpus import load_corpus
@@ -98,7 +98,7 @@ def classifiers(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
             "learned_modality_weights": next((m["weights"] for m in metrics if m.get("weights")), {}),
             "n_labelled": metrics[0]["n_labelled"],
             "notes": sorted({n for m in metrics for n in m.get("notes", [])}),
-            "preview": preview(mdf, ["strategy", "macro_f1", "macro_f1_std", "accuracy"], n=8),
+            "metrics": table(mdf, ["strategy", "macro_f1", "macro_f1_std", "accuracy"], n=mdf.height),
         },
     )
     yield dg.MaterializeResult(

@@ -20,7 +20,7 @@ from mm_platform.defs.automation import GLOBAL_AUTOMATION, RECLUSTER_AUTOMATION
 from mm_platform.defs.embeddings.assets import audio_embeddings, image_embeddings, tabular_embeddings, text_embeddings
 from mm_platform.defs.fusion.assets import EMBEDDING_TABLES, fused_vectors
 from mm_platform.defs.ingest.assets import aligned_records, raw_records, raw_text
-from mm_platform.defs.metadata import preview
+from mm_platform.defs.metadata import md_escape, preview
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import EncodersResource, PipelineConfigResource, WarehouseResource
 from mm_platform.lib.cluster_stability import ClusterModel, apply_mapping, build_model, fit_projection, match_cluster_ids
@@ -39,6 +39,7 @@ from mm_platform.lib.clustering import (
 from mm_platform.lib.embedding_map import png_markdown, project_2d, scatter_png
 from mm_platform.lib.corpus import Corpus, early_matrix, load_alignment, load_corpus, shared_mean_matrix
 from mm_platform.lib.lake import Lake
+from mm_platform.lib.settings import serve_url
 from mm_platform.lib.ledger import fused_fingerprint
 
 CLUSTER_MODEL_FILE = "_models/cluster_model.npz"
@@ -416,7 +417,8 @@ def cluster_summary(
         metadata={
             "dagster/row_count": df.height,
             "clusters": dg.MetadataValue.md("\n".join(
-                f"- **{r['cluster_id']}** ({r['size']}): {r['name']} — e.g. {', '.join(r['representative_record_ids'])}"
+                f"- **{r['cluster_id']}** ({r['size']}): {md_escape(r['name'])} — e.g. "
+                f"{', '.join(md_escape(i) for i in r['representative_record_ids'])}"
                 for r in df.iter_rows(named=True))),
             "preview": preview(df, ["cluster_id", "name", "size", "top_terms", "text_coverage", "image_coverage",
                                     "audio_coverage", "tabular_coverage"]),
@@ -428,7 +430,7 @@ MAP_FILE = "_reports/embedding_map.png"
 
 
 @dg.asset(
-    deps=[clusters, cluster_assignments, fused_vectors, aligned_records],
+    deps=[clusters, cluster_summary, cluster_assignments, fused_vectors, aligned_records],
     group_name="clusters",
     kinds={"scikitlearn", "parquet"},
     tags={"layer": "clusters"},
@@ -457,7 +459,10 @@ def embedding_map(
         "run_id": model.run_id if model else None,
     }, schema_overrides={"cluster_id": pl.Int32, "label": pl.String, "run_id": pl.String})
     lake.write_global("embedding_map", df)
-    png = scatter_png(coords, df["cluster_id"].to_list(), lake.root / MAP_FILE,
+    names = dict(lake.read_table("cluster_summary").select("cluster_id", "name").iter_rows())
+    width = len(str(max(cl.values(), default=0)))
+    legend = [c if c < 0 or c not in names else f"{c:0{width}d} {names[c]}" for c in df["cluster_id"].to_list()]
+    png = scatter_png(coords, legend, lake.root / MAP_FILE,
                       title=f"{len(ids)} records, {pipeline.map_method.upper()} of {spec}, coloured by cluster")
     return dg.MaterializeResult(
         metadata={
@@ -466,5 +471,6 @@ def embedding_map(
             "space": spec,
             "png_path": str(png),
             "map": dg.MetadataValue.md(png_markdown(png, "embedding map coloured by cluster")),
+            "explorer": dg.MetadataValue.url(f"{serve_url()}/map"),
         }
     )

@@ -15,7 +15,8 @@ def clusters_cover_fused_vectors(warehouse: WarehouseResource) -> dg.AssetCheckR
     extra = set(assigned) - fused
     return dg.AssetCheckResult(
         passed=not missing and not extra,
-        metadata={"fused": len(fused), "assigned": len(assigned), "missing": sorted(missing)[:20],
+        description="all batches (current state): every current fused vector has exactly one current cluster",
+        metadata={"batch_id": "all (global)", "fused": len(fused), "assigned": len(assigned), "missing": sorted(missing)[:20],
                   "not_current": sorted(extra)[:20]},
     )
 
@@ -25,4 +26,5 @@ def summary_sizes_match(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     lake = warehouse.lake
     total = int(lake.read_table("cluster_summary")["size"].sum() or 0)
     n = lake.current_clusters().height
-    return dg.AssetCheckResult(passed=total == n, metadata={"summary_total": total, "clustered": n})
+    return dg.AssetCheckResult(passed=total == n, description="all batches (current state): summary sizes add up to the clustered records",
+        metadata={"batch_id": "all (global)", "summary_total": total, "clustered": n})

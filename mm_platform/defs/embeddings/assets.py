@@ -8,7 +8,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from mm_platform.defs.embeddings.checks import VECTORS_VALID, vectors_valid
+from mm_platform.defs.embeddings.checks import VECTORS_VALID, VECTORS_VALID_DESCRIPTION, vectors_valid
 from mm_platform.defs.ingest.assets import raw_audio, raw_images, raw_tabular, raw_text, tabular_state_dir
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.partitions import batches_partitions
@@ -122,7 +122,7 @@ def embed_partition(
                                     lambda rows: encode(src, rows))
     df = embedding_frame(src, content_col, vectors, encoder.info, hit)
     lake.write_partition(table, batch_id, df)
-    check = vectors_valid(df, set(src["record_id"].to_list()), table)
+    check = vectors_valid(df, set(src["record_id"].to_list()), table, batch_id)
     return _result(df, encoder.info, check, encoders.encoders.profile)
 
 
@@ -132,7 +132,7 @@ def embed_partition(
     group_name="embeddings",
     kinds={"pytorch", "parquet"},
     tags={"layer": "embeddings"},
-    check_specs=[dg.AssetCheckSpec(VECTORS_VALID, asset="text_embeddings")],
+    check_specs=[dg.AssetCheckSpec(VECTORS_VALID, description=VECTORS_VALID_DESCRIPTION, asset="text_embeddings")],
 )
 def text_embeddings(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, encoders: EncodersResource
@@ -156,7 +156,7 @@ def text_embeddings(
     group_name="embeddings",
     kinds={"pytorch", "parquet"},
     tags={"layer": "embeddings"},
-    check_specs=[dg.AssetCheckSpec(VECTORS_VALID, asset="image_embeddings")],
+    check_specs=[dg.AssetCheckSpec(VECTORS_VALID, description=VECTORS_VALID_DESCRIPTION, asset="image_embeddings")],
 )
 def image_embeddings(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, encoders: EncodersResource
@@ -179,7 +179,7 @@ def image_embeddings(
     group_name="embeddings",
     kinds={"pytorch", "parquet"},
     tags={"layer": "embeddings"},
-    check_specs=[dg.AssetCheckSpec(VECTORS_VALID, asset="audio_embeddings")],
+    check_specs=[dg.AssetCheckSpec(VECTORS_VALID, description=VECTORS_VALID_DESCRIPTION, asset="audio_embeddings")],
 )
 def audio_embeddings(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, encoders: EncodersResource,
@@ -217,7 +217,7 @@ class TabularEncoder:
     group_name="embeddings",
     kinds={"numpy", "parquet"},
     tags={"layer": "embeddings"},
-    check_specs=[dg.AssetCheckSpec(VECTORS_VALID, asset="tabular_embeddings")],
+    check_specs=[dg.AssetCheckSpec(VECTORS_VALID, description=VECTORS_VALID_DESCRIPTION, asset="tabular_embeddings")],
 )
 def tabular_embeddings(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, encoders: EncodersResource
@@ -239,7 +239,7 @@ def tabular_embeddings(
         why = "no fitted tabular encoder" if state is None else "the tabular encoder has no usable field"
         return dg.MaterializeResult(metadata={"dagster/row_count": 0, "note": why},
                                     check_results=[vectors_valid(df, set(src["record_id"].to_list()),
-                                                                "tabular_embeddings")])
+                                                                "tabular_embeddings", context.partition_key)])
     encoder = TabularEncoder(state)
     return embed_partition(
         context, warehouse, encoders, table="tabular_embeddings", source="raw_tabular",

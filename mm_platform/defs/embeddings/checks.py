@@ -7,9 +7,15 @@ import numpy as np
 import polars as pl
 
 VECTORS_VALID = "vectors_valid"
+VECTORS_VALID_DESCRIPTION = (
+    "One embedding row per input record of the batch, no duplicates, finite values, unit L2 norm and a "
+    "single dimension."
+)
 
 
-def vectors_valid(df: pl.DataFrame, expected_ids: set[str], asset: str) -> dg.AssetCheckResult:
+def vectors_valid(
+    df: pl.DataFrame, expected_ids: set[str], asset: str, batch_id: str | None = None
+) -> dg.AssetCheckResult:
     """One row per expected record, no duplicates, finite values, unit L2 norm, one dimension."""
     ids = df["record_id"].to_list()
     problems: list[str] = []
@@ -34,5 +40,8 @@ def vectors_valid(df: pl.DataFrame, expected_ids: set[str], asset: str) -> dg.As
         check_name=VECTORS_VALID,
         asset_key=asset,
         passed=not problems,
-        metadata={"rows": df.height, "expected": len(expected_ids), "dims": dims, "problems": problems},
+        description=f"batch {batch_id}: one unit-norm, finite vector per record of {asset}"
+        if batch_id else f"one unit-norm, finite vector per record of {asset}",
+        metadata={"batch_id": batch_id or "", "rows": df.height, "expected": len(expected_ids), "dims": dims,
+                  "problems": problems},
     )

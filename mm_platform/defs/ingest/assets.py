@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from mm_platform.defs.ingest.checks import EVERY_LINE_ACCOUNTED, every_line_accounted
+from mm_platform.defs.ingest.checks import EVERY_LINE_ACCOUNTED, EVERY_LINE_ACCOUNTED_DESCRIPTION, every_line_accounted
 from mm_platform.defs.metadata import counts, preview
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import LandingResource, WarehouseResource
@@ -399,7 +399,8 @@ def aligned_records(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     group_name="raw",
     kinds={"python", "parquet"},
     tags={"layer": "raw"},
-    check_specs=[dg.AssetCheckSpec(EVERY_LINE_ACCOUNTED, asset="rejected_records")],
+    check_specs=[dg.AssetCheckSpec(EVERY_LINE_ACCOUNTED, asset="rejected_records",
+                                 description=EVERY_LINE_ACCOUNTED_DESCRIPTION)],
 )
 def rejected_records(
     context: dg.AssetExecutionContext, landing: LandingResource, warehouse: WarehouseResource
@@ -414,7 +415,7 @@ def rejected_records(
     lake.write_partition("rejected_records", batch_id, df)
     aligned = lake.read_partition("aligned_records", batch_id)
     deletes = lake.read_partition("raw_records", batch_id).filter(pl.col("op") == "delete")
-    check = every_line_accounted(landing.batch_dir(batch_id), aligned, df, deletes)
+    check = every_line_accounted(landing.batch_dir(batch_id), aligned, df, deletes, batch_id)
     lines = df.filter(pl.col("line_number") > 0)
     return dg.MaterializeResult(
         metadata={

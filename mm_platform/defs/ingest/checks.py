@@ -10,6 +10,10 @@ import polars as pl
 from mm_platform.lib.manifest import MANIFEST_NAME
 
 EVERY_LINE_ACCOUNTED = "every_line_accounted"
+EVERY_LINE_ACCOUNTED_DESCRIPTION = (
+    "Every non-blank line of the batch manifest ends up in aligned_records, in rejected_records (with a "
+    "reason), or is a delete: nothing a producer sent disappears silently."
+)
 
 
 def manifest_line_numbers(batch_dir: Path) -> set[int]:
@@ -19,7 +23,7 @@ def manifest_line_numbers(batch_dir: Path) -> set[int]:
 
 
 def every_line_accounted(
-    batch_dir: Path, aligned: pl.DataFrame, rejected: pl.DataFrame, deletes: pl.DataFrame
+    batch_dir: Path, aligned: pl.DataFrame, rejected: pl.DataFrame, deletes: pl.DataFrame, batch_id: str | None = None
 ) -> dg.AssetCheckResult:
     """Every non-blank manifest line is in ``aligned_records``, in ``rejected_records``, or is a delete."""
     lines = manifest_line_numbers(batch_dir)
@@ -29,15 +33,17 @@ def every_line_accounted(
         | set(deletes["line_number"].to_list())
     )
     missing = sorted(lines - seen)
+    batch_id = batch_id or batch_dir.name
     return dg.AssetCheckResult(
         check_name=EVERY_LINE_ACCOUNTED,
         passed=not missing,
         metadata={
+            "batch_id": batch_id,
             "manifest_lines": len(lines),
             "aligned_lines": aligned.height,
             "rejected_lines": len(set(rejected["line_number"].to_list())),
             "delete_lines": deletes.height,
             "unaccounted_lines": missing[:50],
         },
-        description="every manifest line ends up aligned, rejected (with a reason), or is a delete",
+        description=f"batch {batch_id}: every manifest line ends up aligned, rejected (with a reason), or is a delete",
     )
