@@ -72,13 +72,13 @@ def main() -> None:
 
     metrics = lake.read_table("cluster_metrics")
     rows = {r["space"]: r for r in metrics.iter_rows(named=True)}
-    order = [*SINGLE, "fused:text+image", "fused:early", "fused:shared_mean"]
+    order = [*SINGLE, "fused:text+image", "fused:early", "fused:early_evidence", "fused:shared_mean"]
     print("1. Cluster quality against the labels (K-Means, k by silhouette, PCA-16; cluster_metrics)")
     print(table([{"space": s, "k": rows[s]["k"], "nmi": rows[s]["nmi"], "ari": rows[s]["ari"],
                   "silhouette": rows[s]["silhouette"], "agreement_with_fused": rows[s]["agreement_nmi"]}
                  for s in order if s in rows], ["space", "k", "nmi", "ari", "silhouette", "agreement_with_fused"]))
     best_single = max(rows[s]["nmi"] for s in SINGLE if s in rows)
-    best_fusion = max(rows[s]["nmi"] for s in ("fused:early", "fused:shared_mean") if s in rows)
+    best_fusion = max(rows[s]["nmi"] for s in ("fused:early", "fused:early_evidence", "fused:shared_mean") if s in rows)
     four_vs_two = rows["fused:early"]["nmi"] - rows["fused:text+image"]["nmi"]
 
     pointer = json.loads((lake.root / "_models" / "alignment" / "current.json").read_text())

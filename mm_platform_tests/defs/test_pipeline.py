@@ -190,7 +190,9 @@ def test_global_layer_clusters_summaries_payloads_and_sql(ingested, paths, insta
         assert sum(json.loads(row["label_counts_json"]).values()) == row["size"]
     metrics = lake.read_table("cluster_metrics")
     assert set(metrics["space"]) == {"fused", "text", "image", "audio", "tabular", "fused:early",
-                                     "fused:text+image", "fused:shared_mean"}
+                                     "fused:text+image", "fused:shared_mean", "fused:early_evidence"}
+    ev = metrics.filter(pl.col("space") == "fused:early_evidence")
+    assert ev.height == 1 and ev["k"][0] == 4
     agreement = dict(metrics.select("space", "agreement_nmi").iter_rows())
     assert agreement["fused"] == 1.0 and all(0 <= agreement[m] <= 1 for m in ("text", "image", "audio"))
     assert metrics.filter(pl.col("space") == "fused")["nmi"][0] is not None

@@ -9,6 +9,7 @@
 """
 
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -41,6 +42,7 @@ from mm_platform.lib.corpus import Corpus, early_matrix, load_alignment, load_co
 from mm_platform.lib.lake import Lake
 from mm_platform.lib.settings import serve_url
 from mm_platform.lib.ledger import fused_fingerprint
+from mm_platform.lib.modality_weights import evidence_weights
 
 CLUSTER_MODEL_FILE = "_models/cluster_model.npz"
 #: New records further than this quantile of the members' distances are outliers under HDBSCAN.
@@ -224,6 +226,14 @@ def clusters(
     for modality in corpus.modalities():
         rows = np.flatnonzero(corpus.present[modality])
         compared[modality] = ([corpus.record_ids[i] for i in rows], corpus.blocks[modality][rows])
+    # evidence weights (mutual kNN agreement between modalities, no labels): compared as its own space
+    t_weights = time.perf_counter()
+    evidence = evidence_weights({m: corpus.blocks[m] for m in corpus.modalities()}, seed=pipeline.seed)
+    weights_s = time.perf_counter() - t_weights
+    if len(corpus.modalities()) > 1:
+        X_ev = early_matrix(corpus, evidence.weights)
+        keep_ev = np.flatnonzero(np.linalg.norm(X_ev, axis=1) > 0)
+        compared["fused:early_evidence"] = ([corpus.record_ids[i] for i in keep_ev], X_ev[keep_ev])
     modality_rows = []
     for space, (s_ids, s_X) in compared.items():
         if len(s_ids) < 3:
@@ -263,7 +273,10 @@ def clusters(
         "retired_cluster_ids": mapping.retired_ids,
         "run_id": run_id,
         "per_space": dg.MetadataValue.json(per_space),
+        "evidence_weights": dg.MetadataValue.json({**evidence.as_dict(), "seconds": round(weights_s, 4)}),
     }
+    if evidence.zeroed:
+        md["modalities_weighted_zero"] = ", ".join(evidence.zeroed)
     for space, vals in per_space.items():
         if vals.get("nmi") is not None:
             md[f"nmi_{space}"] = vals["nmi"]
