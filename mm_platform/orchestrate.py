@@ -123,6 +123,18 @@ def reap_dead_runs(instance: dg.DagsterInstance, echo: Callable[[str], None] = p
     return reaped
 
 
+def _daemon_batch_runs(instance: dg.DagsterInstance) -> dict[str, str]:
+    """batch id -> run id of the batch runs queued or running that no CLI executes (launched by the daemon)."""
+    from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+
+    statuses = [DagsterRunStatus[s] for s in (*ACTIVE_STATUSES, "QUEUED")]
+    heartbeats = instance.get_daemon_heartbeats().values()
+    if not any(time.time() - hb.timestamp < 120 for hb in heartbeats):
+        return {}  # no daemon alive: nothing launched by it is running (run monitoring fails them once it's back)
+    runs = instance.get_runs(filters=RunsFilter(job_name="batch_ingest_job", statuses=statuses))
+    return {r.tags["mm/batch_id"]: r.run_id for r in runs if "mm/pid" not in r.tags and "mm/batch_id" in r.tags}
+
+
 def pool_wait_s() -> float:
     raw = os.environ.get("MM_POOL_WAIT_S", "").strip()
     return float(raw) if raw else DEFAULT_POOL_WAIT_S
@@ -154,8 +166,13 @@ class _Watchdog(threading.Thread):
         self.join(timeout=5)
 
     def _fire(self, reason: str) -> None:
+        """Raise KeyboardInterrupt in the main thread. Not by a signal: during execution Dagster maps SIGINT and
+        SIGTERM to a handler that only records them, and its in-process executor never looks at the record."""
+        import ctypes
+
         self.reason = reason
-        os.kill(os.getpid(), signal.SIGTERM)  # our handler raises KeyboardInterrupt in the main thread
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.main_thread().ident),
+                                                   ctypes.py_object(KeyboardInterrupt))
 
     def _waiting_on(self) -> tuple[str, set[str]] | None:
         storage = self.instance.event_log_storage
@@ -172,7 +189,7 @@ class _Watchdog(threading.Thread):
         next_pool_check = 0.0
         while not self._stop_event.wait(self.interval):
             if check_captured_interrupt():
-                return self._fire("interrupted (SIGINT)")
+                return self._fire("interrupted (SIGINT/SIGTERM)")
             now = time.monotonic()
             if now < next_pool_check:
                 continue
@@ -232,7 +249,7 @@ def _crash_hook(instance: dg.DagsterInstance) -> None:
     instance._mm_crash_hook = True
 
 
-def execute_job(job_name: str, instance: dg.DagsterInstance, echo: Callable[[str], None], *,
+def execute_job(job_name: str | dg.JobDefinition, instance: dg.DagsterInstance, echo: Callable[[str], None], *,
                 tags: dict[str, str], **kwargs) -> dg.ExecuteInProcessResult:
     """``execute_in_process`` with our process tags, the pool-wait deadline and interruptibility.
 
@@ -249,7 +266,8 @@ def execute_job(job_name: str, instance: dg.DagsterInstance, echo: Callable[[str
     with _terminate_raises() as state:
         watchdog.start()
         try:
-            result = defs.resolve_job_def(job_name).execute_in_process(
+            job = defs.resolve_job_def(job_name) if isinstance(job_name, str) else job_name
+            result = job.execute_in_process(
                 instance=instance, raise_on_error=False, run_id=run_id,
                 tags={**tags, **process_tags()}, **kwargs)
         except KeyboardInterrupt:
@@ -399,6 +417,11 @@ def _ingest_locked(paths: Paths, instance: dg.DagsterInstance, batch_ids: list[s
         todo = [complete[b] for b in batch_ids if force or b in pending]
     else:
         todo = [b for b in complete.values() if force or b.batch_id in pending]
+    in_flight = _daemon_batch_runs(instance)
+    for b in [b for b in todo if b.batch_id in in_flight]:
+        echo(f"batch {b.batch_id}: run {in_flight[b.batch_id]} launched by the daemon (dagster dev) is ingesting "
+             "it; skipped (run ingest again after it ends)")
+    todo = [b for b in todo if b.batch_id not in in_flight]
     report = IngestReport()
     known = set(instance.get_dynamic_partitions(batches_partitions.name))
     new = [b.batch_id for b in todo if b.batch_id not in known]

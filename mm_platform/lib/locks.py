@@ -107,6 +107,15 @@ class IngestLock:
                 raise TimeoutError(f"ingest lock {self.path} still held by pid {holder} after {timeout:.0f}s")
             time.sleep(poll)
 
+    def busy(self) -> int | None:
+        """Without waiting: the pid of the process holding the lock (0 if unknown), or None when it is free."""
+        if self.held:
+            return None
+        if self.try_acquire():
+            self.release()
+            return None
+        return self.holder_pid() or 0
+
     def release(self) -> None:
         if self._fd is None:
             return

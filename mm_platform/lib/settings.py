@@ -49,6 +49,8 @@ ENV_DOC: dict[str, str] = {
     "MM_STREAM_TOLERANCE": "as-of join tolerance of stream readings, e.g. 30s, 5m, 1h (default 5m)",
     "MM_STREAM_TOLERANCES": "per-stream tolerances overriding the default, e.g. telemetry=10m,weather=1h",
     "MM_STREAM_STRATEGY": "backward (last reading before the record) | forward | nearest (default backward)",
+    "MM_POOL_WAIT_S": "seconds a CLI run waits for a pool slot (e.g. qdrant) before failing, naming the holder (default 120)",
+    "MM_TEST_CRASH_AT": "tests only: a step key; the CLI process SIGKILLs itself at the start of that step",
 }
 
 
