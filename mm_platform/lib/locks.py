@@ -109,7 +109,7 @@ class IngestLock:
 
     def busy(self) -> int | None:
         """Without waiting: the pid of the process holding the lock (0 if unknown), or None when it is free."""
-        if self.held:
+        if self.held or not self.path.exists():  # never held here: nothing to probe (and nothing created)
             return None
         if self.try_acquire():
             self.release()
