@@ -92,11 +92,33 @@ def _run_owner(run: dg.DagsterRun) -> ProcessRef | None:
     return ProcessRef(int(pid), run.tags.get("mm/host", ""), run.tags.get("mm/pstart", ""))
 
 
+def _dead_run_worker(instance: dg.DagsterInstance, run: dg.DagsterRun) -> int | None:
+    """The pid of a run worker launched by the daemon/webserver (``dagster api execute_run`` reports "Started
+    process for run (pid: N)") when that process is gone; None when alive or unknown.
+
+    Dagster's DefaultRunLauncher (``dagster dev``) has no run worker health check, so its run monitoring
+    never fails a STARTED run whose worker died; the sqlite instance is local, so the pid is on this host."""
+    from dagster import DagsterEventType
+
+    from mm_platform.lib.locks import pid_alive, process_started_after
+
+    if run.status != dg.DagsterRunStatus.STARTED:
+        return None
+    for record in instance.all_logs(run.run_id, of_type=DagsterEventType.ENGINE_EVENT):
+        if not (record.message or "").startswith("Started process for run (pid: "):
+            continue
+        pid = int(record.message.split("pid: ")[1].split(")")[0])
+        if not pid_alive(pid) or process_started_after(pid, record.timestamp):
+            return pid
+        return None
+    return None
+
+
 def reap_dead_runs(instance: dg.DagsterInstance, echo: Callable[[str], None] = print) -> list[str]:
     """Mark runs executed in process by a CLI that died as failed, and free the pool slots they hold.
 
-    Only runs tagged with ``mm/pid`` whose process is gone (same host, pid dead or reused) are touched;
-    runs launched by the daemon or webserver are left to Dagster's run monitoring. Pool slots held by runs
+    Runs tagged with ``mm/pid`` whose process is gone (same host, pid dead or reused), and STARTED runs
+    launched by the daemon or webserver whose run worker process is gone (``_dead_run_worker``). Pool slots held by runs
     that already ended (or no longer exist) are freed too. Returns the run ids marked failed."""
     from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
@@ -104,7 +126,12 @@ def reap_dead_runs(instance: dg.DagsterInstance, echo: Callable[[str], None] = p
     statuses = [DagsterRunStatus[s] for s in ACTIVE_STATUSES]
     for run in instance.get_runs(filters=RunsFilter(statuses=statuses)):
         owner = _run_owner(run)
-        if owner is None or owner.is_current() or not owner.is_dead():
+        if owner is None:
+            worker = _dead_run_worker(instance, run)
+            if worker is None:
+                continue
+            owner = ProcessRef(worker, "this host")
+        elif owner.is_current() or not owner.is_dead():
             continue
         instance.report_run_failed(
             run, message=f"mm-platform: the process that executed this run (pid {owner.pid} on {owner.host}) "

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.events import EngineEventData
 from dagster._core.storage.dagster_run import DagsterRunStatus
 from dagster._core.test_utils import create_run_for_test
 
@@ -89,14 +90,20 @@ def test_reap_marks_dead_runs_failed_and_frees_their_slots(instance):
         living = _owned_run(instance, alive.pid, process_start_time(alive.pid))
         mine = _owned_run(instance, os.getpid(), process_start_time(os.getpid()))
         daemon = create_run_for_test(instance, job_name="batch_ingest_job", status=DagsterRunStatus.STARTED)
+        daemon_live = create_run_for_test(instance, job_name="batch_ingest_job", status=DagsterRunStatus.STARTED)
+        daemon_dead = create_run_for_test(instance, job_name="batch_ingest_job", status=DagsterRunStatus.STARTED)
+        for run, pid in ((daemon_live, alive.pid), (daemon_dead, dead.pid)):  # what `dagster api execute_run` says
+            instance.report_engine_event(f"Started process for run (pid: {pid}).", run,
+                                         EngineEventData.in_process(pid))
         _hold_slot(instance, zombie.run_id)
         said = []
-        assert reap_dead_runs(instance, said.append) == [zombie.run_id]
-        assert instance.get_run_by_id(zombie.run_id).status == DagsterRunStatus.FAILURE
-        for run in (living, mine, daemon):
+        assert sorted(reap_dead_runs(instance, said.append)) == sorted([zombie.run_id, daemon_dead.run_id])
+        for run in (zombie, daemon_dead):
+            assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
+        for run in (living, mine, daemon, daemon_live):
             assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.STARTED
         assert not instance.event_log_storage.get_concurrency_info("qdrant").active_run_ids
-        assert f"pid {dead.pid} died" in said[0] and zombie.run_id in said[0]
+        assert any(f"pid {dead.pid} died" in line and zombie.run_id in line for line in said)
         assert reap_dead_runs(instance, said.append) == []
     finally:
         alive.kill()

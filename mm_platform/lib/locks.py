@@ -33,6 +33,18 @@ def process_start_time(pid: int) -> str:
     return fields[19] if len(fields) > 19 else ""
 
 
+def process_started_after(pid: int, epoch_s: float) -> bool:
+    """Whether the live process ``pid`` started after ``epoch_s`` (then it is not the one seen before it)."""
+    ticks = process_start_time(pid)
+    try:
+        btime = next(int(x.split()[1]) for x in Path("/proc/stat").read_text().splitlines() if x.startswith("btime"))
+    except (OSError, StopIteration, ValueError):
+        return False
+    if not ticks:
+        return False
+    return btime + int(ticks) / os.sysconf("SC_CLK_TCK") > epoch_s + 1.0
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
