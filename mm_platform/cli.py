@@ -81,7 +81,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if not (args.batch or args.force or args.recluster) and nothing_to_do(paths):
         print("nothing new to ingest")
         return 0
-    from mm_platform.orchestrate import ingest
+    from mm_platform.orchestrate import RunInterrupted, ingest
 
     try:
         report = ingest(paths, batch_ids=args.batch or None, force=args.force, recluster=args.recluster,
@@ -89,6 +89,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     except ValueError as exc:
         _err(str(exc))
         return 2
+    except RunInterrupted as exc:
+        _err(f"ingest stopped: {exc}; the next `mm-platform ingest` resumes from here")
+        return 130 if exc.by_signal else 1
+    except KeyboardInterrupt:
+        _err("ingest stopped (interrupted); the next `mm-platform ingest` resumes from here")
+        return 130
     if not report.batches and not report.global_refreshed:
         print("nothing new to ingest")
     else:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,18 +29,49 @@ from mm_platform.lib.ledger import (
     recluster_owed,
     repair_lake,
 )
+from mm_platform.lib.locks import IngestLock, ProcessRef
 from mm_platform.lib.manifest import BatchInfo, list_complete_batches
 from mm_platform.lib.settings import Paths
 
 INSTANCE_TEMPLATE = Path(__file__).parent / "instance" / "dagster.yaml"
+TEMPLATE_MARKER = "# mm_platform instance template v"
+# the shipped templates before the version marker, byte for byte: replaced on upgrade like marked old versions
+_UNMARKED_TEMPLATES_SHA256 = {"7da4c1405bcd24ce37b8801109597b2c9b448b8af166e19d06be9a6b407ccdc9"}
+
+
+def _template_version(text: str) -> int | None:
+    for line in text.splitlines()[:3]:
+        if line.startswith(TEMPLATE_MARKER):
+            rest = line[len(TEMPLATE_MARKER):].split()[0]
+            return int(rest) if rest.isdigit() else None
+    return None
+
+
+def _is_old_template(text: str, current: int) -> bool:
+    import hashlib
+
+    version = _template_version(text)
+    if version is not None:
+        return version < current
+    return hashlib.sha256(text.encode()).hexdigest() in _UNMARKED_TEMPLATES_SHA256
 
 
 def ensure_dagster_home(paths: Paths) -> Path:
-    """``$DAGSTER_HOME`` if set, else ``$MM_DATA_DIR/dagster_home``; creates it with our dagster.yaml."""
+    """``$DAGSTER_HOME`` if set, else ``$MM_DATA_DIR/dagster_home``; creates it with our dagster.yaml.
+
+    An existing dagster.yaml that is an older version of our template is upgraded (the old one is kept as
+    dagster.yaml.bak); any other file (the user's own) is left alone."""
     home = Path(os.environ.get("DAGSTER_HOME") or paths.dagster_home).resolve()
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        shutil.copyfile(INSTANCE_TEMPLATE, home / "dagster.yaml")
+    target = home / "dagster.yaml"
+    if not target.exists():
+        shutil.copyfile(INSTANCE_TEMPLATE, target)
+    else:
+        template = INSTANCE_TEMPLATE.read_text()
+        existing = target.read_text()
+        if existing != template and _is_old_template(existing, _template_version(template) or 0):
+            shutil.copyfile(target, home / "dagster.yaml.bak")
+            shutil.copyfile(INSTANCE_TEMPLATE, target)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
@@ -45,6 +79,254 @@ def ensure_dagster_home(paths: Paths) -> Path:
 def get_instance(paths: Paths) -> dg.DagsterInstance:
     ensure_dagster_home(paths)
     return dg.DagsterInstance.get()
+
+
+ACTIVE_STATUSES = ("STARTED", "STARTING", "NOT_STARTED", "CANCELING")
+DEFAULT_POOL_WAIT_S = 120.0
+
+
+def process_tags() -> dict[str, str]:
+    """Tags naming the process that executes a run in process, so a later CLI can tell when it died."""
+    me = ProcessRef.current()
+    return {"mm/pid": str(me.pid), "mm/host": me.host, "mm/pstart": me.start_time}
+
+
+def _run_owner(run: dg.DagsterRun) -> ProcessRef | None:
+    pid = run.tags.get("mm/pid", "")
+    if not pid.isdigit():
+        return None
+    return ProcessRef(int(pid), run.tags.get("mm/host", ""), run.tags.get("mm/pstart", ""))
+
+
+def _dead_run_worker(instance: dg.DagsterInstance, run: dg.DagsterRun) -> int | None:
+    """The pid of a run worker launched by the daemon/webserver (``dagster api execute_run`` reports "Started
+    process for run (pid: N)") when that process is gone; None when alive or unknown.
+
+    Dagster's DefaultRunLauncher (``dagster dev``) has no run worker health check, so its run monitoring
+    never fails a STARTED run whose worker died; the sqlite instance is local, so the pid is on this host."""
+    from dagster import DagsterEventType
+
+    from mm_platform.lib.locks import pid_alive, process_started_after
+
+    if run.status != dg.DagsterRunStatus.STARTED:
+        return None
+    for record in instance.all_logs(run.run_id, of_type=DagsterEventType.ENGINE_EVENT):
+        if not (record.message or "").startswith("Started process for run (pid: "):
+            continue
+        pid = int(record.message.split("pid: ")[1].split(")")[0])
+        if not pid_alive(pid) or process_started_after(pid, record.timestamp):
+            return pid
+        return None
+    return None
+
+
+def reap_dead_runs(instance: dg.DagsterInstance, echo: Callable[[str], None] = print) -> list[str]:
+    """Mark runs executed in process by a CLI that died as failed, and free the pool slots they hold.
+
+    Runs tagged with ``mm/pid`` whose process is gone (same host, pid dead or reused), and STARTED runs
+    launched by the daemon or webserver whose run worker process is gone (``_dead_run_worker``). Pool slots held by runs
+    that already ended (or no longer exist) are freed too. Returns the run ids marked failed."""
+    from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+
+    reaped = []
+    statuses = [DagsterRunStatus[s] for s in ACTIVE_STATUSES]
+    for run in instance.get_runs(filters=RunsFilter(statuses=statuses)):
+        owner = _run_owner(run)
+        if owner is None:
+            worker = _dead_run_worker(instance, run)
+            if worker is None:
+                continue
+            owner = ProcessRef(worker, "this host")
+        elif owner.is_current() or not owner.is_dead():
+            continue
+        instance.report_run_failed(
+            run, message=f"mm-platform: the process that executed this run (pid {owner.pid} on {owner.host}) "
+                         "is gone; marked failed by the next CLI ingest")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        echo(f"recovered run {run.run_id} ({run.job_name}, {run.tags.get('mm/batch_id', 'global')}): "
+             f"its process pid {owner.pid} died; marked FAILURE and freed its pool slots")
+        reaped.append(run.run_id)
+    storage = instance.event_log_storage
+    for key in storage.get_concurrency_keys():
+        for holder in storage.get_concurrency_info(key).active_run_ids:
+            run = instance.get_run_by_id(holder)
+            if run is None or run.is_finished:
+                storage.free_concurrency_slots_for_run(holder)
+                echo(f"freed pool '{key}' slot of ended run {holder}")
+    return reaped
+
+
+def _daemon_batch_runs(instance: dg.DagsterInstance) -> dict[str, str]:
+    """batch id -> run id of the batch runs queued or running that no CLI executes (launched by the daemon)."""
+    from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+
+    statuses = [DagsterRunStatus[s] for s in (*ACTIVE_STATUSES, "QUEUED")]
+    heartbeats = instance.get_daemon_heartbeats().values()
+    if not any(time.time() - hb.timestamp < 120 for hb in heartbeats):
+        return {}  # no daemon alive: nothing launched by it is running (run monitoring fails them once it's back)
+    runs = instance.get_runs(filters=RunsFilter(job_name="batch_ingest_job", statuses=statuses))
+    return {r.tags["mm/batch_id"]: r.run_id for r in runs if "mm/pid" not in r.tags and "mm/batch_id" in r.tags}
+
+
+def pool_wait_s() -> float:
+    raw = os.environ.get("MM_POOL_WAIT_S", "").strip()
+    return float(raw) if raw else DEFAULT_POOL_WAIT_S
+
+
+class RunInterrupted(Exception):
+    """SIGTERM/SIGINT (``by_signal``), or the pool-wait deadline, stopped a run executing in process."""
+
+    def __init__(self, message: str, by_signal: bool):
+        super().__init__(message)
+        self.by_signal = by_signal
+
+
+class _Watchdog(threading.Thread):
+    """Watches one in-process run: turns a captured Ctrl-C into a real interrupt (Dagster's in-process executor
+    captures SIGINT but never looks at it), and fails the run when it waits for a pool slot longer than the
+    deadline, naming the run that holds the slot. Dead holders are freed while waiting."""
+
+    def __init__(self, instance: dg.DagsterInstance, run_id: str, deadline_s: float,
+                 echo: Callable[[str], None], interval: float = 0.5):
+        super().__init__(name=f"mm-watchdog-{run_id[:8]}", daemon=True)
+        self.instance, self.run_id, self.deadline_s, self.echo, self.interval = \
+            instance, run_id, deadline_s, echo, interval
+        self.reason = ""
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+    def _fire(self, reason: str) -> None:
+        """Raise KeyboardInterrupt in the main thread. Not by a signal: during execution Dagster maps SIGINT and
+        SIGTERM to a handler that only records them, and its in-process executor never looks at the record."""
+        import ctypes
+
+        self.reason = reason
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.main_thread().ident),
+                                                   ctypes.py_object(KeyboardInterrupt))
+
+    def _waiting_on(self) -> tuple[str, set[str]] | None:
+        storage = self.instance.event_log_storage
+        for key in storage.get_concurrency_keys():
+            info = storage.get_concurrency_info(key)
+            if self.run_id in info.pending_run_ids:
+                return key, info.active_run_ids - {self.run_id}
+        return None
+
+    def run(self) -> None:
+        from dagster._utils.interrupts import check_captured_interrupt
+
+        since = None
+        next_pool_check = 0.0
+        while not self._stop_event.wait(self.interval):
+            if check_captured_interrupt():
+                return self._fire("interrupted (SIGINT/SIGTERM)")
+            now = time.monotonic()
+            if now < next_pool_check:
+                continue
+            next_pool_check = now + 1.0
+            try:
+                waiting = self._waiting_on()
+            except Exception:  # noqa: BLE001 - storage busy: try again next tick
+                continue
+            if waiting is None:
+                since = None
+                continue
+            since = since or now
+            pool, holders = waiting
+            reap_dead_runs(self.instance, self.echo)
+            if now - since >= self.deadline_s:
+                return self._fire(
+                    f"waited {now - since:.0f}s (MM_POOL_WAIT_S={self.deadline_s:g}) for a slot of pool "
+                    f"'{pool}' held by run {', '.join(sorted(holders)) or '?'}; cancel or fail that run in the "
+                    "Dagster UI (Runs) or raise MM_POOL_WAIT_S")
+
+
+@contextmanager
+def _terminate_raises() -> Iterator[dict]:
+    """SIGTERM raises KeyboardInterrupt in the main thread for the duration (no-op off the main thread);
+    the yielded dict's ``signalled`` says whether it happened."""
+    state = {"signalled": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handler(signo, frame):
+        state["signalled"] = True
+        raise KeyboardInterrupt(f"signal {signo}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _crash_hook(instance: dg.DagsterInstance) -> None:
+    """Test hook: with ``MM_TEST_CRASH_AT=<step_key>`` the process SIGKILLs itself right after that step's
+    STEP_START event is stored, i.e. at the start of the step. One central place for every step."""
+    target = os.environ.get("MM_TEST_CRASH_AT", "").strip()
+    if not target or getattr(instance, "_mm_crash_hook", False):
+        return
+    original = instance.handle_new_event
+
+    def handle_new_event(event, **kwargs):
+        original(event, **kwargs)
+        de = event.dagster_event
+        if de is not None and de.event_type_value == "STEP_START" and de.step_key == target:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    instance.handle_new_event = handle_new_event
+    instance._mm_crash_hook = True
+
+
+def execute_job(job_name: str | dg.JobDefinition, instance: dg.DagsterInstance, echo: Callable[[str], None], *,
+                tags: dict[str, str], **kwargs) -> dg.ExecuteInProcessResult:
+    """``execute_in_process`` with our process tags, the pool-wait deadline and interruptibility.
+
+    Raises ``RunInterrupted`` (after marking the run failed and freeing its slots) when stopped by a signal or
+    the pool deadline."""
+    from dagster._core.utils import make_new_run_id
+
+    from mm_platform.definitions import defs
+
+    _crash_hook(instance)
+    run_id = make_new_run_id()
+    watchdog = _Watchdog(instance, run_id, pool_wait_s(), echo)
+    interrupted = False
+    with _terminate_raises() as state:
+        watchdog.start()
+        try:
+            job = defs.resolve_job_def(job_name) if isinstance(job_name, str) else job_name
+            result = job.execute_in_process(
+                instance=instance, raise_on_error=False, run_id=run_id,
+                tags={**tags, **process_tags()}, **kwargs)
+        except KeyboardInterrupt:
+            interrupted, result = True, None
+        finally:
+            watchdog.stop()
+    if watchdog.reason or interrupted or state["signalled"] or (result is not None and _was_interrupted(result)):
+        reason = watchdog.reason or "interrupted (SIGTERM/SIGINT)"
+        run = instance.get_run_by_id(run_id)
+        if run is not None and not run.is_finished:
+            instance.report_run_failed(run, message=f"mm-platform: {reason}")
+        instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+        raise RunInterrupted(f"run {run_id}: {reason}", by_signal=not watchdog.reason.startswith("waited"))
+    return result
+
+
+def _was_interrupted(result: dg.ExecuteInProcessResult) -> bool:
+    for event in result.all_events:
+        if event.event_type_value in ("RUN_CANCELED", "PIPELINE_CANCELED", "RUN_FAILURE", "PIPELINE_FAILURE"):
+            data = event.event_specific_data
+            err = getattr(data, "error", None)
+            while err is not None:
+                if err.cls_name in ("KeyboardInterrupt", "DagsterExecutionInterruptedError"):
+                    return True
+                err = err.cause
+    return False
 
 
 def ingested_hashes(lake: Lake) -> dict[str, str]:
@@ -118,15 +400,11 @@ def run_config(log_level: str) -> dict:
 
 def _run_global(job_name: str, instance: dg.DagsterInstance, lake: Lake, log_level: str,
                 echo: Callable[[str], None], report: IngestReport) -> None:
-    from mm_platform.definitions import defs
-
     what = "full re-cluster, summaries, Qdrant payloads, SQL marts" if job_name == "recluster_job" else \
         "cluster summaries, Qdrant payloads, SQL marts"
     echo(f"{what}: refreshing …")
     t0 = time.monotonic()
-    result = defs.resolve_job_def(job_name).execute_in_process(
-        instance=instance, raise_on_error=False, run_config=run_config(log_level), tags={"mm/source": "cli"},
-    )
+    result = execute_job(job_name, instance, echo, run_config=run_config(log_level), tags={"mm/source": "cli"})
     report.global_refreshed = result.success
     report.reclustered = result.success and job_name == "recluster_job"
     report.global_error = "" if result.success else _first_error(result)
@@ -146,13 +424,28 @@ def ingest(
     log_level: str = "WARNING",
     echo: Callable[[str], None] = print,
 ) -> IngestReport:
-    """Materialize every pending batch (or the named ones) through the batch job, then the global layer."""
-    from mm_platform.definitions import defs
+    """Materialize every pending batch (or the named ones) through the batch job, then the global layer.
+
+    One ingest at a time per data directory: waits for the data dir's ingest lock, then recovers runs of
+    crashed ingests (``reap_dead_runs``) and only then computes what is pending. SIGTERM/SIGINT stop it
+    with ``RunInterrupted`` (run marked failed, slots freed, lock released)."""
+    start = time.monotonic()
+    instance = get_instance(paths)
+    lock = IngestLock(paths.data_dir)
+    lock.acquire(echo=echo)
+    try:
+        with _terminate_raises():
+            reap_dead_runs(instance, echo)
+        return _ingest_locked(paths, instance, batch_ids, force, recluster, log_level, echo, start)
+    finally:
+        lock.release()
+
+
+def _ingest_locked(paths: Paths, instance: dg.DagsterInstance, batch_ids: list[str] | None, force: bool,
+                   recluster: bool, log_level: str, echo: Callable[[str], None], start: float) -> IngestReport:
     from mm_platform.defs.clusters.assets import load_cluster_model
     from mm_platform.defs.partitions import batches_partitions
 
-    start = time.monotonic()
-    instance = get_instance(paths)
     lake = Lake(paths.lake_dir)
     complete = {b.batch_id: b for b in list_complete_batches(paths.landing_dir)}
     pending = {b.batch_id for b in pending_batches(paths, lake, current_profile())}
@@ -163,18 +456,21 @@ def ingest(
         todo = [complete[b] for b in batch_ids if force or b in pending]
     else:
         todo = [b for b in complete.values() if force or b.batch_id in pending]
+    in_flight = _daemon_batch_runs(instance)
+    for b in [b for b in todo if b.batch_id in in_flight]:
+        echo(f"batch {b.batch_id}: run {in_flight[b.batch_id]} launched by the daemon (dagster dev) is ingesting "
+             "it; skipped (run ingest again after it ends)")
+    todo = [b for b in todo if b.batch_id not in in_flight]
     report = IngestReport()
     known = set(instance.get_dynamic_partitions(batches_partitions.name))
     new = [b.batch_id for b in todo if b.batch_id not in known]
     if new:
         instance.add_dynamic_partitions(batches_partitions.name, new)
-    job = defs.resolve_job_def("batch_ingest_job")
     for i, batch in enumerate(todo, start=1):
         echo(f"[{i}/{len(todo)}] batch {batch.batch_id}: ingesting …")
         t0 = time.monotonic()
-        result = job.execute_in_process(
-            partition_key=batch.batch_id, instance=instance, raise_on_error=False,
-            run_config=run_config(log_level),
+        result = execute_job(
+            "batch_ingest_job", instance, echo, partition_key=batch.batch_id, run_config=run_config(log_level),
             tags={"mm/batch_id": batch.batch_id, "mm/manifest_sha256": batch.manifest_sha256, "mm/source": "cli"},
         )
         outcome = BatchOutcome(batch.batch_id, result.success, time.monotonic() - t0,

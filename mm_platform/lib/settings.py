@@ -52,6 +52,8 @@ ENV_DOC: dict[str, str] = {
     "MM_SERVE_TOKEN": "token `mm-platform serve` requires (Bearer header, ?token= or cookie); needed to bind beyond 127.0.0.1",
     "MM_SERVE_QDRANT_IDLE_S": "seconds `mm-platform serve` keeps embedded Qdrant open after a request (default 2)",
     "MM_SERVE_URL": "base URL of the explorer (mm-platform serve) linked from the Dagster UI (default http://127.0.0.1:8765)",
+    "MM_POOL_WAIT_S": "seconds a CLI run waits for a pool slot (e.g. qdrant) before failing, naming the holder (default 120)",
+    "MM_TEST_CRASH_AT": "tests only: a step key; the CLI process SIGKILLs itself at the start of that step",
 }
 
 

@@ -365,3 +365,22 @@ def test_evaluate_tick_resolves_partitioned_run_requests(
 
     data4 = evaluate(sensor, instance, repo_def, landing, cursor=data3.cursor)
     assert not data4.run_requests and data4.skip_message
+
+
+def test_sensor_waits_while_a_cli_ingest_holds_the_lock(instance: dg.DagsterInstance, landing: Path,
+                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mm_platform.lib.locks import IngestLock
+
+    monkeypatch.setenv("MM_DATA_DIR", str(tmp_path))
+    write_batch(landing, "b1")
+    sensor = build_landing_sensor()
+    lock = IngestLock(tmp_path)
+    lock.acquire()
+    try:
+        result = tick(sensor, instance, landing)
+        assert is_skip(result) and f"pid {os.getpid()}" in result.skip_reason.skip_message
+        assert result.cursor is None  # nothing marked seen: the batches are launched once the lock is free
+    finally:
+        lock.release()
+    result = tick(sensor, instance, landing)
+    assert [r.partition_key for r in result.run_requests] == ["b1"]

@@ -9,7 +9,9 @@ import dagster as dg
 
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import LandingResource
+from mm_platform.lib.locks import IngestLock
 from mm_platform.lib.manifest import BatchInfo, list_complete_batches
+from mm_platform.lib.settings import Paths
 
 BATCH_JOB_NAME = "batch_ingest_job"
 DEFAULT_MAX_BATCHES_PER_TICK = 10
@@ -68,6 +70,10 @@ def build_landing_sensor(max_batches_per_tick: int = DEFAULT_MAX_BATCHES_PER_TIC
         "becomes a partition of `batches` and one run of the batch job (run_key = batch id + manifest hash).",
     )
     def landing_sensor(context: dg.SensorEvaluationContext, landing: LandingResource) -> dg.SensorResult:
+        holder = IngestLock(Paths.from_env().data_dir).busy()
+        if holder is not None:  # a CLI ingest is processing the landing dir: its batches are not ours to launch
+            return dg.SensorResult(skip_reason=dg.SkipReason(
+                f"`mm-platform ingest` (pid {holder}) holds the data dir's ingest lock; waiting for it"))
         cursor = LandingCursor.parse(context.cursor)
         todo = pending_batches(landing.path, cursor)[:max_batches_per_tick]
         if not todo:
