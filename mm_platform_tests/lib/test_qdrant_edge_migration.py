@@ -100,7 +100,8 @@ def test_big_collections_get_an_hnsw_index_small_ones_stay_exact(tmp_path: Path)
     rng = np.random.default_rng(0)
     with QdrantStore("records", path=tmp_path / "q") as s:
         s.ensure_collection({"fused": 256})
-        s.upsert(PointData(f"r{i}", {"fused": rng.normal(size=256)}) for i in range(12_000))
+        vecs = rng.normal(size=(12_000, 256)).astype(np.float32)
+        s.upsert(PointData(f"r{i}", {"fused": v}, {"batch_id": f"b{i % 10}"}) for i, v in enumerate(vecs))
         s.upsert([PointData("small", {"fused": np.ones(256)})])
     with QdrantStore("records", path=tmp_path / "q") as s:
         info = s.client.shard("records").info()
@@ -108,3 +109,15 @@ def test_big_collections_get_an_hnsw_index_small_ones_stay_exact(tmp_path: Path)
         assert info.indexed_vectors_count > 0  # optimised on close: HNSW over the big segments
         hit = s.search(np.ones(256), using="fused", k=1)[0]
         assert hit.record_id == "small" and hit.score == pytest.approx(1.0, abs=1e-5)
+        # filtered search over the HNSW-indexed segments still finds the exact neighbours in the filter
+        unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+        recall = []
+        for qi in range(5):
+            q = vecs[qi * 7] + rng.normal(scale=0.5, size=256).astype(np.float32)
+            scores = unit @ (q / np.linalg.norm(q))
+            in_b3 = np.arange(12_000) % 10 == 3
+            truth = {f"r{i}" for i in np.argsort(-np.where(in_b3, scores, -np.inf))[:10]}
+            hits = s.search(q, using="fused", k=10, where={"batch_id": "b3"})
+            assert all(h.payload["batch_id"] == "b3" for h in hits)
+            recall.append(len(truth & {h.record_id for h in hits}) / 10)
+        assert np.mean(recall) >= 0.9, recall
