@@ -84,11 +84,13 @@ class QdrantResource(dg.ConfigurableResource):
     api_key: str = ""
     collection: str = "mm_records"
     open_timeout_s: float = 120.0
+    backend: str = "edge"  # embedded engine: edge | local
 
     def store(self) -> QdrantStore:
         return QdrantStore(
             collection=self.collection, path=None if self.url else self.path, url=self.url or None,
             api_key=self.api_key or None, open_timeout_s=self.open_timeout_s,
+            backend=self.backend,
         )
 
 
@@ -234,7 +236,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         ),
         "qdrant": QdrantResource(
             path=_env("MM_QDRANT_PATH", str(paths.qdrant_path)), url=_env("QDRANT_URL", ""), api_key=_env("QDRANT_API_KEY", ""),
-            collection=_env("MM_QDRANT_COLLECTION", "mm_records"),
+            collection=_env("MM_QDRANT_COLLECTION", "mm_records"), backend=_env("MM_QDRANT_BACKEND", "edge"),
         ),
         "device": device,
         "encoders": EncodersResource(

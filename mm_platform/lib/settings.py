@@ -18,6 +18,7 @@ ENV_DOC: dict[str, str] = {
     "MM_LAKE_DIR": "Parquet lake (default $MM_DATA_DIR/lake)",
     "MM_DUCKDB_PATH": "DuckDB warehouse file holding views over the lake (default $MM_DATA_DIR/warehouse.duckdb)",
     "MM_QDRANT_PATH": "embedded Qdrant storage (default $MM_DATA_DIR/qdrant)",
+    "MM_QDRANT_BACKEND": "embedded Qdrant engine: edge (qdrant-edge, HNSW; default) | local (qdrant-client local mode)",
     "QDRANT_URL": "Qdrant server URL; when set it replaces the embedded store",
     "QDRANT_API_KEY": "Qdrant server API key",
     "MM_QDRANT_COLLECTION": "Qdrant collection (default mm_records)",

@@ -1,4 +1,5 @@
-"""Tests for mm_platform.lib.qdrant_store against a real embedded Qdrant (``QdrantClient(path=...)``)."""
+"""Tests for mm_platform.lib.qdrant_store against a real embedded Qdrant, run once per embedded backend:
+qdrant-edge (the default) and qdrant-client local mode (``QdrantClient(path=...)``)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,12 @@ def make_points(n: int, batch_id: str = "b1", prefix: str = "r", seed: int = 0) 
         )
         for i in range(n)
     ]
+
+
+@pytest.fixture(autouse=True, params=["edge", "local"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("MM_QDRANT_BACKEND", request.param)
+    return request.param
 
 
 @pytest.fixture
@@ -100,8 +107,11 @@ def test_ensure_collection_creates_named_vectors(store: QdrantStore) -> None:
     assert store.ensure_collection(DIMS) is True
     assert store.exists()
     assert store.vector_dims() == DIMS
-    params = store.client.get_collection("records").config.params.vectors
-    assert {name: p.distance.value for name, p in params.items()} == {"text": "Cosine", "image": "Cosine"}
+    # cosine: stored vectors come back normalised
+    store.upsert([PointData("r1", {"text": np.array([3.0, 0, 0, 4.0]), "image": np.array([0, 2.0, 0])})])
+    vec = store.retrieve(["r1"], with_vectors=True)["r1"].vector
+    np.testing.assert_allclose(vec["text"], [0.6, 0, 0, 0.8], rtol=1e-5)
+    np.testing.assert_allclose(vec["image"], [0, 1.0, 0], rtol=1e-5)
 
 
 def test_ensure_collection_is_a_noop_when_equal_and_keeps_points(store: QdrantStore) -> None:
@@ -179,7 +189,8 @@ def test_points_with_only_some_named_vectors(store: QdrantStore) -> None:
 def test_payload_is_stored_with_record_id(store: QdrantStore) -> None:
     store.ensure_collection(DIMS)
     store.upsert([PointData("r1", {"text": np.ones(4)}, {"batch_id": "b9", "label": "cat", "tags": ["a", "b"]})])
-    (pt,) = store.client.retrieve("records", ids=[point_id("r1")], with_payload=True)
+    pt = store.retrieve(["r1"])["r1"]
+    assert str(pt.id) == point_id("r1")
     assert pt.payload == {"batch_id": "b9", "label": "cat", "tags": ["a", "b"], "record_id": "r1"}
     # record_id always wins over a conflicting payload key
     store.upsert([PointData("r2", {"text": np.ones(4)}, {"record_id": "spoof"})])

@@ -1,0 +1,156 @@
+"""Embedded vector index benchmark: qdrant-edge vs qdrant-client local mode, through ``QdrantStore``.
+
+Same synthetic corpus for both backends: N points with the real fused dimension (1,928; clustered, so
+neighbours are meaningful), a ``batch_id`` payload (10 values) for the filtered search, written through
+``QdrantStore.upsert`` exactly as the vector_index asset does (uuid5 ids, payloads, chunks of 256).
+Reports, per backend and size: upsert points/s, index build time (edge: optimise on close), search p50/p95
+(k=10) without and with a payload filter, and recall@10 against exact (numpy) cosine neighbours.
+Local mode scans every point per query; for sizes above --local-max it is not run and its search time is
+extrapolated linearly from the largest measured size (printed as such).
+
+    python bench/bench_vector_index.py [--sizes 20000,100000] [--local-max 2000] [--dim 1928] [--queries 50]
+
+1,000,000 points is opt-in (``--sizes ...,1000000``): ~8 GB of vectors on disk, and the HNSW build took
+296 s for 100k points on 2 shared cores, so expect most of an hour there; skipped when memory is short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from mm_platform.lib.qdrant_store import PointData, QdrantStore
+
+CHUNK = 5_000
+N_BATCHES = 10
+
+
+def corpus_chunks(n: int, dim: int, seed: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, float32 block) pairs; 200 cluster centres + noise, generated chunk by chunk."""
+    centres = np.random.default_rng(seed).normal(size=(200, dim)).astype(np.float32)
+    for start in range(0, n, CHUNK):
+        rng = np.random.default_rng(seed + 1 + start)
+        m = min(CHUNK, n - start)
+        block = centres[rng.integers(0, len(centres), m)] + rng.normal(scale=0.7, size=(m, dim)).astype(np.float32)
+        yield start, block
+
+
+def queries(nq: int, dim: int) -> np.ndarray:
+    centres = np.random.default_rng(0).normal(size=(200, dim)).astype(np.float32)
+    rng = np.random.default_rng(999)
+    return centres[rng.integers(0, 200, nq)] + rng.normal(scale=0.7, size=(nq, dim)).astype(np.float32)
+
+
+def exact_top10(n: int, dim: int, q: np.ndarray, batch: str | None) -> list[set[str]]:
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    best_s = np.full((len(q), 0), -np.inf, dtype=np.float32)
+    best_i = np.zeros((len(q), 0), dtype=np.int64)
+    for start, block in corpus_chunks(n, dim):
+        ids = np.arange(start, start + len(block))
+        if batch is not None:
+            keep = ids % N_BATCHES == int(batch[1:])
+            block, ids = block[keep], ids[keep]
+        s = qn @ (block / np.linalg.norm(block, axis=1, keepdims=True)).T
+        best_s = np.concatenate([best_s, s], axis=1)
+        best_i = np.concatenate([best_i, np.broadcast_to(ids, s.shape)], axis=1)
+        top = np.argsort(-best_s, axis=1)[:, :10]
+        best_s, best_i = np.take_along_axis(best_s, top, 1), np.take_along_axis(best_i, top, 1)
+    return [{f"r{i}" for i in row} for row in best_i]
+
+
+def run(backend: str, n: int, dim: int, q: np.ndarray, root: Path) -> dict:
+    path = root / f"{backend}-{n}"
+    t0 = time.perf_counter()
+    with QdrantStore("bench", path=path, backend=backend, open_timeout_s=5) as s:
+        s.ensure_collection({"fused": dim})
+        for start, block in corpus_chunks(n, dim):
+            s.upsert(PointData(f"r{start + j}", {"fused": v}, {"batch_id": f"b{(start + j) % N_BATCHES}"})
+                     for j, v in enumerate(block))
+        t_upsert = time.perf_counter() - t0
+    t_total = time.perf_counter() - t0  # close: edge optimises (HNSW) and flushes
+    out = {"backend": backend, "n": n, "upsert_pts_s": n / t_upsert, "build_s": t_total - t_upsert}
+    with QdrantStore("bench", path=path, backend=backend, open_timeout_s=5) as s:
+        assert s.count() == n
+        for label, where in (("", None), ("_filter", {"batch_id": "b3"})):
+            s.search(q[0], using="fused", k=10, where=where)  # warm
+            lat, got = [], []
+            for v in q:
+                t = time.perf_counter()
+                hits = s.search(v, using="fused", k=10, where=where)
+                lat.append((time.perf_counter() - t) * 1000)
+                got.append({h.record_id for h in hits})
+                assert where is None or all(h.payload["batch_id"] == "b3" for h in hits)
+            truth = exact_top10(n, dim, q, where["batch_id"] if where else None)
+            out[f"p50{label}"], out[f"p95{label}"] = np.percentile(lat, 50), np.percentile(lat, 95)
+            out[f"recall{label}"] = float(np.mean([len(a & b) / 10 for a, b in zip(got, truth, strict=True)]))
+        if backend == "edge":
+            info = s.client.shard("bench").info()
+            out["indexed"] = f"{info.indexed_vectors_count}/{info.points_count}"
+    shutil.rmtree(path, ignore_errors=True)
+    return out
+
+
+def free_gb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024**2
+    return 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="20000,100000")
+    ap.add_argument("--local-max", type=int, default=2_000, help="largest size run in local mode")
+    ap.add_argument("--dim", type=int, default=1928)
+    ap.add_argument("--queries", type=int, default=50)
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the temp dir (GBs) is removed on kill
+    sizes = [int(x) for x in args.sizes.split(",")]
+    q = queries(args.queries, args.dim)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench-vi-") as tmp:
+        root = Path(tmp)
+        local_sizes = sorted({min(args.local_max, n) for n in sizes})
+        for n in local_sizes:
+            rows.append(run("local", n, args.dim, q, root))
+            print(rows[-1], flush=True)
+        for n in sizes:
+            need = n * args.dim * 4 * 2.5 / 1024**3  # vectors + HNSW + WAL/segment copies during optimise
+            if need > free_gb() - 2:
+                print(f"SKIP edge n={n}: needs ~{need:.1f} GB, {free_gb():.1f} GB available", flush=True)
+                continue
+            rows.append(run("edge", n, args.dim, q, root))
+            print(rows[-1], flush=True)
+    print(f"\n| backend | points | upsert pts/s | index build s | p50 ms | p95 ms | p50 filter ms | p95 filter ms "
+          f"| recall@10 | recall@10 filter |   (dim {args.dim}, {args.queries} queries)")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['backend']} | {r['n']:,} | {r['upsert_pts_s']:,.0f} | {r['build_s']:.1f} | {r['p50']:.1f} | "
+              f"{r['p95']:.1f} | {r['p50_filter']:.1f} | {r['p95_filter']:.1f} | {r['recall']:.3f} | "
+              f"{r['recall_filter']:.3f} |")
+    local = [r for r in rows if r["backend"] == "local"]
+    if local:
+        big = max(local, key=lambda r: r["n"])
+        for n in sizes:
+            if n > big["n"]:
+                f = n / big["n"]
+                print(f"local mode at {n:,}: NOT RUN; extrapolated linearly from {big['n']:,}: search p50 "
+                      f"~{big['p50'] * f:,.0f} ms, upsert ~{n / big['upsert_pts_s'] / 60:,.0f} min")
+    for r in rows:
+        if r["backend"] == "edge":
+            for lr in local:
+                if lr["n"] == r["n"]:
+                    print(f"ratio at {r['n']:,}: upsert edge/local {r['upsert_pts_s'] / lr['upsert_pts_s']:.1f}x, "
+                          f"search p50 local/edge {lr['p50'] / r['p50']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
