@@ -9,8 +9,8 @@ BATCH_ASSETS = {"raw_records", "raw_text", "raw_images", "raw_audio", "raw_tabul
                 "audio_embeddings", "tabular_embeddings", "fused_vectors", "cluster_assignments", "vector_points"}
 GLOBAL_ASSETS = {"alignment_model", "shared_embeddings", "clusters", "cluster_summary", "embedding_map",
                  "classifier_metrics", "predictions", "qdrant_cluster_payloads"}
-GROUPS = {"raw", "aligned", "embeddings", "fused", "alignment", "clusters", "classifiers", "vector_index",
-          "sql_models"}
+GROUPS = {"raw", "aligned", "quarantine", "embeddings", "fused", "alignment", "clusters", "classifiers",
+          "vector_index", "sql_models"}
 
 
 def test_definitions_load():
@@ -67,3 +67,33 @@ def test_qdrant_writers_share_a_pool():
     graph = defs.resolve_asset_graph()
     for name in ("vector_points", "qdrant_cluster_payloads"):
         assert graph.get(dg.AssetKey(name)).pools == {"qdrant"}
+
+
+def test_lineage_groups_read_left_to_right():
+    """No group takes inputs from a group downstream of it (the UI then draws the groups in pipeline order):
+    the group graph is acyclic, and the quarantine comes after the stages it gathers from."""
+    graph = defs.resolve_asset_graph()
+    edges: dict[str, set[str]] = {}
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        for parent in node.parent_keys:
+            up = graph.get(parent).group_name
+            if up != node.group_name:
+                edges.setdefault(node.group_name, set()).add(up)
+    order: list[str] = []
+    state: dict[str, int] = {}
+
+    def visit(group: str, path: tuple[str, ...]) -> None:
+        assert state.get(group) != 1, f"groups depend on each other in a cycle: {' <- '.join((*path, group))}"
+        if state.get(group) == 2:
+            return
+        state[group] = 1
+        for up in sorted(edges.get(group, ())):
+            visit(up, (*path, group))
+        state[group] = 2
+        order.append(group)
+
+    for group in sorted(GROUPS):
+        visit(group, ())
+    assert order.index("raw") < order.index("aligned") < order.index("quarantine")
+    assert "quarantine" in edges and {"raw", "aligned"} <= edges["quarantine"]

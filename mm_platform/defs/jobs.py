@@ -8,7 +8,7 @@ from mm_platform.defs.partitions import batches_partitions
 
 #: Everything computed per landing batch, in one run: raw → aligned → embeddings → fused → eager cluster
 #: assignment → Qdrant points.
-BATCH_LAYERS = ("raw", "aligned", "embeddings", "fused")
+BATCH_LAYERS = ("raw", "aligned", "quarantine", "embeddings", "fused")
 batch_selection = dg.AssetSelection.groups(*BATCH_LAYERS) | dg.AssetSelection.assets(
     "cluster_assignments", "vector_points"
 )

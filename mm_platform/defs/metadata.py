@@ -71,7 +71,30 @@ def ui_spec(spec: dg.AssetSpec) -> dg.AssetSpec:
     modality = next((m for m in MODALITIES if m in tokens or f"{m}s" in tokens), "multimodal")
     tags = {"layer": spec.group_name or "default", "modality": modality, **(spec.tags or {})}
     owners = list(dict.fromkeys([*(spec.owners or []), *OWNERS]))
-    return spec.replace_attributes(owners=owners, tags=tags)
+    spec = spec.replace_attributes(owners=owners, tags=tags)
+    schema = lake_column_schema(name)
+    if schema is not None and "dagster/column_schema" not in (spec.metadata or {}):
+        spec = spec.merge_attributes(metadata={"dagster/column_schema": schema})
+    return spec
+
+
+def _column_type(dtype: pl.DataType) -> str:
+    if isinstance(dtype, pl.List):
+        return f"list<{_column_type(dtype.inner)}>"
+    if isinstance(dtype, pl.Datetime):
+        return "timestamp"
+    return _table_type(dtype)
+
+
+def lake_column_schema(table: str) -> dg.TableSchema | None:
+    """The column schema of a lake table (``lib/lake.py``'s fixed schemas), for the asset page's Columns tab;
+    None for an asset that is not a lake table."""
+    from mm_platform.lib.lake import ALL_TABLES
+
+    columns = ALL_TABLES.get(table)
+    if columns is None:
+        return None
+    return dg.TableSchema(columns=[dg.TableColumn(name=c, type=_column_type(t)) for c, t in columns.items()])
 
 
 def with_ui_attributes(assets: Sequence) -> list:

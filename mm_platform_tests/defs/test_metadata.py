@@ -124,3 +124,22 @@ def test_table_metadata_has_a_schema_rounds_floats_and_keeps_text_whole():
         ("strategy", "string"), ("macro_f1", "float"), ("n", "int"), ("v", "string")]
     assert value.records[0].data == {"strategy": long, "macro_f1": 0.1235, "n": 3, "v": "[10 items]"}
     assert value.records[1].data["macro_f1"] is None and value.records[1].data["v"] == "0.2"
+
+
+def test_every_lake_table_asset_has_its_column_schema():
+    from mm_platform.definitions import defs
+    from mm_platform.lib.lake import ALL_TABLES
+
+    graph = defs.resolve_asset_graph()
+    seen = 0
+    for key in graph.get_all_asset_keys():
+        name = key.to_user_string()
+        if name not in ALL_TABLES:
+            continue
+        schema = graph.get(key).metadata.get("dagster/column_schema")
+        assert schema is not None, name
+        assert [c.name for c in schema.columns] == list(ALL_TABLES[name]), name
+        seen += 1
+    assert seen >= 20
+    types = {c.name: c.type for c in graph.get(dg.AssetKey("text_embeddings")).metadata["dagster/column_schema"].columns}
+    assert types["embedding"] == "list<float>" and types["dim"] == "int" and types["cache_hit"] == "bool"

@@ -269,9 +269,9 @@ def _tabular_rows(recs: pl.DataFrame, streams: pl.DataFrame) -> tuple[list[str],
 @dg.asset(
     partitions_def=batches_partitions,
     deps=[raw_records, dg.AssetKey("stream_features")],
-    group_name="raw",
+    group_name="aligned",  # it joins the stream readings matched in time (the aligned layer) to the fields
     kinds={"python", "parquet"},
-    tags={"layer": "raw"},
+    tags={"layer": "aligned"},
 )
 def raw_tabular(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """The tabular modality of each record as typed columns: its manifest ``fields`` plus the stream readings
@@ -396,9 +396,9 @@ def aligned_records(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     partitions_def=batches_partitions,
     deps=[raw_records, raw_text, raw_images, raw_audio, raw_tabular, dg.AssetKey("stream_features"),
           aligned_records],
-    group_name="raw",
+    group_name="quarantine",
     kinds={"python", "parquet"},
-    tags={"layer": "raw"},
+    tags={"layer": "quarantine"},
     check_specs=[dg.AssetCheckSpec(EVERY_LINE_ACCOUNTED, asset="rejected_records",
                                  description=EVERY_LINE_ACCOUNTED_DESCRIPTION)],
 )
