@@ -200,6 +200,10 @@ def test_global_layer_clusters_summaries_payloads_and_sql(ingested, paths, insta
     loss_gap = checks.pop("validation_loss_close_to_training")  # a WARN check; its value depends on the data
     assert isinstance(loss_gap, bool)
     assert checks == {"clusters_cover_fused_vectors": True, "summary_sizes_match": True}
+    # the per-space scores are one table in the UI, with a column schema, one row per space
+    table_md = result.asset_materializations_for_node("clusters")[0].metadata["metrics"]
+    assert [c.name for c in table_md.schema.columns][:3] == ["space", "algorithm", "k"]
+    assert {r.data["space"] for r in table_md.records} == set(metrics["space"])
     map_md = result.asset_materializations_for_node("embedding_map")[0].metadata
     assert map_md["explorer"].value == "http://127.0.0.1:8765/map" and "data:image/png" in map_md["map"].value
     # cluster ids reached the Qdrant payloads

@@ -21,7 +21,7 @@ from mm_platform.defs.automation import GLOBAL_AUTOMATION, RECLUSTER_AUTOMATION
 from mm_platform.defs.embeddings.assets import audio_embeddings, image_embeddings, tabular_embeddings, text_embeddings
 from mm_platform.defs.fusion.assets import EMBEDDING_TABLES, fused_vectors
 from mm_platform.defs.ingest.assets import aligned_records, raw_records, raw_text
-from mm_platform.defs.metadata import md_escape, preview
+from mm_platform.defs.metadata import md_escape, preview, table
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import EncodersResource, PipelineConfigResource, WarehouseResource
 from mm_platform.lib.cluster_stability import ClusterModel, apply_mapping, build_model, fit_projection, match_cluster_ids
@@ -214,12 +214,10 @@ def clusters(
     metrics = [_metrics_row(run_id, "fused", res, scores, len(ids), fp, moved=mapping.moved, common=mapping.common,
                             new_clusters=len(mapping.new_ids), retired_clusters=len(mapping.retired_ids),
                             agreement_nmi=1.0, fusion_strategy=spec)]
-    per_space: dict[str, dict] = {"fused": {"k": res.k, "silhouette": res.silhouette, "strategy": spec, **scores}}
     # the selected strategy's own row is this clustering, not a second run of it
     selected = f"fused:{pipeline.fusion_strategy}"
     metrics.append(_metrics_row(run_id, selected, res, scores, len(ids), fp, agreement_nmi=1.0,
                                 fusion_strategy=pipeline.fusion_strategy))
-    per_space[selected] = {"k": res.k, "silhouette": res.silhouette, "agreement_nmi": 1.0, **scores}
     fused_of = dict(zip(ids, stable.tolist(), strict=True))
     alignment = load_alignment(lake, corpus.models)
     compared = _strategy_rows(corpus, alignment, pipeline)
@@ -243,8 +241,6 @@ def clusters(
         agreement = external_scores(s_res.labels, [str(fused_of.get(r)) if r in fused_of else None for r in s_ids])
         metrics.append(_metrics_row(run_id, space, s_res, s_scores, len(s_ids), fp,
                                     agreement_nmi=agreement.get("nmi"), fusion_strategy=space.partition(":")[2] or None))
-        per_space[space] = {"k": s_res.k, "silhouette": s_res.silhouette, "agreement_nmi": agreement.get("nmi"),
-                            **s_scores}
         if space in EMBEDDING_TABLES:
             modality_rows.append(pl.DataFrame({"record_id": s_ids, "modality": space,
                                                "cluster_id": s_res.labels.astype(np.int32), "run_id": run_id}))
@@ -253,7 +249,8 @@ def clusters(
 
     df = assignment_frame(ids, batch_ids, stable, dist, res.algorithm, run_id, is_outlier=is_outlier)
     lake.write_global("recluster_assignments", df)
-    lake.write_global("cluster_metrics", pl.DataFrame(metrics))
+    metrics_df = pl.DataFrame(metrics)
+    lake.write_global("cluster_metrics", metrics_df)
     sizes = df.group_by("cluster_id").len().sort("cluster_id")
     md: dict[str, object] = {
         "dagster/row_count": df.height,
@@ -272,15 +269,14 @@ def clusters(
         "new_cluster_ids": mapping.new_ids,
         "retired_cluster_ids": mapping.retired_ids,
         "run_id": run_id,
-        "per_space": dg.MetadataValue.json(per_space),
+        # one row per space (the selected fusion, each other strategy, text+image, each modality)
+        "metrics": table(metrics_df.sort("nmi", descending=True, nulls_last=True),
+                         ["space", "algorithm", "k", "n_records", "n_outliers", "silhouette", "nmi", "ari",
+                          "agreement_nmi"], n=50),
         "evidence_weights": dg.MetadataValue.json({**evidence.as_dict(), "seconds": round(weights_s, 4)}),
     }
     if evidence.zeroed:
         md["modalities_weighted_zero"] = ", ".join(evidence.zeroed)
-    for space, vals in per_space.items():
-        if vals.get("nmi") is not None:
-            md[f"nmi_{space}"] = vals["nmi"]
-            md[f"ari_{space}"] = vals["ari"]
     context.log.info(f"re-clustered {len(ids)} records into {res.k} clusters; {mapping.moved} of "
                      f"{mapping.common} previously clustered records changed cluster")
     return dg.MaterializeResult(metadata=md)
