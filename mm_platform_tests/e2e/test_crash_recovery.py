@@ -21,9 +21,24 @@ pytestmark = pytest.mark.e2e
 
 CLI = [sys.executable, "-m", "mm_platform.cli"]
 N_RECORDS = 12
-# a representative subset (kept small for suite time): batch_ingest_job's first step and its qdrant-pool step,
-# and one step of the global refresh job (text_embeddings and fused_vectors were measured too: docs-notes/h1.md)
-CRASH_STEPS = ["raw_records", "vector_points", "qdrant_cluster_payloads"]
+# every step of batch_ingest_job is killed in turn by `test_sigkill_at_each_batch_step_in_turn_converges` (its
+# first crash, at raw_records, starts from a fresh data dir); these trials each start from a fresh data dir too:
+# the step holding the qdrant pool's only slot (the wedge of issue 9) and a step of the global layer
+CRASH_STEPS = ["vector_points", "qdrant_cluster_payloads"]
+
+
+def batch_job_steps() -> list[str]:
+    """The step keys of batch_ingest_job in execution order (from the loaded definitions)."""
+    import dagster as dg
+    from dagster._core.execution.api import create_execution_plan
+
+    from mm_platform.definitions import defs
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("batches", ["b1"])
+        plan = create_execution_plan(defs.resolve_job_def("batch_ingest_job"), instance_ref=instance.get_ref(),
+                                     tags={"dagster/partition": "b1"})
+        return [step.key for step in plan.get_steps_to_execute_in_topo_order()]
 
 
 def _env(data_dir, **extra) -> dict:
@@ -89,8 +104,33 @@ def test_sigkill_at_step_start_recovers(step, reference, tmp_path):
     assert "recovered run" in out and "marked FAILURE" in out
     assert state(data) == ref
     print(f"\nMEASURE crash_at={step} next_ingest_s={seconds:.1f} reference_ingest_s={ref_seconds:.1f}")
+    assert_nothing_started_no_slot_held(data)
 
-    # nothing is left STARTED, and no pool slot is held
+
+def test_sigkill_at_each_batch_step_in_turn_converges(reference, tmp_path):
+    """The batch is killed at the start of every step of batch_ingest_job in turn, in one data dir: each next
+    ingest recovers the previous crash (run failed, slots freed) and gets one step further; the last one
+    completes and the state equals the uninterrupted run's."""
+    ref, _ = reference
+    steps = batch_job_steps()
+    assert len(steps) >= 10 and steps[0] == "raw_records" and "vector_points" in steps
+    data = _make_data(tmp_path / "data")
+    for i, step in enumerate(steps):
+        crashed, _ = _ingest(data, MM_TEST_CRASH_AT=step, MM_POOL_WAIT_S="60")
+        out = crashed.stdout + crashed.stderr
+        assert crashed.returncode == -signal.SIGKILL, f"{step}: {out}"
+        if i:
+            assert "recovered run" in out, f"{step}: the previous crash was not recovered: {out}"
+    proc, seconds = _ingest(data, timeout=240, MM_POOL_WAIT_S="60")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "recovered run" in out, out
+    assert state(data) == ref
+    print(f"\nMEASURE crashed_at_each_of={len(steps)} steps, final ingest {seconds:.1f}s")
+    assert_nothing_started_no_slot_held(data)
+
+
+def assert_nothing_started_no_slot_held(data) -> None:
+    """Nothing is left STARTED, and no pool slot is held."""
     import dagster as dg
     from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
