@@ -23,7 +23,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,32 +232,31 @@ def _guard_write(path: Path) -> contextlib.AbstractContextManager[None]:
     return guard()
 
 
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` into a temp file beside ``path``, then an atomic rename onto ``path``. The temp file is
+    removed whatever happens; a full disk or read-only data dir raises ``LakeWriteError``."""
+    with _guard_write(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
 def atomic_write_parquet(df: pl.DataFrame, path: Path) -> Path:
     """Write ``df`` to ``path`` through a temp file in the same directory and an atomic rename.
 
     The temp file is removed whatever happens; a full disk or read-only data dir raises ``LakeWriteError``
     (an ``OSError`` naming the path) and leaves the previous file, if any, in place.
     """
-    with _guard_write(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            _write_parquet_file(df, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+    _atomic_write(path, lambda tmp: _write_parquet_file(df, tmp))
     return path
 
 
 def _atomic_write_text(text: str, path: Path) -> None:
-    with _guard_write(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            tmp.write_text(text)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+    _atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _sha256(path: Path) -> str:
