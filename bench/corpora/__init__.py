@@ -5,8 +5,9 @@ package it fetches into ``$MM_BENCH_CACHE`` (default ``~/.cache/mm_platform/benc
 
     python -m bench.corpora.tuxpaint --out DIR [--limit N]
     python -m bench.corpora.emoji --out DIR [--limit N]
+    python -m bench.corpora.asterisk --out DIR [--limit N]
 
 Media are never committed; licences and credit lines are in ``bench/corpora/LICENSES.md``.
 """
 
-CORPORA = ("tuxpaint", "emoji")
+CORPORA = ("tuxpaint", "emoji", "asterisk")

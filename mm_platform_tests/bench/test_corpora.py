@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.corpora import emoji, tuxpaint
+from bench.corpora import asterisk, emoji, tuxpaint
 from bench.corpora.common import Item, stratified_subsample, write_batch
 from mm_platform.demo.generator import audio_bytes
 from mm_platform.lib.manifest import validate_batch
@@ -108,3 +108,25 @@ def test_subsample_is_deterministic_and_keeps_each_labels_share(tmp_path: Path) 
     assert len(stratified_subsample(items, None)) == 400
     summary = write_batch(tmp_path / "b", first)
     assert summary["records"] == 40 and not (tmp_path / "b" / ".records.jsonl.tmp").exists()
+
+
+def test_asterisk_pairs_each_prompt_with_its_transcript_and_duration(tmp_path: Path) -> None:
+    voice = tmp_path / "pkg/usr/share/asterisk/sounds/en_US_f_Allison"
+    tone = 0.3 * np.sin(np.linspace(0, 800 * np.pi, 16000)).astype(np.float32)
+    for name in ("vm-youhave", "vm-goodbye", "digits/5", "silence/1", "conf-nobody"):
+        (voice / name).parent.mkdir(parents=True, exist_ok=True)
+        (voice / f"{name}.wav").write_bytes(audio_bytes(tone, "wav"))
+    notes = tmp_path / "core-sounds-en.txt"
+    notes.write_text("; Core Asterisk Sounds in English\n\nvm-youhave: you have\nvm-goodbye: Goodbye!\n"
+                     "digits/5: five\nsilence/1: [1 second of silence]\n", encoding="utf-8")
+    summary = asterisk.build(tmp_path / "batch", source=tmp_path / "pkg", transcripts_file=notes, min_class=1)
+    recs = _records(tmp_path / "batch")
+    assert sorted(recs) == ["ast-digits-5", "ast-vm-goodbye", "ast-vm-youhave"]  # no transcript, silence: out
+    assert (recs["ast-vm-youhave"]["label"], recs["ast-vm-youhave"]["text"]) == ("vm", "you have")
+    assert recs["ast-digits-5"]["label"] == "digits" and recs["ast-digits-5"]["audio"] == "audio/ast-digits-5.wav"
+    assert recs["ast-vm-goodbye"]["fields"]["duration_s"] > 0
+    assert summary["modalities"] == {"text": 3, "audio": 3, "tabular": 3}
+    checked = validate_batch(tmp_path / "batch")
+    assert checked.rejections == [] and len(checked.audio) == 3
+    asterisk.build(tmp_path / "big", source=tmp_path / "pkg", transcripts_file=notes, min_class=2)
+    assert {r["label"] for r in _records(tmp_path / "big").values()} == {"vm"}
