@@ -1,6 +1,6 @@
 """Quality benchmark, from one run per corpus: does fusion earn its keep on the demo AND on real data?
 
-Every corpus (the demo generator's, and each real corpus of ``bench/corpora/``: Tux Paint stamps, Twemoji)
+Every corpus (the demo generator's, and each real corpus of ``bench/corpora/``: Tux Paint stamps, Twemoji, Asterisk prompts)
 is written as one landing batch and ingested through the real CLI on the offline profile (MiniLM text,
 EfficientNet-Lite0 image, log-mel/MFCC audio), in its own data dir. The first ingest runs the full re-cluster
 job: it clusters the selected fusion strategy, every other strategy, text+image, and each single modality,
@@ -20,7 +20,7 @@ For the demo it also keeps the earlier checks: cross-modal retrieval through the
 records, best fusion NMI >= best single + 0.10, four modalities beat text+image, fused F1 above every single
 modality.
 
-    python bench/bench_quality.py [--corpora demo,tuxpaint,emoji] [--records 600] [--limit 600] [--seed 0]
+    python bench/bench_quality.py [--corpora demo,tuxpaint,emoji,asterisk] [--records 600] [--limit 600] [--seed 0]
 
 Real corpora are fetched once into ``$MM_BENCH_CACHE`` (default ``~/.cache/mm_platform/bench``).
 """
@@ -31,6 +31,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -106,7 +107,7 @@ def quality_rows(metrics: list[dict]) -> tuple[list[dict], dict | None]:
     by_space = {r["space"]: r for r in metrics}
     default = by_space.get("fused")
     spec = (default or {}).get("fusion_strategy") or ""
-    chosen = spec.split("@")[0]
+    chosen = re.split(r"[@:]", spec)[0]  # "early:text=1,..." / "shared_mean@v3" -> the strategy name
     rows = []
     for space in [*SINGLE, *sorted(s for s in by_space if s.startswith("fused:"))]:
         if space not in by_space:
@@ -192,6 +193,8 @@ def run_corpus(name: str, args: argparse.Namespace) -> list[tuple[str, bool]]:
     rows, default = quality_rows(metrics)
     print("Cluster quality against the labels (cluster_metrics; * = the selected default)")
     print(table(rows, ["space", "default", "records", "k", "nmi", "ari", "silhouette"]))
+    if default is not None:
+        print(f"selected default: {default['fusion_strategy']} (NMI {default['nmi'] or 0.0:.3f}, k {default['k']})")
     clf = {r["strategy"]: r for r in sql("SELECT strategy, macro_f1, macro_f1_std, accuracy, weights_json "
                                          "FROM classifier_metrics", env)}
     if clf:
@@ -210,11 +213,12 @@ def run_corpus(name: str, args: argparse.Namespace) -> list[tuple[str, bool]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--corpora", default="demo,tuxpaint,emoji", help="comma-separated: demo and bench/corpora names")
+    ap.add_argument("--corpora", default="demo,tuxpaint,emoji,asterisk", help="comma-separated: demo and bench/corpora names")
     ap.add_argument("--records", type=int, default=600, help="demo records")
     ap.add_argument("--limit", type=int, default=600, help="records per real corpus (stratified sample; 0 = all)")
     ap.add_argument("--seed", type=int, default=0, help="demo seed")
     args = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # one corpus at a time, visible while the next one runs
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench.corpora` from a plain script run
     results = []
     for name in [c.strip() for c in args.corpora.split(",") if c.strip()]:
