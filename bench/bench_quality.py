@@ -1,7 +1,7 @@
 """Quality benchmark, from one run per corpus: does fusion earn its keep on the demo AND on real data?
 
-Every corpus (the demo generator's, and each real corpus of ``bench/corpora/``: Tux Paint stamps, Twemoji, Asterisk prompts)
-is written as one landing batch and ingested through the real CLI on the offline profile (MiniLM text,
+Every corpus (the demo generator's, and each real corpus of ``bench/corpora/``: Tux Paint stamps, Twemoji,
+Asterisk prompts) is written as one landing batch and ingested through the real CLI on the offline profile (MiniLM text,
 EfficientNet-Lite0 image, log-mel/MFCC audio), in its own data dir. The first ingest runs the full re-cluster
 job: it clusters the selected fusion strategy, every other strategy, text+image, and each single modality,
 and scores each against the labels. For every corpus this script prints the same table, read from the lake
@@ -213,7 +213,8 @@ def run_corpus(name: str, args: argparse.Namespace) -> list[tuple[str, bool]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--corpora", default="demo,tuxpaint,emoji,asterisk", help="comma-separated: demo and bench/corpora names")
+    ap.add_argument("--corpora", default="demo,tuxpaint,emoji,asterisk",
+                    help="comma-separated: demo and bench/corpora names")
     ap.add_argument("--records", type=int, default=600, help="demo records")
     ap.add_argument("--limit", type=int, default=600, help="records per real corpus (stratified sample; 0 = all)")
     ap.add_argument("--seed", type=int, default=0, help="demo seed")
