@@ -97,3 +97,20 @@ def test_lineage_groups_read_left_to_right():
         visit(group, ())
     assert order.index("raw") < order.index("aligned") < order.index("quarantine")
     assert "quarantine" in edges and {"raw", "aligned"} <= edges["quarantine"]
+
+
+def test_dg_project_shape_names_the_one_entry_point() -> None:
+    """`dg dev` / `dg check defs` (make ui / make check-defs) load the same code location as workspace.yaml."""
+    import importlib
+    import tomllib
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    dg_conf = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["dg"]
+    assert dg_conf["directory_type"] == "project"
+    target = dg_conf["project"]["code_location_target_module"]
+    workspace = yaml.safe_load((root / "workspace.yaml").read_text())["load_from"][0]["python_module"]
+    assert target == workspace["module_name"] == "mm_platform.definitions"
+    assert isinstance(importlib.import_module(target).defs, dg.Definitions)
