@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -64,6 +65,29 @@ def minilm_model_dir() -> Path:
     return model_dir
 
 
+def _minilm_info(path: Path, max_seq_length: int, dim: int) -> ModelInfo:
+    files = [path / f for f in _VERSION_FILES if (path / f).is_file()]
+    version = content_version(files, extra={"max_seq_length": max_seq_length})
+    return ModelInfo(model_id=MINILM_MODEL_ID, model_version=version, dim=dim,
+                     space=f"{MINILM_MODEL_ID}@{version}", modality="text")
+
+
+def minilm_model_info(model_dir: str | Path | None = None) -> ModelInfo | None:
+    """The identity :class:`MiniLMTextEncoder` will report, read from its files without loading the model;
+    None when the files do not say (then only loading tells).
+
+    Same id, version (files + max_seq_length) and dim as the loaded encoder's ``info`` (a test holds them
+    equal), so a step whose texts are all in the embedding cache never loads MiniLM.
+    """
+    path = Path(model_dir) if model_dir is not None else minilm_model_dir()
+    try:
+        max_seq_length = json.loads((path / "sentence_bert_config.json").read_text())["max_seq_length"]
+        dim = json.loads((path / "1_Pooling/config.json").read_text())["word_embedding_dimension"]
+        return _minilm_info(path, int(max_seq_length), int(dim))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 class MiniLMTextEncoder:
     """all-MiniLM-L6-v2 sentence embeddings: 384-d, unit-norm, texts truncated at 256 word pieces.
 
@@ -99,17 +123,10 @@ class MiniLMTextEncoder:
             or self.model.get_sentence_embedding_dimension
         )
         dim = int(get_dim())
-        files = [path / f for f in _VERSION_FILES if (path / f).is_file()]
-        version = content_version(files, extra={"max_seq_length": self.max_seq_length})
-        self.info = ModelInfo(
-            model_id=MINILM_MODEL_ID,
-            model_version=version,
-            dim=dim,
-            space=f"{MINILM_MODEL_ID}@{version}",
-            modality="text",
-        )
+        self.info = _minilm_info(path, self.max_seq_length, dim)
         self.load_seconds = time.perf_counter() - t0
-        logger.info("loaded %s (%s) on %s in %.2fs", MINILM_MODEL_ID, version, self.device, self.load_seconds)
+        logger.info("loaded %s (%s) on %s in %.2fs", MINILM_MODEL_ID, self.info.model_version, self.device,
+                    self.load_seconds)
 
     def _encode_chunk(self, chunk: list[str]) -> np.ndarray:
         with autocast_context(self.device, self.config.precision):
