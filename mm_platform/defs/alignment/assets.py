@@ -13,7 +13,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from mm_platform.defs.automation import RECLUSTER_AUTOMATION
+from mm_platform.defs.automation import GLOBAL_AUTOMATION, RECLUSTER_AUTOMATION
 from mm_platform.defs.embeddings.assets import audio_embeddings, image_embeddings, tabular_embeddings, text_embeddings
 from mm_platform.defs.fusion.assets import fused_vectors
 from mm_platform.defs.ingest.assets import aligned_records, raw_records
@@ -168,7 +168,7 @@ def shared_frame(corpus: Corpus, model: AlignmentModel, weights: dict[str, float
     group_name="alignment",
     kinds={"numpy", "parquet"},
     tags={"layer": "alignment"},
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=GLOBAL_AUTOMATION,
 )
 def shared_embeddings(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline: PipelineConfigResource
