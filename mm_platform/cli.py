@@ -158,11 +158,42 @@ def _search_service(args: argparse.Namespace) -> int | None:
     return 0
 
 
+def _search_cold(args: argparse.Namespace) -> int | None:
+    """A text search against text or fused vectors made by the bundled MiniLM, in this process without torch,
+    Dagster or the encoder registry (numpy MiniLM: same vectors, same identity). None when the query needs
+    more (another query kind, a shared-space target, CLIP/CLAP vectors): the caller takes the full path."""
+    if args.text is None or args.modality not in (None, "text", "fused"):
+        return None
+    from mm_platform.lib.encoders.base import EncoderUnavailable
+    from mm_platform.lib.encoders.minilm_numpy import NumpyMiniLM, TextQueryEncoders
+    from mm_platform.lib.qdrant_store import QdrantBusy
+    from mm_platform.lib.search import SearchError, search, stored_model
+
+    try:
+        with _qdrant_store_from_env(Paths.from_env()) as store:
+            if not store.exists() or store.count() == 0:
+                return None  # the full path says why
+            encoder = NumpyMiniLM()
+            if stored_model(store, "text") != f"{encoder.info.model_id}@{encoder.info.model_version}":
+                return None
+            hits = search(store, TextQueryEncoders(encoder), text=args.text, modality=args.modality, k=args.k)
+    except (EncoderUnavailable, QdrantBusy):
+        return None
+    except SearchError as exc:
+        _err(str(exc))
+        return 2
+    _print_hits(hits, args.json)
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     if not args.no_service:
         served = _search_service(args)
         if served is not None:
             return served
+    cold = _search_cold(args)
+    if cold is not None:
+        return cold
     from mm_platform.lib.search import SearchError, SharedSpace, search
 
     with _resources() as res:
@@ -231,8 +262,8 @@ def _qdrant_store_from_env(paths: Paths):
 def status_report(paths: Paths, qdrant: Any = None) -> dict[str, Any]:
     """``qdrant``: a context manager factory yielding an open store (the service passes its own)."""
     from mm_platform.lib.lake import Lake
+    from mm_platform.lib.ledger import encoder_request_key, ingested_hashes, pending_batches, table_counts
     from mm_platform.lib.qdrant_store import QdrantBusy
-    from mm_platform.orchestrate import current_profile, ingested_hashes, pending_batches, table_counts
 
     lake = Lake(paths.lake_dir)
     lake.ensure_initialized()
@@ -241,7 +272,8 @@ def status_report(paths: Paths, qdrant: Any = None) -> dict[str, Any]:
         "data_dir": str(paths.data_dir),
         "landing_dir": str(paths.landing_dir),
         "ingested_batches": sorted(ingested_hashes(lake)),
-        "pending_batches": [b.batch_id for b in pending_batches(paths, lake, current_profile())],
+        # the model settings as requested, not `auto` resolved: resolving would import torch and open_clip
+        "pending_batches": [b.batch_id for b in pending_batches(paths, lake, request=encoder_request_key())],
         "current_records": lake.current_records().height,
         "tables": table_counts(lake),
         "cluster_metrics": metrics.drop("params_json").to_dicts(),

@@ -430,3 +430,28 @@ def test_model_info_is_known_without_loading_and_equals_the_loaded_encoders(tiny
     build_tiny_clap(clap_dir)
     assert clap_model_info(str(clap_dir)) == ClapAudioEncoder(DeviceConfig(device="cpu"), str(clap_dir)).info
     assert clap_model_info(str(Path("/nonexistent/clap"))) is None
+
+
+def test_numpy_minilm_equals_the_torch_encoder_without_importing_torch(minilm: MiniLMTextEncoder) -> None:
+    """The cold CLI search embeds text queries with numpy: same vectors (cosine >= 0.9999), same identity
+    (so queries match the collection's text vectors), and torch is never imported for it."""
+    import json
+    import subprocess
+    import sys
+
+    from mm_platform.lib.encoders.minilm_numpy import NumpyMiniLM
+
+    texts = ["waterproof gear for muddy hiking trails", "", "Ünïcödé 日本語 🚀 naïve café", "long " * 600,
+             "A ceramic MUG, for my morning coffee!", "x"]
+    fast = NumpyMiniLM()
+    assert fast.info == minilm.info
+    a, b = fast.encode(texts), minilm.encode(texts)
+    assert a.shape == b.shape == (len(texts), 384) and a.dtype == np.float32
+    assert np.min(np.sum(a * b, axis=1)) >= 0.9999
+    assert fast.encode([]).shape == (0, 384)
+    with pytest.raises(TypeError):
+        fast.encode("not a list")
+    code = ("import sys, json; from mm_platform.lib.encoders.minilm_numpy import NumpyMiniLM; "
+            "v = NumpyMiniLM().encode(['tea']); print(json.dumps([v.shape[1], 'torch' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == [384, False]

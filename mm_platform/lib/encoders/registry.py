@@ -328,7 +328,7 @@ class EncoderSet:
             return clip_model_info(self.settings.clip_arch, self.settings.clip_pretrained, modality,
                                    config_path=self.settings.clip_config)
         if modality == "text":
-            from mm_platform.lib.encoders.text import minilm_model_info
+            from mm_platform.lib.encoders.minilm_files import minilm_model_info
 
             return minilm_model_info()
         from mm_platform.lib.encoders.image import efficientnet_lite0_info
