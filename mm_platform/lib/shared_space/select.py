@@ -63,7 +63,7 @@ def _decide(heads_mean: float | None, best: str | None, base_mean: float | None,
     if heads_mean > base_mean:
         return True, (f"heads' validation {GATE_METRIC} {heads_mean:.3f} > {best} baseline's {base_mean:.3f}")
     return False, (f"heads' validation {GATE_METRIC} {heads_mean:.3f} <= {best} baseline's {base_mean:.3f}: "
-                   f"the {best} baseline is used (too few records for the heads to generalise better)")
+                   f"the {best} baseline is used (the heads do not generalise better on these records)")
 
 
 def fit_shared_space(
