@@ -167,3 +167,17 @@ def test_gate_without_validation_rows_keeps_the_heads() -> None:
     model, m = fit_shared_space(blocks, present, AlignmentConfig(shared_dim=8, epochs=1, val_fraction=0.0))
     assert model.mapping == "heads" and m["use_heads"] and m["baseline"] is None
     assert "no validation rows" in m["mapping_reason"] and m["gating"]["text|image"]["use_heads"] is None
+
+
+def test_search_through_a_baseline_shared_space() -> None:
+    """When the gate picks the baseline, cross-modal search through SharedSpace still finds the record."""
+    from mm_platform.lib.search import Query, SharedSpace
+
+    blocks, present, _ = _linear(200, seed=3)
+    model, m = fit_shared_space(blocks, present, AlignmentConfig(shared_dim=16, epochs=1))
+    assert model.mapping != "heads"
+    ids = [f"r{i}" for i in range(200)]
+    space = SharedSpace(model, {"image": ids}, {"image": model.project("image", blocks["image"])})
+    assert space.covers("text", "image")
+    found = [space.search(Query("text", blocks["text"][i], "tiny-text"), "image", 3)[0][0] for i in range(0, 200, 7)]
+    assert found == [f"r{i}" for i in range(0, 200, 7)]
