@@ -155,22 +155,27 @@ def _mean_loss(
     pairs: Sequence[tuple[str, str]],
     rows: np.ndarray,
     config: AlignmentConfig,
+    chunk: int | None = None,
 ) -> float | None:
-    """Mean batch loss over ``rows`` taken in order in chunks of ``batch_size`` (no gradients)."""
+    """Mean batch loss over ``rows`` taken in order in ``ceil(rows / chunk)`` near-equal chunks (no gradients).
+
+    ``chunk`` defaults to ``batch_size``. The InfoNCE loss grows with the log of the rows compared at once, so
+    losses of two row sets are comparable only when measured with the same chunk size (:func:`_eval_chunk`).
+    """
+    chunk = chunk or config.batch_size
     values = []
     with torch.no_grad():
-        for start in range(0, rows.size, config.batch_size):
-            loss = _batch_loss(
-                heads,
-                Xt,
-                Pt,
-                pairs,
-                torch.from_numpy(rows[start : start + config.batch_size]),
-                config.temperature,
-            )
+        for part in np.array_split(rows, max(1, math.ceil(rows.size / chunk))):
+            loss = _batch_loss(heads, Xt, Pt, pairs, torch.from_numpy(part), config.temperature)
             if loss is not None:
                 values.append(float(loss))
     return float(np.mean(values)) if values else None
+
+
+def _eval_chunk(n_val: int, config: AlignmentConfig) -> int:
+    """Rows per chunk when measuring losses: ``min(batch_size, validation rows)``, the same for the training and
+    the validation rows so that their losses compare like with like."""
+    return min(config.batch_size, n_val) if n_val >= 2 else config.batch_size
 
 
 def _anchored_config(config: AlignmentConfig, dims: Mapping[str, int]) -> AlignmentConfig:
@@ -278,9 +283,9 @@ def _fit(
 ) -> dict[str, Any]:
     """AdamW + cosine decay with early stopping on the validation loss; the best epoch's weights are restored.
 
-    Both curves are measured after each epoch in eval mode (no dropout), with the same batching, so they are
-    comparable: ``train_loss_curve[e]`` and ``val_loss_curve[e]`` are the losses of the weights after epoch
-    ``e + 1`` on the training and the validation rows.
+    Both curves are measured after each epoch in eval mode (no dropout), in chunks of the same size
+    (:func:`_eval_chunk`), so they are comparable: ``train_loss_curve[e]`` and ``val_loss_curve[e]`` are the
+    losses of the weights after epoch ``e + 1`` on the training and the validation rows.
     """
     train_idx, val_idx, pairs = split.train_idx, split.val_idx, split.trained_pairs
     params = [p for m in split.used for p in heads[m].parameters()]
@@ -290,6 +295,7 @@ def _fit(
         opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
     )
     batch_rng = np.random.default_rng([config.seed, 1])
+    chunk = _eval_chunk(int(val_idx.size), config)
     train_curve: list[float | None] = []
     val_curve: list[float | None] = []
     best: tuple[float, int, dict[str, dict[str, torch.Tensor]]] | None = None
@@ -306,8 +312,8 @@ def _fit(
                 opt.step()
             sched.step()
         _set_mode(heads, False)
-        train_curve.append(_mean_loss(heads, Xt, Pt, pairs, train_idx, config))
-        val = _mean_loss(heads, Xt, Pt, pairs, val_idx, config) if val_idx.size else None
+        train_curve.append(_mean_loss(heads, Xt, Pt, pairs, train_idx, config, chunk))
+        val = _mean_loss(heads, Xt, Pt, pairs, val_idx, config, chunk) if val_idx.size else None
         if val_idx.size:
             val_curve.append(val)
         if config.patience and val is not None:
@@ -361,7 +367,8 @@ def train_alignment(
 
     Returns:
         ``(model, metrics)`` with ``train_loss`` / ``val_loss`` (losses of the returned weights, eval mode, on
-        the training / validation rows; with ``epochs=0`` those of the untrained heads; ``val_loss`` None
+        the training / validation rows in chunks of ``min(batch_size, validation rows)`` rows, so they compare;
+        with ``epochs=0`` those of the untrained heads; ``val_loss`` None
         without validation rows), ``train_loss_curve`` / ``val_loss_curve`` (per epoch run, eval mode; empty
         without training, the latter also without validation rows), ``best_epoch`` (1-based epoch whose
         weights are returned), ``stopped_early``, ``n_train``, ``n_val``, ``pairs`` (``"a|b"`` trained),
@@ -395,10 +402,11 @@ def train_alignment(
             fit = _fit(heads, split, Xt, Pt, replace(config, epochs=epochs))
         else:
             _set_mode(heads, False)
+            chunk = _eval_chunk(int(split.val_idx.size), config)
             fit = {"train_loss_curve": [], "val_loss_curve": [], "epochs": 0, "best_epoch": 0,
                    "stopped_early": False,
-                   "train_loss": _mean_loss(heads, Xt, Pt, split.trained_pairs, split.train_idx, config),
-                   "val_loss": _mean_loss(heads, Xt, Pt, split.trained_pairs, split.val_idx, config)
+                   "train_loss": _mean_loss(heads, Xt, Pt, split.trained_pairs, split.train_idx, config, chunk),
+                   "val_loss": _mean_loss(heads, Xt, Pt, split.trained_pairs, split.val_idx, config, chunk)
                    if split.val_idx.size else None}
     model = AlignmentModel(heads, {m: X[m].shape[1] for m in used}, config)
     retrieval = validation_retrieval(model, split, labels)
