@@ -120,8 +120,9 @@ def alignment_model(
     fixed seed, with early stopping on the validation loss, dropout, weight decay and a hidden width scaled to
     the training rows. A ridge least-squares map and CCA are fitted on the same rows; the heads are kept only
     when their validation recall@10 beats the best of them, otherwise that linear map is saved and used by
-    search and the shared-space strategy (``mapping_in_use``, ``mapping_reason``, per-pair ``gating``). Saved as safetensors (no pickle) under ``lake/_models/alignment/`` with its version (a hash
-    of the weights and config) and the encoder models it was trained on. Metadata: validation retrieval
+    search and the shared-space strategy (``mapping_in_use``, ``mapping_reason``, per-pair ``gating``). Saved
+    as safetensors (no pickle) under ``lake/_models/alignment/`` with its version (a hash of the weights and
+    config) and the encoder models it was trained on. Metadata: validation retrieval
     recall@1/@10 for every ordered modality pair, and label hit@10 where labels exist. Runs with the full
     re-cluster (first data, nightly, ``mm-platform recluster``). In the ``clip`` profile text and image are
     anchors: CLIP's space is the shared space, and the audio and tabular heads are trained into it."""
