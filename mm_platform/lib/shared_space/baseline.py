@@ -18,7 +18,8 @@ baseline is a real cross-modal map: search and the shared-space strategy use it 
   applicable with anchors (it would move the anchors' space).
 
 Ridge strength ``l_m = RIDGE_ALPHA * trace(A_m^T A_m) / d_m`` (scale free). At most ``MAX_BASELINE_ROWS`` training
-rows are used (seeded subsample), so fitting stays a few seconds.
+rows are used (seeded subsample), so fitting stays a few seconds; BLAS threads follow the training rule
+(:func:`~mm_platform.lib.shared_space.train.train_threads`).
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from mm_platform.lib.shared_space.heads import AlignmentModel, _make_head
-from mm_platform.lib.shared_space.train import Split
+from mm_platform.lib.shared_space.train import Split, train_threads
 
 #: Ridge strength relative to the mean eigenvalue of each modality's covariance.
 RIDGE_ALPHA = 0.1
@@ -143,7 +145,10 @@ def fit_baseline(split: Split, method: str) -> AlignmentModel | None:
         rows = np.sort(np.random.default_rng([config.seed, 2]).choice(rows, MAX_BASELINE_ROWS, replace=False))
     dim = config.shared_dim
     U = {m: _unit(split.X[m][rows]) for m in split.used}
-    maps = (_fit_ridge if method == "ridge" else _fit_cca)(split, rows, U, dim)
+    # BLAS threads as for training (one below a few thousand rows): on a loaded machine OpenBLAS threads that
+    # spin-wait for each other made a 193 x 1280 SVD 40x slower than one thread
+    with threadpool_limits(limits=train_threads(int(rows.size)), user_api="blas"):
+        maps = (_fit_ridge if method == "ridge" else _fit_cca)(split, rows, U, dim)
     cfg = replace(config, mapping=method, hidden_dim=0, epochs=0, dropout=0.0, patience=0)
     heads: dict[str, nn.Module] = {}
     for m in split.used:
