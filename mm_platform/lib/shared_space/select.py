@@ -79,7 +79,8 @@ def fit_shared_space(
     ``gating`` (per kept pair ``"a|b"``: ``validation_recall_heads``, ``validation_recall_baseline``,
     ``use_heads``), ``baselines`` (per method: availability, ``retrieval``, ``mean_recall@10``, ``seconds``),
     ``baseline`` (the best method, or None), ``validation_recall_heads`` / ``validation_recall_baseline`` (the
-    means over ordered pairs) and ``retrieval_in_use``; ``version`` is the returned model's.
+    means over ordered pairs), ``retrieval_in_use`` and ``heads_seconds``; ``version`` is the returned model's,
+    ``seconds`` the whole fit's.
     """
     t0 = time.perf_counter()
     config = config or AlignmentConfig()
@@ -102,6 +103,7 @@ def fit_shared_space(
     model = heads if use_heads else baselines[best]["model"]
     metrics.update({
         "heads_version": heads.version,
+        "heads_seconds": metrics["seconds"],
         "version": model.version,
         "mapping_in_use": model.mapping,
         "mapping_reason": reason,
