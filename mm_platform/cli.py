@@ -395,7 +395,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         with res.qdrant.store() as store:
             for query in DEMO_QUERIES[:1]:
                 native = encoders.shares_space("text", "image")
-                how = "CLIP's shared space" if native else "the shared space of the alignment heads"
+                mapping = getattr(getattr(shared, "model", None), "mapping", "heads")
+                how = "CLIP's shared space" if native else (
+                    "the shared space of the alignment heads" if mapping == "heads" else
+                    f"the shared space of the {mapping} linear map, which beat the heads on validation recall")
                 print(f"\nCross-modal search: --text {query!r} --modality image (profile {encoders.profile}; {how})")
                 _print_hits(search(store, encoders, text=query, modality="image", k=5, shared=shared),
                             as_json=False)
