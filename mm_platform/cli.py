@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mm_platform.lib.settings import Paths
+from mm_platform.lib.settings import Paths, setting
 
 DEMO_QUERIES = ("waterproof gear for muddy hiking trails", "something to keep my tea warm")
 
@@ -248,15 +248,11 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 def _qdrant_store_from_env(paths: Paths):
     """The Qdrant store as `build_resources` configures it, without importing Dagster or the encoders."""
-    import os
-
     from mm_platform.lib.qdrant_store import QdrantStore
 
-    url = os.environ.get("QDRANT_URL", "").strip()
-    return QdrantStore(collection=os.environ.get("MM_QDRANT_COLLECTION", "").strip() or "mm_records",
-                       path=None if url else (os.environ.get("MM_QDRANT_PATH", "").strip() or paths.qdrant_path),
-                       url=url or None, api_key=os.environ.get("QDRANT_API_KEY", "").strip() or None,
-                       open_timeout_s=5)
+    url = setting("QDRANT_URL")
+    return QdrantStore(collection=setting("MM_QDRANT_COLLECTION"), path=None if url else paths.qdrant_path,
+                       url=url or None, api_key=setting("QDRANT_API_KEY") or None, open_timeout_s=5)
 
 
 def status_report(paths: Paths, qdrant: Any = None) -> dict[str, Any]:
@@ -310,14 +306,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import os
 
     import uvicorn
 
     from mm_platform.serve.app import check_bind, create_app, open_services
     from mm_platform.serve.discovery import remove_discovery, write_discovery
 
-    token = os.environ.get("MM_SERVE_TOKEN", "").strip() or None
+    token = setting("MM_SERVE_TOKEN") or None
     check_bind(args.host, token)
     paths = Paths.from_env()
     with open_services(paths, warm=True) as services:
@@ -330,6 +325,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
             uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
         finally:
             remove_discovery(paths.data_dir)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Every setting in effect and where it came from (or the generated `.env.example` / docs table)."""
+    from mm_platform.lib import settings
+
+    if args.env_example:
+        print(settings.env_example(), end="")
+        return 0
+    if args.table:
+        print(settings.config_table(), end="")
+        return 0
+    rows = [{"variable": s.name, "value": value, "source": source, "group": s.group}
+            for s, value, source in settings.resolved()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(_table(rows, ["variable", "value", "source"], width=70))
     return 0
 
 
@@ -471,6 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("home", help="create/print the Dagster home used by CLI runs and `make ui`")
     h.set_defaults(fn=cmd_home)
+    c = sub.add_parser("config", help="every setting in effect and where it came from (environment or default)")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--env-example", action="store_true", help="print the generated .env.example")
+    c.add_argument("--table", action="store_true", help="print the generated configuration table of the docs")
+    c.set_defaults(fn=cmd_config)
     return p
 
 

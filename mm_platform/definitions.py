@@ -8,7 +8,6 @@ the nightly re-cluster.
 
 from __future__ import annotations
 
-import os
 
 import dagster as dg
 
@@ -19,7 +18,7 @@ from mm_platform.defs.clusters import checks as cluster_checks
 from mm_platform.defs.embeddings import assets as embedding_assets
 from mm_platform.defs.fusion import assets as fusion_assets
 from mm_platform.defs.ingest import assets as ingest_assets
-from mm_platform.defs.ingest.sensors import DEFAULT_MAX_BATCHES_PER_TICK, build_landing_sensor
+from mm_platform.defs.ingest.sensors import build_landing_sensor
 from mm_platform.defs.metadata import with_ui_attributes
 from mm_platform.defs.jobs import (
     batch_ingest_job,
@@ -32,6 +31,7 @@ from mm_platform.defs.resources import build_resources
 from mm_platform.defs.sql_models.assets import build_sql_model_assets
 from mm_platform.defs.streams import assets as stream_assets
 from mm_platform.defs.vector_index import assets as vector_assets
+from mm_platform.lib.settings import setting_int
 
 
 def build_definitions() -> dg.Definitions:
@@ -48,7 +48,7 @@ def build_definitions() -> dg.Definitions:
         jobs=[batch_ingest_job, recluster_job, refresh_job],
         schedules=[nightly_recluster_schedule],
         sensors=[
-            build_landing_sensor(int(os.environ.get("MM_SENSOR_MAX_BATCHES") or DEFAULT_MAX_BATCHES_PER_TICK)),
+            build_landing_sensor(setting_int("MM_SENSOR_MAX_BATCHES")),
             global_layer_sensor,
             dg.AutomationConditionSensorDefinition(
                 "global_automation_sensor",

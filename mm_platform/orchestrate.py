@@ -34,7 +34,7 @@ from mm_platform.lib.ledger import (  # noqa: F401 - ingested_hashes, table_coun
 )
 from mm_platform.lib.locks import IngestLock, ProcessRef
 from mm_platform.lib.manifest import list_complete_batches
-from mm_platform.lib.settings import Paths
+from mm_platform.lib.settings import Paths, setting
 
 INSTANCE_TEMPLATE = Path(__file__).parent / "instance" / "dagster.yaml"
 TEMPLATE_MARKER = "# mm_platform instance template v"
@@ -85,9 +85,6 @@ def get_instance(paths: Paths) -> dg.DagsterInstance:
 
 
 ACTIVE_STATUSES = ("STARTED", "STARTING", "NOT_STARTED", "CANCELING")
-DEFAULT_POOL_WAIT_S = 120.0
-
-
 def process_tags() -> dict[str, str]:
     """Tags naming the process that executes a run in process, so a later CLI can tell when it died."""
     me = ProcessRef.current()
@@ -172,8 +169,7 @@ def _daemon_batch_runs(instance: dg.DagsterInstance) -> dict[str, str]:
 
 
 def pool_wait_s() -> float:
-    raw = os.environ.get("MM_POOL_WAIT_S", "").strip()
-    return float(raw) if raw else DEFAULT_POOL_WAIT_S
+    return float(setting("MM_POOL_WAIT_S"))
 
 
 class RunInterrupted(Exception):
@@ -270,7 +266,7 @@ def _terminate_raises() -> Iterator[dict]:
 def _crash_hook(instance: dg.DagsterInstance) -> None:
     """Test hook: with ``MM_TEST_CRASH_AT=<step_key>`` the process SIGKILLs itself right after that step's
     STEP_START event is stored, i.e. at the start of the step. One central place for every step."""
-    target = os.environ.get("MM_TEST_CRASH_AT", "").strip()
+    target = setting("MM_TEST_CRASH_AT")
     if not target or getattr(instance, "_mm_crash_hook", False):
         return
     original = instance.handle_new_event

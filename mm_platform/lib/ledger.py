@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Mapping
 
 from mm_platform.lib.lake import Lake
 from mm_platform.lib.manifest import BatchInfo, list_complete_batches
-from mm_platform.lib.settings import Paths
+from mm_platform.lib.settings import Paths, setting
 
 GLOBAL_STAMP = "_global_refresh.fingerprint"
 #: Present while a full re-cluster is owed: the last one failed, or a table only it writes was damaged.
@@ -25,14 +24,8 @@ log = logging.getLogger("mm_platform.lake")
 
 def encoder_request_key(env: Mapping[str, str] | None = None) -> str:
     """The model settings as requested in the environment (before `auto` is resolved)."""
-    env = os.environ if env is None else env
-
-    def get(key: str, default: str) -> str:
-        return env.get(key, "").strip() or default
-
-    return request_key(get("MM_MODEL_PROFILE", "auto"), get("MM_CLIP_ARCH", "ViT-B-32"),
-                       get("MM_CLIP_PRETRAINED", "laion2b_s34b_b79k"), get("MM_CLIP_CONFIG", ""),
-                       get("MM_CLAP_MODEL", "laion/clap-htsat-unfused"))
+    return request_key(*(setting(name, env) for name in ("MM_MODEL_PROFILE", "MM_CLIP_ARCH", "MM_CLIP_PRETRAINED",
+                                                           "MM_CLIP_CONFIG", "MM_CLAP_MODEL")))
 
 
 def request_key(profile: str, clip_arch: str, clip_pretrained: str, clip_config: str, clap_model: str) -> str:

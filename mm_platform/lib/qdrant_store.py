@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import qdrant_edge as qe
 
+from mm_platform.lib.settings import setting
+
 if TYPE_CHECKING:  # imported where used: qdrant_client costs ~2 s of pydantic models, the edge backend none
     from qdrant_client import QdrantClient
 
@@ -88,7 +90,7 @@ class QdrantStore:
         self.api_key = api_key or None
         self.open_timeout_s = open_timeout_s
         self.upsert_chunk = upsert_chunk
-        self.backend = (backend or os.environ.get("MM_QDRANT_BACKEND") or "edge").strip().lower()
+        self.backend = (backend or setting("MM_QDRANT_BACKEND")).strip().lower()
         if self.backend not in ("edge", "local"):
             raise ValueError(f"MM_QDRANT_BACKEND must be 'edge' or 'local', not {self.backend!r}")
         if self.url:

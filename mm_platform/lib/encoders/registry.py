@@ -53,6 +53,8 @@ from mm_platform.lib.encoders.clip import (
     unavailable,
 )
 
+from mm_platform.lib.settings import BY_NAME  # noqa: E402 - after the encoder imports
+
 logger = logging.getLogger(__name__)
 
 PROFILES: tuple[str, ...] = ("auto", "offline", "clip")
@@ -72,9 +74,9 @@ class EncoderSettings:
         clap_model: CLAP model for audio in the ``clip`` profile: a hub id or a local directory.
     """
 
-    profile: str = "auto"
-    clip_arch: str = "ViT-B-32"
-    clip_pretrained: str = "laion2b_s34b_b79k"
+    profile: str = BY_NAME["MM_MODEL_PROFILE"].default
+    clip_arch: str = BY_NAME["MM_CLIP_ARCH"].default
+    clip_pretrained: str = BY_NAME["MM_CLIP_PRETRAINED"].default
     clip_config: str | None = None
     probe_timeout_s: float = 2.0
     clap_model: str = DEFAULT_CLAP_MODEL
