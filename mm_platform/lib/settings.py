@@ -54,6 +54,10 @@ ENV_DOC: dict[str, str] = {
     "MM_SERVE_QDRANT_IDLE_S": "seconds `mm-platform serve` keeps embedded Qdrant open after a request (default 2)",
     "MM_SERVE_URL": "base URL of the explorer (mm-platform serve) linked from the Dagster UI (default http://127.0.0.1:8765)",
     "MM_POOL_WAIT_S": "seconds a CLI run waits for a pool slot (e.g. qdrant) before failing, naming the holder (default 120)",
+    "MM_COMPUTE": "where embeddings are computed: local (in the run process; default) | ray (Ray Data + warm encoder actors)",
+    "RAY_ADDRESS": "MM_COMPUTE=ray: an existing Ray cluster (host:6379 or ray://host:10001); empty = a local Ray instance per run process",
+    "MM_RAY_NUM_CPUS": "MM_COMPUTE=ray without RAY_ADDRESS: CPUs of the local Ray instance (default: all)",
+    "MM_RAY_OBJECT_STORE_MB": "MM_COMPUTE=ray without RAY_ADDRESS: object store size of the local Ray instance in MB (default: Ray's)",
     "MM_TEST_CRASH_AT": "tests only: a step key; the CLI process SIGKILLs itself at the start of that step",
 }
 

@@ -203,7 +203,7 @@ class RayEncoder:
 
         return decode_audio, {"sample_rate": self.spec["sample_rate"],
                               "max_bytes": self.max_audio_bytes or DEFAULT_MAX_AUDIO_BYTES,
-                              "max_seconds": self.max_audio_seconds or DEFAULT_MAX_AUDIO_SECONDS}
+                              "max_seconds": max(self.max_audio_seconds or 0.0, DEFAULT_MAX_AUDIO_SECONDS)}
 
     def run(self, items: Sequence[str], on_batch: Callable[[int, int], None] | None = None) -> RayEmbedResult:
         """Decode and encode ``items`` (paths, or texts for the text modality), streaming; every item comes
