@@ -308,6 +308,16 @@ def cmd_home(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compute(args: argparse.Namespace) -> int:
+    import os
+
+    from mm_platform.lib.compute.warm_actors import warm_actor_command
+
+    for line in warm_actor_command(args.action, os.environ.get("RAY_ADDRESS", ""), Paths.from_env().data_dir):
+        print(line)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mm_platform.lib.lake import Lake, connect_readonly
 
@@ -436,6 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("home", help="create/print the Dagster home used by CLI runs and `make ui`")
     h.set_defaults(fn=cmd_home)
+
+    c = sub.add_parser("compute", help="MM_COMPUTE=ray: list or stop this data dir's warm encoder actors "
+                                       "on the cluster at RAY_ADDRESS")
+    c.add_argument("action", choices=["status", "stop"])
+    c.set_defaults(fn=cmd_compute)
     return p
 
 

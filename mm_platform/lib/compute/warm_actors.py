@@ -125,3 +125,21 @@ def stop_actors(namespace: str) -> list[str]:
         except ValueError:  # already gone
             pass
     return names
+
+
+def warm_actor_command(action: str, address: str, data_dir: str | os.PathLike[str]) -> list[str]:
+    """``mm-platform compute status|stop``: the warm actors of ``data_dir`` on the cluster at ``address``
+    (lines to print). Without an address there is nothing to list: a local Ray instance, and its actors,
+    end with the run process that started it."""
+    if not address:
+        return ["RAY_ADDRESS is not set: without a cluster, warm actors live only inside a run process."]
+    import ray
+
+    namespace = namespace_for(data_dir)
+    ray.init(address=address, namespace=namespace, log_to_driver=False)
+    try:
+        names = stop_actors(namespace) if action == "stop" else list_actors(namespace)
+    finally:
+        ray.shutdown()
+    verb = "stopped" if action == "stop" else "running"
+    return [f"{len(names)} warm encoder actors {verb} in namespace {namespace}", *names]
