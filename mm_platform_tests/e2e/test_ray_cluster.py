@@ -85,7 +85,7 @@ def test_batch_job_on_two_node_cluster_matches_local(paths, instance, tiny_clip,
     make_demo_batch(paths.landing_dir / "b2", n_records=6, seed=6, n_broken=0, id_prefix="b2")
     resources = make_resources(paths, tiny_clip, compute=compute)
     instance.add_dynamic_partitions("batches", ["b2"])
-    before = dg.AssetSelection.groups("raw", "aligned", "quarantine")
+    before = dg.AssetSelection.groups("raw", "aligned")
     assert dg.materialize(BATCH_ASSETS, partition_key="b2", instance=instance, resources=resources,
                           selection=before).success
     raw_images = got.read_partition("raw_images", "b2")
@@ -101,6 +101,10 @@ def test_batch_job_on_two_node_cluster_matches_local(paths, instance, tiny_clip,
     rej = got.read_stage_rejections("b2").filter(pl.col("stage") == "image_embeddings")
     assert rej.select("record_id", "modality", "reason").rows() == [(victim["record_id"], "image", "corrupt_image")]
     assert victim["uri"] in rej["detail"][0]
+    quarantined = got.read_partition("rejected_records", "b2").filter(pl.col("stage") == "image_embeddings")
+    assert quarantined["record_id"].to_list() == [victim["record_id"]]  # in the quarantine table, this run
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["every_line_accounted"]
     assert all(e.passed for e in result.get_asset_check_evaluations() if e.check_name == "vectors_valid")
     assert victim["record_id"] in got.read_partition("fused_vectors", "b2")["record_id"].to_list()  # kept
 
