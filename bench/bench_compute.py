@@ -210,6 +210,9 @@ def main() -> None:
         finally:
             os.killpg(head.pid, signal.SIGTERM)
             head.wait(timeout=60)
+            current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+            if current.is_file() and current.read_text().strip().endswith(address.split(":")[-1]):
+                current.unlink()  # our head is gone: do not point later `ray.init()` calls at it
 
 
 if __name__ == "__main__":

@@ -210,9 +210,23 @@ class ComputeResource(dg.ConfigurableResource):
         if settings.profile == "auto":  # the actor must load what this process resolved `auto` to
             settings = dataclasses.replace(settings, profile=encoders.encoders.profile)
         key = (modality, settings, encoders.device.config(), self.ray_config())
+        if key not in _RAY_ENCODERS and not _RAY_ENCODERS:
+            self._start_all(settings, encoders)
         if key not in _RAY_ENCODERS:
             _RAY_ENCODERS[key] = RayEncoder(modality, settings, encoders.device.config(), self.ray_config())
         return _RAY_ENCODERS[key]  # type: ignore[return-value]
+
+
+    def _start_all(self, settings: "EncoderSettings", encoders: "EncodersResource") -> None:
+        """Start every modality's warm actor at once (non-blocking), so their model loads overlap."""
+        from mm_platform.lib.compute.ray_pipeline import connect, gpus_for
+        from mm_platform.lib.compute.warm_actors import ensure_actor
+
+        cfg, device = self.ray_config(), encoders.device.config()
+        connect(cfg)
+        for modality in ("text", "image", "audio"):
+            ensure_actor(modality, settings, device, cfg.namespace, num_gpus=gpus_for(cfg, device),
+                         num_cpus=cfg.encoder_cpus)
 
 
 class PipelineConfigResource(dg.ConfigurableResource):

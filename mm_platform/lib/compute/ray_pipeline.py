@@ -13,13 +13,13 @@ and comes back to the caller, who quarantines it. ``ray`` is imported lazily.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from mm_platform.lib.compute.warm_actors import actor_name, ensure_actor
+from mm_platform.lib.compute.warm_actors import actor_name, encode_decoded, ensure_actor
 from mm_platform.lib.device import DeviceConfig
 from mm_platform.lib.encoders.base import ModelInfo
 from mm_platform.lib.encoders.registry import EncoderSettings
@@ -35,6 +35,7 @@ class RayConfig:
         namespace: the Ray namespace of the data dir (warm actors live there).
         num_cpus / object_store_mb: size of a local instance (ignored with ``address``); 0 = Ray's default.
         encoder_gpus: GPUs per encoder actor; ``-1`` = 1 when the device setting resolves to CUDA, else 0.
+        data_min_items: inputs larger than this go through Ray Data; smaller ones take the direct path.
         encoder_cpus: logical CPUs each warm actor reserves. 0 by default: a warm actor is idle between runs
             and must not starve the decode tasks of a small cluster (it still uses every core when it runs).
     """
@@ -45,6 +46,7 @@ class RayConfig:
     object_store_mb: int = 0
     encoder_gpus: float = -1.0
     encoder_cpus: float = 0.0
+    data_min_items: int = 256
 
 
 def connect(cfg: RayConfig) -> None:
@@ -54,9 +56,8 @@ def connect(cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"namespace": cfg.namespace, "log_to_driver": False, "ignore_reinit_error": True}
-    if cfg.address:
-        kwargs["address"] = cfg.address
-    else:
+    kwargs["address"] = cfg.address or "local"  # never a stale /tmp/ray/ray_current_cluster
+    if not cfg.address:
         kwargs["include_dashboard"] = False
         if cfg.num_cpus > 0:
             kwargs["num_cpus"] = cfg.num_cpus
@@ -146,15 +147,7 @@ class EncodeProxy:
     def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         import ray
 
-        ok = [k for k, e in enumerate(batch["error"]) if not e]
-        vectors = np.zeros((len(batch["idx"]), self.dim), dtype=np.float32)
-        if ok:
-            payload = batch["payload"]
-            rows = [payload[k] for k in ok]
-            if isinstance(payload, np.ndarray) and payload.dtype != object and payload.ndim > 1:
-                rows = np.stack(rows)
-            vectors[ok] = ray.get(self.actor.encode.remote(rows))
-        return {"idx": batch["idx"], "vector": vectors, "reason": batch["reason"], "error": batch["error"]}
+        return encode_decoded(batch, self.dim, lambda rows: ray.get(self.actor.encode.remote(rows)))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -207,26 +200,20 @@ class RayEncoder:
 
     def run(self, items: Sequence[str], on_batch: Callable[[int, int], None] | None = None) -> RayEmbedResult:
         """Decode and encode ``items`` (paths, or texts for the text modality), streaming; every item comes
-        back exactly once, as a vector or as a failure."""
-        import ray.data
+        back exactly once, as a vector or as a failure.
 
+        Inputs of more than ``cfg.data_min_items`` go through Ray Data (decode tasks -> actor-pool stage ->
+        warm actor). Smaller ones (an incremental batch) skip Ray Data's per-run start-up: each batch is one
+        decode task whose result goes straight to the warm actor (texts need no decode task)."""
         n = len(items)
         vectors = np.zeros((n, self.info.dim), dtype=np.float32)
         failures: dict[int, tuple[str, str]] = {}
         if n == 0:
             return RayEmbedResult(vectors, failures)
-        bs = max(1, self.device.batch_size)
-        decode, kwargs = self._decode_stage()
-        ds = ray.data.from_items([{"idx": i, "item": str(x)} for i, x in enumerate(items)],
-                                 override_num_blocks=max(1, (n + bs - 1) // bs))
-        ds = ds.map_batches(decode, batch_size=bs, fn_kwargs=kwargs, num_cpus=1, batch_format="numpy")
-        ds = ds.map_batches(EncodeProxy, batch_size=bs, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
-                            batch_format="numpy",
-                            fn_constructor_kwargs={"actor_name": self.actor_name,
-                                                   "namespace": self.cfg.namespace, "dim": self.info.dim})
         seen = np.zeros(n, dtype=bool)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for k, i in enumerate(batch["idx"].tolist()):
+        batches = self._direct(items) if n <= self.cfg.data_min_items else self._ray_data(items)
+        for batch in batches:
+            for k, i in enumerate(np.asarray(batch["idx"]).tolist()):
                 if seen[i]:
                     raise RuntimeError(f"item {i} came back twice from the Ray pipeline")
                 seen[i] = True
@@ -239,6 +226,35 @@ class RayEncoder:
         if not seen.all():
             raise RuntimeError(f"{int((~seen).sum())} of {n} items never came back from the Ray pipeline")
         return RayEmbedResult(vectors, failures)
+
+    def _ray_data(self, items: Sequence[str]) -> Iterator[dict[str, Any]]:
+        import ray.data
+
+        n, bs = len(items), max(1, self.device.batch_size)
+        decode, kwargs = self._decode_stage()
+        ds = ray.data.from_items([{"idx": i, "item": str(x)} for i, x in enumerate(items)],
+                                 override_num_blocks=max(1, (n + bs - 1) // bs))
+        ds = ds.map_batches(decode, batch_size=bs, fn_kwargs=kwargs, num_cpus=1, batch_format="numpy")
+        ds = ds.map_batches(EncodeProxy, batch_size=bs, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
+                            batch_format="numpy",
+                            fn_constructor_kwargs={"actor_name": self.actor_name,
+                                                   "namespace": self.cfg.namespace, "dim": self.info.dim})
+        yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+
+    def _direct(self, items: Sequence[str]) -> Iterator[dict[str, Any]]:
+        import ray
+
+        bs = max(1, self.device.batch_size)
+        decode, kwargs = self._decode_stage()
+        task = ray.remote(decode).options(num_cpus=1, max_retries=3)
+        refs = []
+        for start in range(0, len(items), bs):
+            chunk = {"idx": np.arange(start, min(start + bs, len(items))),
+                     "item": np.array([str(x) for x in items[start:start + bs]], dtype=object)}
+            decoded = decode(chunk) if decode is pass_texts else task.remote(chunk, **kwargs)
+            refs.append(self.actor.encode_batch.remote(decoded))
+        for ref in refs:
+            yield ray.get(ref)
 
     def stats(self) -> dict[str, Any]:
         """The actor's load time, pid and calls served (for metadata and tests)."""

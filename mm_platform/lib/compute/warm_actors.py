@@ -86,6 +86,24 @@ class EncoderActor:
             parts = OOMBackoff(max(1, int(batch.shape[0]))).run(self.encoder._embed, batch)
         return np.concatenate(list(parts), axis=0)
 
+    def encode_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """:func:`encode_decoded` inside the actor: the direct path for small inputs (no Ray Data stage)."""
+        return encode_decoded(batch, self.encoder.info.dim, self.encode)
+
+
+def encode_decoded(batch: dict[str, Any], dim: int, encode: Any) -> dict[str, Any]:
+    """Encode the rows of a decoded batch that decoded (``error`` empty); failed rows keep a zero vector and
+    their reason and message. Shared by the Ray Data proxy stage and the actor's direct path."""
+    ok = [k for k, e in enumerate(batch["error"]) if not e]
+    vectors = np.zeros((len(batch["idx"]), dim), dtype=np.float32)
+    if ok:
+        payload = batch["payload"]
+        rows: Any = [payload[k] for k in ok]
+        if isinstance(payload, np.ndarray) and payload.dtype != object and payload.ndim > 1:
+            rows = np.stack(rows)
+        vectors[ok] = encode(rows)
+    return {"idx": np.asarray(batch["idx"]), "vector": vectors, "reason": batch["reason"], "error": batch["error"]}
+
 
 def ensure_actor(modality: str, settings: EncoderSettings, device: DeviceConfig, namespace: str, *,
                  num_gpus: float = 0.0, num_cpus: float = 0.0, max_restarts: int = 4) -> Any:

@@ -3,6 +3,7 @@ as failure rows, warm actors reused across runs, and a killed actor costs a retr
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from pathlib import Path
@@ -26,7 +27,7 @@ def ray_cfg(tmp_path_factory: pytest.TempPathFactory):
     """One small local Ray instance for the module; its warm actors are killed at the end."""
     cfg = RayConfig(namespace=namespace_for(tmp_path_factory.mktemp("ray_data_dir")), num_cpus=2,
                     object_store_mb=150)
-    ray.init(num_cpus=2, object_store_memory=150 << 20, include_dashboard=False, namespace=cfg.namespace,
+    ray.init(address="local", num_cpus=2, object_store_memory=150 << 20, include_dashboard=False, namespace=cfg.namespace,
              log_to_driver=False)
     yield cfg
     stop_actors(cfg.namespace)
@@ -51,15 +52,16 @@ def test_vectors_equal_local_and_corrupt_image_is_a_failure_row(
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     paths = images[:5] + [str(bad)] + images[5:] + [str(tmp_path / "gone.jpg")]
 
-    result = RayEncoder("image", settings, device, ray_cfg).run(paths)
-
     local = load_encoders(settings, device)
+    want = local.image().encode_paths(images)
     ok = [i for i, p in enumerate(paths) if p in images]
-    assert _cos(result.vectors[ok], local.image().encode_paths(images)).min() >= 0.9999
-    assert set(result.failures) == {5, len(paths) - 1}
-    assert result.failures[5][0] == "corrupt_image" and "bad.jpg" in result.failures[5][1]
-    assert result.failures[len(paths) - 1][0] == "missing_file"
-    assert not result.vectors[5].any()
+    for cfg in (ray_cfg, dataclasses.replace(ray_cfg, data_min_items=0)):  # direct path, then Ray Data
+        result = RayEncoder("image", settings, device, cfg).run(paths)
+        assert _cos(result.vectors[ok], want).min() >= 0.9999
+        assert set(result.failures) == {5, len(paths) - 1}
+        assert result.failures[5][0] == "corrupt_image" and "bad.jpg" in result.failures[5][1]
+        assert result.failures[len(paths) - 1][0] == "missing_file"
+        assert not result.vectors[5].any()
 
     texts = ["a red circle", "a blue square", "", "ünïcödé text"]
     text_vectors = RayEncoder("text", settings, device, ray_cfg).run(texts).vectors
@@ -87,7 +89,7 @@ def test_actor_killed_mid_run_retries_without_loss_or_duplicates(
     ray_cfg: RayConfig, tiny_clip: TinyClip, images: list[str]
 ) -> None:
     device = DeviceConfig(device="cpu", batch_size=2, num_workers=0)
-    encoder = RayEncoder("image", tiny_clip.settings(), device, ray_cfg)
+    encoder = RayEncoder("image", tiny_clip.settings(), device, dataclasses.replace(ray_cfg, data_min_items=0))
     victim = encoder.stats()["pid"]
     killed: list[int] = []
 
