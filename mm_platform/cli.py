@@ -354,6 +354,15 @@ def cmd_home(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compute(args: argparse.Namespace) -> int:
+
+    from mm_platform.lib.compute.warm_actors import warm_actor_command
+
+    for line in warm_actor_command(args.action, setting("RAY_ADDRESS"), Paths.from_env().data_dir):
+        print(line)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mm_platform.lib.lake import Lake, connect_readonly
 
@@ -490,6 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--env-example", action="store_true", help="print the generated .env.example")
     c.add_argument("--table", action="store_true", help="print the generated configuration table of the docs")
     c.set_defaults(fn=cmd_config)
+
+    cp = sub.add_parser("compute", help="MM_COMPUTE=ray: list or stop this data dir's warm encoder actors "
+                                       "on the cluster at RAY_ADDRESS")
+    cp.add_argument("action", choices=["status", "stop"])
+    cp.set_defaults(fn=cmd_compute)
     return p
 
 

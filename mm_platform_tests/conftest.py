@@ -10,6 +10,7 @@ import dagster as dg
 import pytest
 
 from mm_platform.defs.resources import (
+    ComputeResource,
     EncodersResource,
     LandingResource,
     PipelineConfigResource,
@@ -43,9 +44,10 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> TinyClip:
     return clip
 
 
-def make_resources(paths: Paths, tiny: TinyClip | None = None, **pipeline: object) -> dict[str, object]:
+def make_resources(paths: Paths, tiny: TinyClip | None = None, compute: ComputeResource | None = None,
+                   **pipeline: object) -> dict[str, object]:
     """Real resources on temp dirs; the tiny CLIP + CLAP models when given (``clip`` profile), else the
-    offline profile."""
+    offline profile; in-process compute unless ``compute`` is given."""
     device = TorchDeviceResource(device="cpu", batch_size=32, num_workers=0)
     if tiny is not None:
         encoders = EncodersResource(profile="clip", clip_arch=tiny.arch, clip_pretrained=str(tiny.checkpoint_path),
@@ -60,6 +62,7 @@ def make_resources(paths: Paths, tiny: TinyClip | None = None, **pipeline: objec
         "device": device,
         "encoders": encoders,
         "pipeline": PipelineConfigResource(**pipeline),
+        "compute": compute or ComputeResource(data_dir=str(paths.data_dir)),
     }
 
 

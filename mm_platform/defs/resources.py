@@ -6,10 +6,12 @@ defaults (see ``.env.example``); resolution happens here, at definition time, ne
 
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import duckdb
@@ -23,6 +25,9 @@ from mm_platform.lib.ledger import request_key
 from mm_platform.lib.qdrant_store import QdrantStore
 from mm_platform.lib.settings import BY_NAME, Paths, setting, setting_int
 from mm_platform.lib.streams import parse_tolerance
+
+if TYPE_CHECKING:
+    from mm_platform.lib.compute.ray_pipeline import RayConfig, RayEncoder
 
 
 def _default(name: str) -> str:
@@ -176,6 +181,63 @@ class EncodersResource(dg.ConfigurableResource):
         return request_key(self.profile, self.clip_arch, self.clip_pretrained, self.clip_config, self.clap_model)
 
 
+#: Ray encoders already set up in this process (one warm actor handle per modality and settings).
+_RAY_ENCODERS: dict[tuple, object] = {}
+
+
+class ComputeResource(dg.ConfigurableResource):
+    """Where the embedding work runs: ``local`` (in this process; the default) or ``ray`` (Ray Data pipelines
+    feeding warm encoder actors on the cluster at ``ray_address``, or on a local Ray instance without one).
+    Warm actors live in a Ray namespace derived from ``data_dir``."""
+
+    mode: str = _default("MM_COMPUTE")
+    ray_address: str = ""
+    data_dir: str = ""
+    ray_num_cpus: int = 0
+    ray_object_store_mb: int = 0
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self.mode not in ("local", "ray"):
+            raise ValueError(f"MM_COMPUTE must be local or ray, got {self.mode!r}")
+
+    @property
+    def is_ray(self) -> bool:
+        return self.mode == "ray"
+
+    def ray_config(self) -> "RayConfig":
+        from mm_platform.lib.compute.ray_pipeline import RayConfig
+        from mm_platform.lib.compute.warm_actors import namespace_for
+
+        return RayConfig(address=self.ray_address, namespace=namespace_for(self.data_dir or "."),
+                         num_cpus=self.ray_num_cpus, object_store_mb=self.ray_object_store_mb)
+
+    def ray_encoder(self, modality: str, encoders: "EncodersResource") -> "RayEncoder":
+        """The Ray encoder of ``modality`` under the encoders' settings (its warm actor made on first use)."""
+        from mm_platform.lib.compute.ray_pipeline import RayEncoder
+
+        settings = encoders.settings()
+        if settings.profile == "auto":  # the actor must load what this process resolved `auto` to
+            settings = dataclasses.replace(settings, profile=encoders.encoders.profile)
+        key = (modality, settings, encoders.device.config(), self.ray_config())
+        if key not in _RAY_ENCODERS and not _RAY_ENCODERS:
+            self._start_all(settings, encoders)
+        if key not in _RAY_ENCODERS:
+            _RAY_ENCODERS[key] = RayEncoder(modality, settings, encoders.device.config(), self.ray_config())
+        return _RAY_ENCODERS[key]  # type: ignore[return-value]
+
+
+    def _start_all(self, settings: "EncoderSettings", encoders: "EncodersResource") -> None:
+        """Start every modality's warm actor at once (non-blocking), so their model loads overlap."""
+        from mm_platform.lib.compute.ray_pipeline import connect, gpus_for
+        from mm_platform.lib.compute.warm_actors import ensure_actor
+
+        cfg, device = self.ray_config(), encoders.device.config()
+        connect(cfg)
+        for modality in ("text", "image", "audio"):
+            ensure_actor(modality, settings, device, cfg.namespace, num_gpus=gpus_for(cfg, device),
+                         num_cpus=cfg.encoder_cpus)
+
+
 class PipelineConfigResource(dg.ConfigurableResource):
     """Fusion and clustering choices, recorded with every result they produce."""
 
@@ -254,6 +316,10 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             clip_pretrained=_env("MM_CLIP_PRETRAINED"),
             clip_config=_env("MM_CLIP_CONFIG"), clap_model=_env("MM_CLAP_MODEL"),
             device=device,
+        ),
+        "compute": ComputeResource(
+            mode=_env("MM_COMPUTE"), ray_address=_env("RAY_ADDRESS"), data_dir=str(paths.data_dir),
+            ray_num_cpus=_env_int("MM_RAY_NUM_CPUS"), ray_object_store_mb=_env_int("MM_RAY_OBJECT_STORE_MB"),
         ),
         "pipeline": PipelineConfigResource(
             fusion_weights=_env("MM_FUSION_WEIGHTS"),

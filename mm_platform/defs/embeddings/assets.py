@@ -3,6 +3,7 @@
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import dagster as dg
 import numpy as np
@@ -12,7 +13,7 @@ from mm_platform.defs.embeddings.checks import VECTORS_VALID, VECTORS_VALID_DESC
 from mm_platform.defs.ingest.assets import raw_audio, raw_images, raw_tabular, raw_text, tabular_state_dir
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.partitions import batches_partitions
-from mm_platform.defs.resources import EncodersResource, LandingResource, WarehouseResource
+from mm_platform.defs.resources import ComputeResource, EncodersResource, LandingResource, WarehouseResource
 from mm_platform.lib.encoders.base import ModelInfo
 from mm_platform.lib.sqlquote import sql_identifier
 from mm_platform.lib.tabular import TABULAR_DIM, TabularEncoderState, encode_tabular, load_state
@@ -109,17 +110,42 @@ def _result(df: pl.DataFrame, info: ModelInfo, check: dg.AssetCheckResult, profi
     )
 
 
+def _quarantine_failures(
+    src: pl.DataFrame, content_col: str, failures: dict[int, tuple[str, str]], table: str, modality: str
+) -> tuple[pl.Series, pl.DataFrame]:
+    """Rows whose content failed inside a Ray task (every row with that content): a keep-mask and their
+    quarantine rows (reason code and message as the task reported them)."""
+    bad = {src[content_col][i]: failures[i] for i in failures}
+    keep = ~src[content_col].is_in(list(bad))
+    dropped = src.filter(~keep)
+    now = datetime.now(UTC)
+    rej = pl.DataFrame(
+        {
+            "batch_id": dropped["batch_id"], "line_number": dropped["line_number"],
+            "record_id": dropped["record_id"], "modality": [modality] * dropped.height,
+            "reason": [bad[h][0] for h in dropped[content_col]], "detail": [bad[h][1] for h in dropped[content_col]],
+            "stage": [table] * dropped.height, "rejected_at": [now] * dropped.height,
+        },
+        schema_overrides={"record_id": pl.String, "line_number": pl.Int32, "modality": pl.String,
+                          "reason": pl.String, "detail": pl.String, "stage": pl.String},
+    )
+    return keep, rej
+
+
 def embed_partition(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, encoders: EncodersResource, *,
     table: str, source: str, content_col: str, identity: Callable[[], ModelInfo],
     encode: Callable[[pl.DataFrame, list[int]], np.ndarray],
+    failures: dict[int, tuple[str, str]] | None = None,
 ) -> dg.MaterializeResult:
     """Embed one batch of ``source`` into ``table`` through the cache, write it, check it, describe it.
 
     ``identity()`` is the encoder's identity, known without loading it; ``encode`` builds the encoder on its
     first call, which only happens when some content is not in the cache: a batch whose contents are all
     cached never loads a model. When the loaded encoder turns out to be another one than its files said
-    (CLAP falling back to log-mel), the batch goes through the cache again under the real identity."""
+    (CLAP falling back to log-mel), the batch goes through the cache again under the real identity.
+    ``failures`` (ray mode) is filled by ``encode`` with the rows whose media failed inside a Ray task: those
+    rows get no vector and a quarantine row (this stage's rejections) instead, never a retry loop."""
     batch_id = context.partition_key
     lake = warehouse.lake
     src = lake.read_partition(source, batch_id)
@@ -132,9 +158,34 @@ def embed_partition(
         vectors, hit = embed_with_cache(context, warehouse, table, info, src[content_col].to_list(),
                                         lambda rows: encode(src, rows))
     df = embedding_frame(src, content_col, vectors, info, hit)
+    if failures is not None:
+        keep, rej = _quarantine_failures(src, content_col, failures, table, info.modality)
+        df, src = df.filter(keep), src.filter(keep)
+        lake.write_stage_rejections(table, batch_id, rej)
+        if rej.height:
+            context.log.warning(f"{table}: {rej.height} rows quarantined by the Ray pipeline: "
+                                f"{rej['detail'].head(3).to_list()}")
     lake.write_partition(table, batch_id, df)
     check = vectors_valid(df, set(src["record_id"].to_list()), table, batch_id)
     return _result(df, info, check, encoders.encoders.profile)
+
+
+def ray_embedder(
+    context: dg.AssetExecutionContext, compute: ComputeResource, encoders: EncodersResource, modality: str,
+    item_col: str, max_audio_seconds: float | None = None,
+) -> tuple[object, Callable[[pl.DataFrame, list[int]], np.ndarray], dict[int, tuple[str, str]]]:
+    """(encoder, encode, failures) for ray mode: the warm actor's identity, a Ray Data run over the rows to
+    encode, and the failures that run reports (filled in by ``encode``)."""
+    encoder = compute.ray_encoder(modality, encoders)
+    encoder.max_audio_seconds = max_audio_seconds
+    failures: dict[int, tuple[str, str]] = {}
+
+    def encode(src: pl.DataFrame, rows: list[int]) -> np.ndarray:
+        result = encoder.run([src[item_col][i] for i in rows], on_batch=_progress(context, f"{modality} on Ray"))
+        failures.update({rows[k]: why for k, why in result.failures.items()})
+        return result.vectors
+
+    return encoder, encode, failures
 
 
 @dg.asset(
@@ -146,12 +197,18 @@ def embed_partition(
     check_specs=[dg.AssetCheckSpec(VECTORS_VALID, description=VECTORS_VALID_DESCRIPTION, asset="text_embeddings")],
 )
 def text_embeddings(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, encoders: EncodersResource
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, encoders: EncodersResource,
+    compute: ComputeResource,
 ) -> dg.MaterializeResult:
     """A unit-norm vector per record text, from the text encoder of the active profile (MiniLM offline, the
     CLIP text tower with ``clip``); every row names its model, version and embedding space. Content this
     model already embedded (same text hash, same model and weights version, any batch) comes from the
-    cache instead of being encoded again (``cache_hit``)."""
+    cache instead of being encoded again (``cache_hit``). With ``MM_COMPUTE=ray`` the encoding runs on Ray."""
+    if compute.is_ray:
+        encoder, encode, failures = ray_embedder(context, compute, encoders, "text", "text")
+        return embed_partition(context, warehouse, encoders, table="text_embeddings", source="raw_text",
+                               content_col="text_sha256", identity=lambda: encoder.info, encode=encode,
+                               failures=failures)
     es = encoders.encoders
     return embed_partition(
         context, warehouse, encoders, table="text_embeddings", source="raw_text", content_col="text_sha256",
@@ -170,11 +227,18 @@ def text_embeddings(
     check_specs=[dg.AssetCheckSpec(VECTORS_VALID, description=VECTORS_VALID_DESCRIPTION, asset="image_embeddings")],
 )
 def image_embeddings(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, encoders: EncodersResource
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, encoders: EncodersResource,
+    compute: ComputeResource,
 ) -> dg.MaterializeResult:
     """A unit-norm vector per record image (EfficientNet-Lite0 offline, the CLIP image tower with ``clip``).
     Images are decoded in DataLoader workers so decoding overlaps inference; image bytes this model already
-    embedded come from the cache (``cache_hit``)."""
+    embedded come from the cache (``cache_hit``). With ``MM_COMPUTE=ray``, decoding runs in Ray CPU tasks and
+    encoding in the model's warm actor; a file failing there is quarantined."""
+    if compute.is_ray:
+        encoder, encode, failures = ray_embedder(context, compute, encoders, "image", "uri")
+        return embed_partition(context, warehouse, encoders, table="image_embeddings", source="raw_images",
+                               content_col="sha256", identity=lambda: encoder.info, encode=encode,
+                               failures=failures)
     es = encoders.encoders
     return embed_partition(
         context, warehouse, encoders, table="image_embeddings", source="raw_images", content_col="sha256",
@@ -194,11 +258,17 @@ def image_embeddings(
 )
 def audio_embeddings(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, encoders: EncodersResource,
-    landing: LandingResource,
+    landing: LandingResource, compute: ComputeResource,
 ) -> dg.MaterializeResult:
     """A unit-norm vector per record audio clip, mixed to mono and resampled to the encoder's rate: CLAP's
     audio tower in the ``clip`` profile when its weights can be had, else (and in ``offline``) log-mel and
     MFCC statistics computed with torch. Clips this model already embedded come from the cache."""
+    if compute.is_ray:
+        encoder, encode, failures = ray_embedder(context, compute, encoders, "audio", "uri",
+                                                 max_audio_seconds=float(landing.max_audio_seconds))
+        return embed_partition(context, warehouse, encoders, table="audio_embeddings", source="raw_audio",
+                               content_col="sha256", identity=lambda: encoder.info, encode=encode,
+                               failures=failures)
     es = encoders.encoders
 
     def encode(src: pl.DataFrame, rows: list[int]) -> np.ndarray:

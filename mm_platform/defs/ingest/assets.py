@@ -394,8 +394,10 @@ def aligned_records(context: dg.AssetExecutionContext, warehouse: WarehouseResou
 
 @dg.asset(
     partitions_def=batches_partitions,
+    # the embedding assets quarantine media that fail inside a Ray task (MM_COMPUTE=ray): gather after them
     deps=[raw_records, raw_text, raw_images, raw_audio, raw_tabular, dg.AssetKey("stream_features"),
-          aligned_records],
+          aligned_records, dg.AssetKey("text_embeddings"), dg.AssetKey("image_embeddings"),
+          dg.AssetKey("audio_embeddings")],
     group_name="quarantine",
     kinds={"python", "parquet"},
     tags={"layer": "quarantine"},
