@@ -777,8 +777,6 @@ def test_small_batch_manifest_and_stream_bytes_are_pinned(tmp_path: Path) -> Non
     """The generator's output for one small seed, pinned: the manifest and stream digests were taken
     before the generator was split into per-modality builders (the split must not change a byte).
     Only the text files are pinned (PNG/FLAC/MP3 bytes depend on codec library versions)."""
-    import hashlib
-
     d = tmp_path / "b13"
     make_demo_batch(d, n_records=13, seed=11, n_broken=12, id_prefix="x")
     digest = {p: hashlib.sha256((d / p).read_bytes()).hexdigest() for p in ("records.jsonl", STREAM_PATH)}
