@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,40 @@ def kmeans_auto(
         return _kmeans_auto(
             X, k, k_min, k_max, seed, sample_size, n_init, minibatch_threshold, fit_sample_size
         )
+
+
+def _best_k(
+    fit: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    X_fit: np.ndarray,
+    sil_idx: np.ndarray,
+    candidates: list[int],
+    k_scores: dict[int, float],
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(k, labels, centers)`` of the candidate with the best cosine silhouette (the first on ties; the first
+    candidate when none has one); records each candidate's silhouette in ``k_scores``."""
+    best: tuple[float, int, np.ndarray, np.ndarray] | None = None
+    for kk in candidates:
+        fit_labels, centers = fit(kk)
+        score = _cosine_silhouette(X_fit, fit_labels, sil_idx)
+        if score is not None:
+            k_scores[kk] = score
+        key = score if score is not None else -math.inf
+        if best is None or key > best[0]:
+            best = (key, kk, fit_labels, centers)
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
+def _nearest_centroid(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Label of every row's nearest centroid (Euclidean, as K-Means), in blocks of 65536 rows."""
+    n = X.shape[0]
+    labels = np.empty(n, dtype=np.int64)
+    c_sq = (centers**2).sum(axis=1)
+    for start in range(0, n, 65536):
+        block = X[start : start + 65536]
+        d = c_sq[None, :] - 2.0 * block @ centers.T
+        labels[start : start + 65536] = np.argmin(d, axis=1)
+    return labels
 
 
 def _kmeans_auto(
@@ -111,31 +146,12 @@ def _kmeans_auto(
         hi = min(k_max, n - 1, n_distinct)
         candidates = list(range(lo, hi + 1)) if lo <= hi else [max(2, min(hi, lo))]
         params["k_candidates"] = candidates
-        best: tuple[float, int, np.ndarray, np.ndarray] | None = None
-        for kk in candidates:
-            fit_labels, centers = fit(kk)
-            score = _cosine_silhouette(X_fit, fit_labels, sil_idx)
-            if score is not None:
-                k_scores[kk] = score
-            key = score if score is not None else -math.inf
-            if best is None or key > best[0]:
-                best = (key, kk, fit_labels, centers)
-        assert best is not None
-        chosen, fit_labels, centers = best[1], best[2], best[3]
+        chosen, fit_labels, centers = _best_k(fit, X_fit, sil_idx, candidates, k_scores)
     else:
         chosen = min(k, n_distinct)
         fit_labels, centers = fit(chosen)
 
-    if use_minibatch:
-        # assign every row to its nearest centroid (Euclidean, as K-Means)
-        labels = np.empty(n, dtype=np.int64)
-        c_sq = (centers**2).sum(axis=1)
-        for start in range(0, n, 65536):
-            block = X[start : start + 65536]
-            d = c_sq[None, :] - 2.0 * block @ centers.T
-            labels[start : start + 65536] = np.argmin(d, axis=1)
-    else:
-        labels = fit_labels
+    labels = _nearest_centroid(X, centers) if use_minibatch else fit_labels
 
     labels, old_order = _relabel_by_size(labels)
     centroids = centers[old_order] if old_order else np.zeros((0, X.shape[1]))

@@ -51,6 +51,40 @@ def apply_outlier_policy(labels: np.ndarray, X: np.ndarray, policy: str) -> tupl
     return out, is_outlier
 
 
+def _assign_within_radius(
+    X: np.ndarray, idx: np.ndarray, rest: np.ndarray, fit_labels: np.ndarray, id_arr: np.ndarray, labels: np.ndarray
+) -> int:
+    """Set ``labels[rest]`` to the cluster (of ``id_arr``) of the most cosine-similar unit centroid of the sampled
+    rows ``idx``, or -1 beyond that cluster's radius; returns how many rows were left as noise."""
+    ids = [int(c) for c in id_arr]
+    U = _unit_rows(X)
+    U_fit = U[idx]
+    C = _unit_centroids(U_fit, fit_labels, ids)
+    radius = np.array(
+        [float(np.max(1.0 - U_fit[fit_labels == c] @ C[j])) for j, c in enumerate(ids)]
+    )
+    assigned_noise = 0
+    for start in range(0, rest.size, 65536):
+        block = rest[start : start + 65536]
+        sims = U[block] @ C.T
+        best = np.argmax(sims, axis=1)
+        dist = 1.0 - sims[np.arange(block.size), best]
+        ok = dist <= radius[best] + 1e-9
+        labels[block] = np.where(ok, id_arr[best], -1)
+        assigned_noise += int(np.sum(~ok))
+    return assigned_noise
+
+
+def _assign_nearest(X: np.ndarray, rest: np.ndarray, fitted: np.ndarray, id_arr: np.ndarray, labels: np.ndarray) -> None:
+    """Set ``labels[rest]`` to the id (of ``id_arr``) of the nearest fitted centroid, Euclidean as ``KMeans.predict``."""
+    sel = fitted[id_arr]
+    c_sq = (sel**2).sum(axis=1)
+    for start in range(0, rest.size, 65536):
+        block = rest[start : start + 65536]
+        d = c_sq[None, :] - 2.0 * X[block] @ sel.T
+        labels[block] = id_arr[np.argmin(d, axis=1)]
+
+
 def fit_on_sample(
     X: np.ndarray,
     fit: Callable[[np.ndarray], ClusterResult],
@@ -100,32 +134,14 @@ def fit_on_sample(
         id_arr = np.asarray(ids, dtype=np.int64)
         if density:
             assignment = "nearest_centroid_within_radius"
-            U = _unit_rows(X)
-            U_fit = U[idx]
-            C = _unit_centroids(U_fit, fit_labels, ids)
-            radius = np.array(
-                [float(np.max(1.0 - U_fit[fit_labels == c] @ C[j])) for j, c in enumerate(ids)]
-            )
-            for start in range(0, rest.size, 65536):
-                block = rest[start : start + 65536]
-                sims = U[block] @ C.T
-                best = np.argmax(sims, axis=1)
-                dist = 1.0 - sims[np.arange(block.size), best]
-                ok = dist <= radius[best] + 1e-9
-                labels[block] = np.where(ok, id_arr[best], -1)
-                assigned_noise += int(np.sum(~ok))
+            assigned_noise = _assign_within_radius(X, idx, rest, fit_labels, id_arr, labels)
         else:
             assignment = "nearest_centroid"
             fitted = np.asarray(res.centroids) if res.centroids is not None else None
             if fitted is None or fitted.ndim != 2 or fitted.shape != (max(ids) + 1, X.shape[1]):
                 fitted = _means(X[idx], fit_labels, max(ids) + 1)
             centers = fitted
-            sel = fitted[id_arr]
-            c_sq = (sel**2).sum(axis=1)
-            for start in range(0, rest.size, 65536):
-                block = rest[start : start + 65536]
-                d = c_sq[None, :] - 2.0 * X[block] @ sel.T
-                labels[block] = id_arr[np.argmin(d, axis=1)]
+            _assign_nearest(X, rest, fitted, id_arr, labels)
     else:
         assignment = "none (no cluster in the sample)"
         assigned_noise = int(rest.size)
