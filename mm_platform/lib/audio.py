@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mm_platform.lib.media import DEFAULT_MAX_AUDIO_BYTES, MediaError, check_file
+from mm_platform.lib.media_base import DEFAULT_MAX_AUDIO_BYTES, MediaError, check_file
 
 #: libsndfile major formats accepted (``soundfile.info(path).format``).
 AUDIO_FORMATS: tuple[str, ...] = ("WAV", "FLAC", "OGG", "MP3")

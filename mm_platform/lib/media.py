@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import stat as _stat
 import struct
 import unicodedata
@@ -28,9 +27,10 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from PIL import Image, ImageOps
 
+from mm_platform.lib.media_base import DEFAULT_MAX_AUDIO_BYTES, MediaError, check_file
+
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 DEFAULT_MAX_IMAGE_BYTES = 50 * 2**20
-DEFAULT_MAX_AUDIO_BYTES = 200 * 2**20
 DEFAULT_MAX_TEXT_CHARS = 100_000
 
 #: Formats accepted by :func:`inspect_image` (PIL format names).
@@ -40,18 +40,6 @@ _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"IEND\xaeB`\x82"
 # Characters stripped from the ends of texts in addition to ``str.strip()`` whitespace.
 _EXTRA_STRIP = "\ufeff\u200b\u200c\u200d\u2060"
-
-
-class MediaError(Exception):
-    """A media/text validation failure with a stable ``reason`` code and a specific ``detail``."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-    def __reduce__(self) -> tuple[type[MediaError], tuple[str, str]]:  # picklable across processes
-        return (MediaError, (self.reason, self.detail))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -291,24 +279,6 @@ class ImageInfo:
     n_bytes: int
 
 
-def check_file(path: Path, max_bytes: int, kind: str) -> int:
-    """Size of a regular, non-empty file within ``max_bytes``; else ``missing_file``, ``not_a_file``,
-    ``empty_file`` or ``file_too_large``."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise MediaError("missing_file", f"{str(path)!r} does not exist") from None
-    except OSError as exc:
-        raise MediaError("missing_file", f"{str(path)!r} is not accessible: {exc}") from None
-    if not _stat.S_ISREG(st.st_mode):
-        raise MediaError("not_a_file", f"{str(path)!r} is not a regular file")
-    if st.st_size == 0:
-        raise MediaError("empty_file", f"{kind} file {str(path)!r} is empty (0 bytes)")
-    if st.st_size > max_bytes:
-        raise MediaError("file_too_large", f"{kind} file {str(path)!r} has {st.st_size} bytes > limit {max_bytes}")
-    return int(st.st_size)
-
-
 def _read_limited(path: Path, max_bytes: int, kind: str) -> bytes:
     check_file(path, max_bytes, kind)
     try:
@@ -472,7 +442,7 @@ def inspect_audio(
     (not WAV/FLAC/OGG/MP3), ``invalid_sample_rate``, ``empty_audio`` (0 frames), ``audio_too_long``
     (> ``max_seconds``; default :data:`mm_platform.lib.audio.DEFAULT_MAX_AUDIO_SECONDS`).
     """
-    from mm_platform.lib import audio  # lazy: lib.audio imports this module
+    from mm_platform.lib import audio  # lazy: keeps numpy out of importing this module
 
     limit = audio.DEFAULT_MAX_AUDIO_SECONDS if max_seconds is None else max_seconds
     meta = audio.probe_audio(Path(path), max_bytes=max_bytes, max_seconds=limit)

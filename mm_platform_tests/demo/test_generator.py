@@ -771,3 +771,16 @@ def test_decode_level_reasons(all_broken: DemoBatch) -> None:
     typed = tabular.type_rows(state, [r.fields for r in with_fields])
     problems = {(with_fields[p.row].line_number, p.field, p.reason) for p in typed.problems}
     assert problems == {(ln, "price", k) for ln, k in b.partial.items()}
+
+
+def test_small_batch_manifest_and_stream_bytes_are_pinned(tmp_path: Path) -> None:
+    """The generator's output for one small seed, pinned: the manifest and stream digests were taken
+    before the generator was split into per-modality builders (the split must not change a byte).
+    Only the text files are pinned (PNG/FLAC/MP3 bytes depend on codec library versions)."""
+    d = tmp_path / "b13"
+    make_demo_batch(d, n_records=13, seed=11, n_broken=12, id_prefix="x")
+    digest = {p: hashlib.sha256((d / p).read_bytes()).hexdigest() for p in ("records.jsonl", STREAM_PATH)}
+    assert digest == {
+        "records.jsonl": "801d603ac46e569619ba9f91223b878d326463f1974595b595d664387b8fee9d",
+        STREAM_PATH: "6fde6e035e08c95bac17bf32e91221fdedcbf1041197601459cd345d7240f74a",
+    }

@@ -1,0 +1,116 @@
+"""The package's import graph, read from the source with ``ast`` (nothing is imported).
+
+* No import cycle among ``mm_platform.lib.*`` modules, counting imports inside functions too (a lazy
+  import that closes a circle is still a circle a reader has to untangle).
+* Library code stays free of Dagster: nothing under ``mm_platform/lib/`` imports ``dagster`` (or a
+  ``dagster_*`` package) or ``mm_platform.defs``.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import mm_platform
+
+ROOT = Path(mm_platform.__file__).resolve().parent
+PACKAGE = "mm_platform"
+
+
+def _module_name(path: Path) -> str:
+    parts = [PACKAGE, *path.relative_to(ROOT).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
+
+
+def _imports(name: str, path: Path, known: Mapping[str, Path]) -> Iterator[str]:
+    """Every module ``name`` imports (anywhere in the file): ``import a.b`` -> ``a.b``; ``from a import b``
+    -> ``a.b`` when that is a module of the package, else ``a``; relative imports resolved."""
+    is_pkg = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = name.split(".")
+                anchor = anchor[: len(anchor) - node.level + (1 if is_pkg else 0)]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                yield sub if sub in known else base
+
+
+def _graph() -> dict[str, set[str]]:
+    known = _modules()
+    return {m: {t for t in _imports(m, p, known) if t in known and t != m} for m, p in known.items()}
+
+
+def _cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one node (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_cycle_finder_finds_a_circle_and_only_circles() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert _cycles(graph) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_import_reader_sees_lazy_relative_and_from_imports() -> None:
+    graph = _graph()
+    assert "mm_platform.lib.tabular.numbers" in graph["mm_platform.lib.tabular.spec"]  # from-import of a module
+    assert "mm_platform.lib.audio" in graph["mm_platform.lib.media"]  # lazy, inside inspect_audio
+    assert "mm_platform.lib.media_base" in graph["mm_platform.lib.audio"]
+
+
+def test_no_import_cycle_among_lib_modules() -> None:
+    lib = {m: {t for t in ts if t.startswith("mm_platform.lib.")}
+           for m, ts in _graph().items() if m.startswith("mm_platform.lib.")}
+    assert _cycles(lib) == []
+
+
+def test_lib_imports_neither_dagster_nor_defs() -> None:
+    known = _modules()
+    bad = []
+    for m, p in known.items():
+        if m == "mm_platform.lib" or m.startswith("mm_platform.lib."):
+            for t in _imports(m, p, known):
+                top = t.split(".")[0]
+                if top == "dagster" or top.startswith("dagster_") or t.startswith("mm_platform.defs"):
+                    bad.append(f"{m} imports {t}")
+    assert bad == []
