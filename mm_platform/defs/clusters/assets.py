@@ -43,6 +43,7 @@ from mm_platform.lib.lake import Lake
 from mm_platform.lib.settings import serve_url
 from mm_platform.lib.ledger import fused_fingerprint
 from mm_platform.lib.modality_weights import evidence_weights
+from mm_platform.lib.vectors import embedding_matrix
 
 CLUSTER_MODEL_FILE = "_models/cluster_model.npz"
 #: New records further than this quantile of the members' distances are outliers under HDBSCAN.
@@ -63,7 +64,7 @@ def current_vectors(lake: Lake, table: str) -> tuple[list[str], list[str], np.nd
     df = lake.read_current(table).sort("record_id")
     if df.height == 0:
         return [], [], np.zeros((0, 0), dtype=np.float32)
-    return df["record_id"].to_list(), df["batch_id"].to_list(), np.asarray(df["embedding"].to_list(), np.float32)
+    return df["record_id"].to_list(), df["batch_id"].to_list(), embedding_matrix(df)
 
 
 ALGORITHMS = ("kmeans", "hdbscan", "dbscan")
@@ -107,7 +108,7 @@ def clustering_input(lake: Lake, pipeline: PipelineConfigResource, batch_id: str
         else:
             df = lake.read_partition("fused_vectors", batch_id)
             ids, batch_ids = df["record_id"].to_list(), df["batch_id"].to_list()
-            X = np.asarray(df["embedding"].to_list(), np.float32) if df.height else np.zeros((0, 0), np.float32)
+            X = embedding_matrix(df)
         return ids, batch_ids, X, (df["fusion"][0] if df.height else "early")
     if pipeline.fusion_strategy == "shared_mean":
         corpus = corpus if corpus is not None else load_corpus(lake, batch_id=batch_id)
