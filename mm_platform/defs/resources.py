@@ -15,7 +15,7 @@ import dagster as dg
 import duckdb
 from pydantic import PrivateAttr
 
-from mm_platform.lib.device import DeviceConfig, resolve_device
+from mm_platform.lib.device import DeviceConfig, apply_thread_policy, resolve_device
 from mm_platform.lib.encoders.registry import EncoderSet, EncoderSettings, load_encoders, resolve_profile
 from mm_platform.lib.fusion import parse_weights
 from mm_platform.lib.lake import Lake, WarehouseBusy, refresh_warehouse, register_views
@@ -34,6 +34,9 @@ class WarehouseResource(dg.ConfigurableResource):
     _lake: Lake = PrivateAttr()
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # every step uses the warehouse: cap its torch/OpenMP/BLAS threads so concurrent runs never
+        # oversubscribe the cores (MM_STEP_THREADS, MM_CONCURRENT_STEPS; lib/device.py)
+        apply_thread_policy()
         self._lake = Lake(self.lake_dir)
         self._lake.ensure_initialized()
 

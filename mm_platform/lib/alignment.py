@@ -60,6 +60,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mm_platform.lib.device import step_threads
 from mm_platform.lib.fusion import modality_order
 
 #: Format tag written into saved models; :meth:`AlignmentModel.load` refuses anything else.
@@ -151,13 +152,6 @@ def _forward(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.normalize(head(unit), dim=1, eps=1e-12)
 
 
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 @contextlib.contextmanager
 def _training_context() -> Iterator[None]:
     """Fixed thread count, deterministic algorithms and flushed denormals for the duration.
@@ -168,7 +162,7 @@ def _training_context() -> Iterator[None]:
     """
     old_threads = torch.get_num_threads()
     old_det = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(max(1, min(MAX_TRAIN_THREADS, _available_cpus())))
+    torch.set_num_threads(max(1, min(MAX_TRAIN_THREADS, step_threads())))
     torch.use_deterministic_algorithms(True)
     torch.set_flush_denormal(True)
     try:
