@@ -187,7 +187,7 @@ class PipelineConfigResource(dg.ConfigurableResource):
     cluster_label_prompts: str = ""  # comma-separated names; a cluster is named by the nearest one
     shared_dim: int = 128
     map_method: str = "pca"  # pca | tsne (embedding_map)
-    map_fit_sample: int = 50_000  # rows the map projection is fitted on (embedding_map, re-cluster only)
+    map_fit_sample: int = 20_000  # rows the map projection is fitted on (embedding_map, re-cluster only)
     alignment_epochs: int = 60
     stream_tolerance: str = "5m"  # as-of join tolerance of stream readings
     stream_tolerances: str = ""  # per-stream overrides: "telemetry=10m,weather=1h"
@@ -263,7 +263,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             cluster_label_prompts=_env("MM_CLUSTER_LABEL_PROMPTS", ""),
             shared_dim=_env_int("MM_SHARED_DIM", 128),
             map_method=_env("MM_MAP_METHOD", "pca"),
-            map_fit_sample=_env_int("MM_MAP_FIT_SAMPLE", 50_000),
+            map_fit_sample=_env_int("MM_MAP_FIT_SAMPLE", 20_000),
             alignment_epochs=_env_int("MM_ALIGNMENT_EPOCHS", 60),
             stream_tolerance=_env("MM_STREAM_TOLERANCE", "5m"),
             stream_tolerances=_env("MM_STREAM_TOLERANCES", ""),

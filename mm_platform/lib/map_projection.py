@@ -6,7 +6,7 @@
 ``pca``
     The first two principal components of the L2-normalised rows, computed exactly from the covariance
     matrix of a seeded sample of at most ``fit_sample`` rows (accumulated chunk by chunk in float64, so memory
-    is ``d x d`` plus one chunk, whatever the corpus size). Signs are fixed (the largest loading of each
+    is ``d x d`` plus one chunk, whatever the corpus size; float32 products per chunk, float64 sums). Signs are fixed (the largest loading of each
     component is positive), so the same rows always give the same map.
 ``tsne``
     t-SNE (sklearn, cosine metric) on a seeded sample of at most ``tsne_sample`` rows; the sample's unit rows
@@ -36,7 +36,7 @@ from mm_platform.lib.embedding_map import METHODS, N_PLACEMENT_NEIGHBOURS
 
 FORMAT = "mm-map-projection/1"
 #: Rows the PCA covariance is estimated from (seeded sample above this).
-DEFAULT_FIT_SAMPLE = 50_000
+DEFAULT_FIT_SAMPLE = 20_000
 #: Rows t-SNE is fitted on.
 DEFAULT_TSNE_SAMPLE = 3000
 #: Rows transformed at once (bounds the float32 working copy: 16k x 1,928 x 4 B = 123 MB).
@@ -119,8 +119,8 @@ def _pca_components(S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean /= max(n, 1)
     cov = np.zeros((d, d), dtype=np.float64)
     for sl in _chunks(n):
-        C = _unit32(S[sl]).astype(np.float64) - mean
-        cov += C.T @ C
+        C = _unit32(S[sl]) - mean.astype(np.float32)
+        cov += (C.T @ C).astype(np.float64)  # float32 GEMM per chunk (2x faster), summed in float64
     k = min(2, d, max(n - 1, 0))
     comps = np.zeros((2, d), dtype=np.float64)
     if k >= 1:

@@ -43,7 +43,7 @@ ENV_DOC: dict[str, str] = {
     "MM_DBSCAN_MIN_SAMPLES": "DBSCAN min_samples (default 5)",
     "MM_CLUSTER_LABEL_PROMPTS": "comma-separated names; each cluster is named by the nearest one in the shared space",
     "MM_MAP_METHOD": "2-D method of embedding_map: pca | tsne (default pca)",
-    "MM_MAP_FIT_SAMPLE": "rows the embedding map projection is fitted on in the re-cluster job (default 50000)",
+    "MM_MAP_FIT_SAMPLE": "rows the embedding map projection is fitted on in the re-cluster job (default 20000)",
     "MM_STEP_THREADS": "threads (torch, OpenMP, BLAS) per step; auto = cores // MM_CONCURRENT_STEPS (default auto)",
     "MM_CONCURRENT_STEPS": "steps that may run at once (the run queue's max_concurrent_runs, default 2)",
     "MM_SHARED_DIM": "dimension of the shared space the alignment heads project into (default 128)",
