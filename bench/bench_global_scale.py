@@ -99,9 +99,9 @@ def global_layer(root: Path, n: int, out: mp.Queue) -> None:
     coords = np.concatenate([proj.transform(X) for _, X in chunks()])
     times["map (fit on sample + place all, 1 pass)"] = time.perf_counter() - t
     t = time.perf_counter()
-    new = np.concatenate([X[: max(1, X.shape[0] // 10)] for _, X in chunks()][:1])  # a +10% batch stand-in
-    proj.transform(new)
-    times["map refresh (place one new partition)"] = time.perf_counter() - t
+    _, first = next(iter(chunks()))  # one partition read and placed, as a refresh after one new batch does
+    proj.transform(first)
+    times["map refresh (read + place one partition)"] = time.perf_counter() - t
     t = time.perf_counter()
     groups: dict[str, tuple[dict, list[str]]] = {}
     labels = res.labels.tolist()

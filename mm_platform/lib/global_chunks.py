@@ -68,8 +68,8 @@ def chunked_representatives(chunks: Chunks, labels: np.ndarray, n: int = 3) -> d
         U = _unit(X)
         if sums is None:
             sums = np.zeros((len(ids), U.shape[1]), dtype=np.float64)
-        keep = lab >= 0
-        np.add.at(sums, np.array([pos[int(c)] for c in lab[keep]], dtype=np.int64), U[keep])
+        for c in np.unique(lab[lab >= 0]).tolist():
+            sums[pos[c]] += U[lab == c].sum(axis=0, dtype=np.float64)
         start += X.shape[0]
     assert sums is not None
     norms = np.linalg.norm(sums, axis=1, keepdims=True)
