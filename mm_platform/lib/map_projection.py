@@ -228,7 +228,6 @@ def load_projection(lake_root: Path | str) -> MapProjection | None:
 # -- refreshing the map ------------------------------------------------------------------------------------
 
 #: (record_ids, batch_ids, matrix, space spec) of every current record, or of one batch.
-VectorReader = Callable[[], tuple[list[str], list[str], np.ndarray, str]]
 BatchReader = Callable[[str], tuple[list[str], list[str], np.ndarray, str]]
 MAP_COLUMNS = ("record_id", "batch_id", "x", "y", "method", "space", "run_id")
 
@@ -271,11 +270,12 @@ def _refit_reason(previous: pl.DataFrame, proj: MapProjection | None, method: st
 
 
 def update_map(previous: pl.DataFrame, current: pl.DataFrame, *, method: str, run_id: str | None, seed: int,
-               projection: MapProjection | None, read_all: VectorReader, read_batch: BatchReader,
+               projection: MapProjection | None, read_batch: BatchReader,
                fit_sample: int = DEFAULT_FIT_SAMPLE, tsne_sample: int = DEFAULT_TSNE_SAMPLE) -> MapUpdate:
     """The map of the ``current`` records (``record_id``, ``batch_id``), refitted or extended.
 
-    The projection is refitted on every current record (``read_all``) when there is none, when ``method``
+    The projection is refitted on the current records (read batch by batch with ``read_batch``: a seeded
+    sample to fit, then every record placed) when there is none, when ``method``
     or the cluster run (``run_id``) changed -- i.e. only after a re-cluster -- or when the stored map or the
     new rows do not belong to it (another space or dimension). Otherwise the stored rows of current records
     keep their coordinates exactly, and only records new since the map was written (a new record, or a new
@@ -303,10 +303,57 @@ def update_map(previous: pl.DataFrame, current: pl.DataFrame, *, method: str, ru
             frame = pl.concat(parts).sort("record_id")
             return MapUpdate(frame, projection, False, "placed new records against the stored projection",
                              frame.height - kept.height, kept.height)
-    ids, bids, X, spec = read_all()
-    if len(ids) == 0:
-        return MapUpdate(pl.DataFrame(schema=_frame([], [], np.zeros((0, 2)), MapProjection(method, 0, seed, 0)).schema),
-                         None, True, reason, 0, 0)
-    proj, coords = fit_map_projection(X, method, seed=seed, fit_sample=fit_sample, tsne_sample=tsne_sample,
-                                      run_id=run_id, space=spec)
-    return MapUpdate(_frame(ids, bids, coords, proj).sort("record_id"), proj, True, reason, len(ids), 0)
+    proj, frame = _refit(current, read_batch, method=method, run_id=run_id, seed=seed, fit_sample=fit_sample,
+                         tsne_sample=tsne_sample)
+    return MapUpdate(frame, proj, True, reason, frame.height, 0)
+
+
+def _current_rows(current: pl.DataFrame, read_batch: BatchReader) -> Iterator[tuple[list[str], list[str], np.ndarray, str]]:
+    """Per batch holding current records: its current rows (ids, batch ids, matrix, spec), one batch at a time."""
+    for (batch_id,), group in current.group_by("batch_id", maintain_order=True):
+        ids, bids, X, spec = read_batch(str(batch_id))
+        wanted = set(group["record_id"].to_list())
+        rows = np.array([i for i, r in enumerate(ids) if r in wanted], dtype=np.int64)
+        if rows.size:
+            yield [ids[i] for i in rows], [bids[i] for i in rows], X[rows], spec
+
+
+def _refit(current: pl.DataFrame, read_batch: BatchReader, *, method: str, run_id: str | None, seed: int,
+           fit_sample: int, tsne_sample: int) -> tuple[MapProjection | None, pl.DataFrame]:
+    """Fit on a seeded sample drawn batch by batch, then place every current record batch by batch: one
+    batch's vectors in memory at a time (plus the sample), whatever the corpus size."""
+    current = current.sort("batch_id")
+    n = current.height
+    rng = np.random.default_rng(seed)
+    sample_ids: list[str] = []
+    sample_parts: list[np.ndarray] = []
+    space, dim = "", 0
+    p = min(1.0, max(fit_sample, tsne_sample if method == "tsne" else 0) / max(n, 1))
+    for ids, _, X, spec in _current_rows(current, read_batch):
+        if not sample_parts:
+            space, dim = spec, X.shape[1]
+        elif X.shape[1] != dim:
+            raise ValueError(f"vectors of {dim} and {X.shape[1]} dims among the current records: re-run the "
+                             "batches whose model or fusion changed")
+        take = np.flatnonzero(rng.random(len(ids)) < p) if p < 1.0 else np.arange(len(ids))
+        sample_ids += [ids[i] for i in take]
+        sample_parts.append(np.array(X[take], dtype=np.float32))
+    empty = _frame([], [], np.zeros((0, 2)), MapProjection(method, 0, seed, 0))
+    if not sample_parts:
+        return None, empty
+    S = np.concatenate(sample_parts)
+    del sample_parts
+    proj, s_coords = fit_map_projection(S, method, seed=seed, fit_sample=fit_sample, tsne_sample=tsne_sample,
+                                        run_id=run_id, space=space)
+    # t-SNE keeps the coordinates it gave its own sample; rows it did not see are placed
+    own = {} if proj.method != "tsne" else {
+        sample_ids[i]: s_coords[i] for i in _sample(len(sample_ids), tsne_sample, seed).tolist()}
+    del S
+    parts = []
+    for ids, bids, X, _ in _current_rows(current, read_batch):
+        coords = proj.transform(X)
+        for i, r in enumerate(ids):
+            if r in own:
+                coords[i] = own[r]
+        parts.append(_frame(ids, bids, coords, proj))
+    return proj, pl.concat(parts).sort("record_id") if parts else empty

@@ -106,16 +106,10 @@ class Corpus:
         rng = self.batches[b]
         return [f"r{i:04d}" for i in rng], [b] * len(rng), self.X[list(rng)], self.space
 
-    def read_all(self):
-        self.reads.append("*")
-        cur = self.current().sort("record_id")
-        idx = [int(r[1:]) for r in cur["record_id"]]
-        return cur["record_id"].to_list(), cur["batch_id"].to_list(), self.X[idx], self.space
-
 
 def _update(corpus: Corpus, previous: pl.DataFrame, proj, run_id: str | None, method: str = "pca"):
     return update_map(previous, corpus.current(), method=method, run_id=run_id, seed=0, projection=proj,
-                      read_all=corpus.read_all, read_batch=corpus.read_batch)
+                      read_batch=corpus.read_batch)
 
 
 def test_batch_refresh_places_only_new_records_and_keeps_old_coordinates(blobs):
@@ -123,7 +117,10 @@ def test_batch_refresh_places_only_new_records_and_keeps_old_coordinates(blobs):
     corpus = Corpus(X, {"b0": range(0, 300), "b1": range(300, 400)})
     first = _update(corpus, pl.DataFrame(), None, "run1")
     assert first.refit and first.reason == "no stored projection" and first.frame.height == 400
-    assert corpus.reads == ["*"]
+    assert corpus.reads == ["b0", "b1", "b0", "b1"]  # a refit reads batch by batch: sample, then place
+    # the refit is the same map as a fit on every row at once (the sample holds every row here)
+    _, whole = fit_map_projection(X[:400], "pca")
+    np.testing.assert_allclose(first.frame.sort("record_id").select("x", "y").to_numpy(), whole, atol=1e-5)
     # a new batch arrives: only its vectors are read, old rows keep their exact coordinates
     corpus.batches["b2"] = range(400, 450)
     corpus.reads.clear()
@@ -150,6 +147,27 @@ def test_new_versions_are_replaced_and_deleted_records_dropped(blobs):
     assert corpus.reads == ["b2"] and second.placed == 100 and second.kept == 190
     assert second.frame.height == 290 and set(second.frame["batch_id"]) == {"b0", "b2"}
     assert second.frame["record_id"].is_unique().all()
+
+
+def test_refit_on_a_sample_drawn_batch_by_batch(blobs):
+    X, y = blobs
+    corpus = Corpus(X, {f"b{i}": range(i * 100, (i + 1) * 100) for i in range(6)})
+    for method in ("pca", "tsne"):
+        up = update_map(pl.DataFrame(), corpus.current(), method=method, run_id="r", seed=0, projection=None,
+                        read_batch=corpus.read_batch, fit_sample=150, tsne_sample=120)
+        assert up.refit and up.projection.method == method and up.frame.height == 600
+        assert up.projection.fitted_rows <= 200  # a sample, not every row
+        coords = up.frame.sort("record_id").select("x", "y").to_numpy()
+        centres = np.stack([coords[y == c].mean(axis=0) for c in range(4)])
+        nearest = ((coords[:, None] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
+        assert np.mean(nearest == y) > 0.9
+    # current records in batches of different dimensions (a model changed, old batches not re-run): clear error
+    def mixed(b):
+        return ["r0000", "r0001"], [b, b], np.ones((2, 3 if b == "b0" else 4)), "s"
+
+    cur2 = pl.DataFrame({"record_id": ["r0000", "r0001", "r0000", "r0001"], "batch_id": ["b0", "b0", "b1", "b1"]})
+    with pytest.raises(ValueError, match="dims"):
+        update_map(pl.DataFrame(), cur2, method="pca", run_id=None, seed=0, projection=None, read_batch=mixed)
 
 
 def test_refit_only_after_a_recluster_or_a_changed_setting(blobs):

@@ -463,7 +463,7 @@ def embedding_map(
     update = update_map(
         lake.read_table("embedding_map"), lake.current_records(), method=pipeline.map_method,
         run_id=model.run_id if model else None, seed=pipeline.seed, projection=load_projection(lake.root),
-        read_all=lambda: clustering_input(lake, pipeline), fit_sample=pipeline.map_fit_sample,
+        fit_sample=pipeline.map_fit_sample,
         read_batch=lambda b: clustering_input(lake, pipeline, b))
     if update.frame.height < 3:
         lake.write_global("embedding_map", pl.DataFrame(schema=lake.read_table("embedding_map").schema))
