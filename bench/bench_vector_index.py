@@ -136,7 +136,7 @@ def main() -> None:
         print(f"| {r['backend']} | {r['n']:,} | {r['upsert_pts_s']:,.0f} | {r['build_s']:.1f} | {r['p50']:.1f} | "
               f"{r['p95']:.1f} | {r['p50_filter']:.1f} | {r['p95_filter']:.1f} | {r['recall']:.3f} | "
               f"{r['recall_filter']:.3f} |")
-    local = [r for r in rows if r["backend"] == "local"]
+    local = [r for r in rows if r["backend"] == "local" and r["n"] > 0]  # --local-max 0: none
     if local:
         big = max(local, key=lambda r: r["n"])
         for n in sizes:

@@ -17,7 +17,7 @@ import dagster as dg
 import duckdb
 from pydantic import PrivateAttr
 
-from mm_platform.lib.device import DeviceConfig, resolve_device
+from mm_platform.lib.device import DeviceConfig, apply_thread_policy, resolve_device
 from mm_platform.lib.encoders.registry import EncoderSet, EncoderSettings, load_encoders, resolve_profile
 from mm_platform.lib.fusion import parse_weights
 from mm_platform.lib.lake import Lake, WarehouseBusy, refresh_warehouse, register_views
@@ -48,6 +48,9 @@ class WarehouseResource(dg.ConfigurableResource):
     _lake: Lake = PrivateAttr()
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # every step uses the warehouse: cap its torch/OpenMP/BLAS threads so concurrent runs never
+        # oversubscribe the cores (MM_STEP_THREADS, MM_CONCURRENT_STEPS; lib/device.py)
+        apply_thread_policy()
         self._lake = Lake(self.lake_dir)
         self._lake.ensure_initialized()
 
@@ -255,6 +258,7 @@ class PipelineConfigResource(dg.ConfigurableResource):
     cluster_label_prompts: str = ""  # comma-separated names; a cluster is named by the nearest one
     shared_dim: int = _default_int("MM_SHARED_DIM")
     map_method: str = _default("MM_MAP_METHOD")  # pca | tsne (embedding_map)
+    map_fit_sample: int = _default_int("MM_MAP_FIT_SAMPLE")  # rows the map projection is fitted on (re-cluster)
     alignment_epochs: int = _default_int("MM_ALIGNMENT_EPOCHS")
     stream_tolerance: str = _default("MM_STREAM_TOLERANCE")  # as-of join tolerance of stream readings
     stream_tolerances: str = ""  # per-stream overrides: "telemetry=10m,weather=1h"
@@ -335,6 +339,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             cluster_label_prompts=_env("MM_CLUSTER_LABEL_PROMPTS"),
             shared_dim=_env_int("MM_SHARED_DIM"),
             map_method=_env("MM_MAP_METHOD"),
+            map_fit_sample=_env_int("MM_MAP_FIT_SAMPLE"),
             alignment_epochs=_env_int("MM_ALIGNMENT_EPOCHS"),
             stream_tolerance=_env("MM_STREAM_TOLERANCE"),
             stream_tolerances=_env("MM_STREAM_TOLERANCES"),

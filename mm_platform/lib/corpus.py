@@ -30,6 +30,7 @@ import polars as pl
 
 from mm_platform.lib.fusion import align_blocks, early_fusion, l2_normalize, parse_weights
 from mm_platform.lib.lake import Lake
+from mm_platform.lib.vectors import embedding_matrix
 
 #: modality -> embeddings table, in fusion column order
 EMBEDDING_TABLES: dict[str, str] = {
@@ -78,7 +79,7 @@ class Corpus:
 
 
 def _matrix(df: pl.DataFrame) -> np.ndarray:
-    return np.asarray(df["embedding"].to_list(), dtype=np.float32) if df.height else np.zeros((0, 0), np.float32)
+    return embedding_matrix(df)
 
 
 def load_corpus(lake: Lake, modalities: Sequence[str] | None = None, batch_id: str | None = None) -> Corpus:

@@ -237,3 +237,130 @@ def oom_backoff(fn: Callable[[T], R], batch: T, min_batch: int = 1) -> list[R]:
 def sequence_chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     """Split ``items`` into consecutive chunks of at most ``size``."""
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+# -- thread policy ---------------------------------------------------------------------------------------
+
+#: Environment variables read by the OpenMP / BLAS runtimes when they start (later changes go through
+#: threadpoolctl, which reaches the runtimes already loaded).
+THREAD_ENV_VARS: tuple[str, ...] = (
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+#: Runs that may execute at once (``max_concurrent_runs`` of ``mm_platform/instance/dagster.yaml``); each run
+#: executes its steps one after the other in one process, so this is also the number of concurrent steps.
+DEFAULT_CONCURRENT_STEPS = 2
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask on Linux, else ``os.cpu_count()``)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _positive_env_int(name: str, environ: dict[str, str] | None) -> int | None:
+    import os
+
+    raw = (environ if environ is not None else os.environ).get(name, "").strip()
+    if raw in ("", "auto", "0"):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a positive integer or 'auto', got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer or 'auto', got {raw!r}")
+    return value
+
+
+def step_threads(environ: dict[str, str] | None = None, cpus: int | None = None) -> int:
+    """Threads one step may use so that concurrent steps never oversubscribe the cores.
+
+    ``MM_STEP_THREADS`` (a positive integer) wins; else ``cores // MM_CONCURRENT_STEPS`` (default
+    :data:`DEFAULT_CONCURRENT_STEPS`, the run queue's ``max_concurrent_runs``), at least 1. Raises ValueError
+    on a malformed setting.
+    """
+    fixed = _positive_env_int("MM_STEP_THREADS", environ)
+    if fixed is not None:
+        return fixed
+    concurrent = _positive_env_int("MM_CONCURRENT_STEPS", environ) or DEFAULT_CONCURRENT_STEPS
+    return max(1, (cpus or available_cpus()) // concurrent)
+
+
+@dataclass(frozen=True)
+class ThreadPolicy:
+    """What :func:`apply_thread_policy` set: the thread count and which knobs it reached."""
+
+    threads: int
+    torch: bool
+    threadpoolctl: bool
+    env_set: tuple[str, ...]
+
+
+def apply_thread_policy(threads: int | None = None) -> ThreadPolicy:
+    """Cap this process's compute threads at ``threads`` (default :func:`step_threads`).
+
+    * ``torch.set_num_threads`` when torch is already imported (importing it here would cost seconds);
+    * OpenMP/BLAS runtimes already loaded, through ``threadpoolctl`` when it is installed;
+    * the ``*_NUM_THREADS`` variables of :data:`THREAD_ENV_VARS` that the user has not set, for runtimes that
+      load later in this process or in its children.
+
+    Idempotent; returns what it did. Raises ValueError when ``threads < 1``.
+    """
+    import os
+    import sys
+
+    n = step_threads() if threads is None else int(threads)
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {threads!r}")
+    env_set = []
+    for var in THREAD_ENV_VARS:
+        if not os.environ.get(var) or os.environ.get(f"_MM_SET_{var}") == "1":
+            os.environ[var] = str(n)
+            os.environ[f"_MM_SET_{var}"] = "1"
+            env_set.append(var)
+    used_torch = False
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "set_num_threads"):
+        torch.set_num_threads(n)
+        used_torch = True
+    used_tpc = False
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        pass
+    else:
+        threadpool_limits(limits=n)
+        used_tpc = True
+    return ThreadPolicy(n, used_torch, used_tpc, tuple(env_set))
+
+
+@contextlib.contextmanager
+def thread_limit(threads: int | None = None):  # type: ignore[no-untyped-def]
+    """Context manager: torch and the loaded OpenMP/BLAS runtimes limited to ``threads`` (default
+    :func:`step_threads`) inside, restored on exit."""
+    import sys
+
+    n = step_threads() if threads is None else int(threads)
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {threads!r}")
+    torch = sys.modules.get("torch")
+    old = torch.get_num_threads() if torch is not None else None
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        limits = contextlib.nullcontext()
+    else:
+        limits = threadpool_limits(limits=n)
+    try:
+        if torch is not None:
+            torch.set_num_threads(n)
+        with limits:
+            yield n
+    finally:
+        if torch is not None and old is not None:
+            torch.set_num_threads(old)

@@ -26,6 +26,7 @@ from mm_platform.lib.encoders.base import MODALITIES as ENCODER_MODALITIES
 from mm_platform.lib.fusion import early_fusion, parse_weights
 from mm_platform.lib.qdrant_store import QdrantStore, SearchHit
 from mm_platform.lib.tabular import TabularEncoderState, encode_tabular, type_rows
+from mm_platform.lib.vectors import embedding_matrix
 
 
 if TYPE_CHECKING:  # torch-free at run time: a cold text search never imports the encoders' registry
@@ -58,7 +59,7 @@ class SharedSpace:
         vecs: dict[str, np.ndarray] = {}
         for (modality,), g in df.group_by("modality"):
             ids[modality] = g["record_id"].to_list()
-            vecs[modality] = np.asarray(g["embedding"].to_list(), dtype=np.float32)
+            vecs[modality] = embedding_matrix(g)
         return cls(model, ids, vecs)
 
     def covers(self, query_modality: str, target: str) -> bool:

@@ -21,6 +21,7 @@ from mm_platform.defs.metadata import preview
 from mm_platform.defs.resources import PipelineConfigResource, WarehouseResource
 from mm_platform.lib.alignment import AlignmentConfig, AlignmentModel, fit_shared_space
 from mm_platform.lib.corpus import Corpus, load_alignment, load_corpus, save_alignment, shared_mean_matrix
+from mm_platform.lib.vectors import matrix_series
 
 #: Fewer records with two or more modalities than this: no model is trained (the metadata says why).
 MIN_ALIGNMENT_ROWS = 20
@@ -188,14 +189,14 @@ def shared_frame(corpus: Corpus, model: AlignmentModel, weights: dict[str, float
         frames.append(pl.DataFrame({
             "record_id": [corpus.record_ids[i] for i in rows], "batch_id": [corpus.batch_ids[i] for i in rows],
             "modality": m, "head_version": model.version,
-            "embedding": pl.Series(model.project(m, corpus.blocks[m][rows]).tolist(), dtype=pl.List(pl.Float32)),
+            "embedding": matrix_series(model.project(m, corpus.blocks[m][rows])),
         }))
     mean = shared_mean_matrix(corpus, model, weights)
     keep = np.flatnonzero(np.linalg.norm(mean, axis=1) > 0)
     frames.append(pl.DataFrame({
         "record_id": [corpus.record_ids[i] for i in keep], "batch_id": [corpus.batch_ids[i] for i in keep],
         "modality": "mean", "head_version": model.version,
-        "embedding": pl.Series(mean[keep].tolist(), dtype=pl.List(pl.Float32)),
+        "embedding": matrix_series(mean[keep]),
     }))
     return pl.concat(frames)
 

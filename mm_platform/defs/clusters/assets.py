@@ -37,12 +37,14 @@ from mm_platform.lib.clustering import (
     representatives,
     top_terms,
 )
-from mm_platform.lib.embedding_map import png_markdown, project_2d, scatter_png
+from mm_platform.lib.embedding_map import png_markdown, scatter_png
+from mm_platform.lib.map_projection import load_projection, save_projection, update_map
 from mm_platform.lib.corpus import Corpus, early_matrix, load_alignment, load_corpus, shared_mean_matrix
 from mm_platform.lib.lake import Lake
 from mm_platform.lib.settings import serve_url
 from mm_platform.lib.ledger import fused_fingerprint
 from mm_platform.lib.modality_weights import evidence_weights
+from mm_platform.lib.vectors import embedding_matrix
 
 CLUSTER_MODEL_FILE = "_models/cluster_model.npz"
 #: New records further than this quantile of the members' distances are outliers under HDBSCAN.
@@ -63,7 +65,7 @@ def current_vectors(lake: Lake, table: str) -> tuple[list[str], list[str], np.nd
     df = lake.read_current(table).sort("record_id")
     if df.height == 0:
         return [], [], np.zeros((0, 0), dtype=np.float32)
-    return df["record_id"].to_list(), df["batch_id"].to_list(), np.asarray(df["embedding"].to_list(), np.float32)
+    return df["record_id"].to_list(), df["batch_id"].to_list(), embedding_matrix(df)
 
 
 ALGORITHMS = ("kmeans", "hdbscan", "dbscan")
@@ -107,7 +109,7 @@ def clustering_input(lake: Lake, pipeline: PipelineConfigResource, batch_id: str
         else:
             df = lake.read_partition("fused_vectors", batch_id)
             ids, batch_ids = df["record_id"].to_list(), df["batch_id"].to_list()
-            X = np.asarray(df["embedding"].to_list(), np.float32) if df.height else np.zeros((0, 0), np.float32)
+            X = embedding_matrix(df)
         return ids, batch_ids, X, (df["fusion"][0] if df.height else "early")
     if pipeline.fusion_strategy == "shared_mean":
         corpus = corpus if corpus is not None else load_corpus(lake, batch_id=batch_id)
@@ -436,6 +438,8 @@ def cluster_summary(
 
 
 MAP_FILE = "_reports/embedding_map.png"
+#: The PNG draws a seeded sample of this many records at most (the table keeps every record).
+MAP_PNG_MAX_POINTS = 50_000
 
 
 @dg.asset(
@@ -451,33 +455,46 @@ def embedding_map(
     """2-D coordinates of every current record in the space the clusters were computed on (PCA by default;
     ``MM_MAP_METHOD=tsne`` fits t-SNE on a seeded sample of 3,000 and places the rest at their nearest
     sampled neighbours), with its cluster and label, and a PNG scatter coloured by cluster in the
-    metadata (also saved as ``lake/_reports/embedding_map.png``)."""
+    metadata (also saved as ``lake/_reports/embedding_map.png``). The projection is fitted only after a
+    re-cluster (stored under ``lake/_models/embedding_map/``); a refresh places just the new records against
+    it and keeps every other record's coordinates."""
     lake = warehouse.lake
-    ids, batch_ids, X, spec = clustering_input(lake, pipeline)
-    if len(ids) < 3:
+    model = load_cluster_model(lake)
+    update = update_map(
+        lake.read_table("embedding_map"), lake.current_records(), method=pipeline.map_method,
+        run_id=model.run_id if model else None, seed=pipeline.seed, projection=load_projection(lake.root),
+        fit_sample=pipeline.map_fit_sample,
+        read_batch=lambda b: clustering_input(lake, pipeline, b))
+    if update.frame.height < 3:
         lake.write_global("embedding_map", pl.DataFrame(schema=lake.read_table("embedding_map").schema))
         return dg.MaterializeResult(metadata={"dagster/row_count": 0})
+    if update.refit and update.projection is not None:
+        save_projection(lake.root, update.projection)
     cl = dict(lake.current_clusters().select("record_id", "cluster_id").iter_rows())
     truth = dict(lake.read_current("aligned_records").select("record_id", "label").iter_rows())
-    coords = project_2d(X, pipeline.map_method, seed=pipeline.seed)
-    model = load_cluster_model(lake)
-    df = pl.DataFrame({
-        "record_id": ids, "batch_id": batch_ids, "x": coords[:, 0].astype(np.float64),
-        "y": coords[:, 1].astype(np.float64), "cluster_id": [cl.get(r, -1) for r in ids],
-        "label": [truth.get(r) for r in ids], "method": pipeline.map_method, "space": spec,
-        "run_id": model.run_id if model else None,
-    }, schema_overrides={"cluster_id": pl.Int32, "label": pl.String, "run_id": pl.String})
+    ids = update.frame["record_id"].to_list()
+    df = update.frame.with_columns(
+        pl.Series("cluster_id", [cl.get(r, -1) for r in ids], dtype=pl.Int32),
+        pl.Series("label", [truth.get(r) for r in ids], dtype=pl.String),
+    ).select("record_id", "batch_id", "x", "y", "cluster_id", "label", "method", "space", "run_id")
     lake.write_global("embedding_map", df)
     names = dict(lake.read_table("cluster_summary").select("cluster_id", "name").iter_rows())
+    drawn = df if df.height <= MAP_PNG_MAX_POINTS else df.sample(MAP_PNG_MAX_POINTS, seed=pipeline.seed)
     width = len(str(max(cl.values(), default=0)))
-    legend = [c if c < 0 or c not in names else f"{c:0{width}d} {names[c]}" for c in df["cluster_id"].to_list()]
-    png = scatter_png(coords, legend, lake.root / MAP_FILE,
-                      title=f"{len(ids)} records, {pipeline.map_method.upper()} of {spec}, coloured by cluster")
+    legend = [c if c < 0 or c not in names else f"{c:0{width}d} {names[c]}" for c in drawn["cluster_id"].to_list()]
+    method, spec = df["method"][0], df["space"][0]
+    sample_note = f" ({drawn.height} drawn)" if drawn.height < df.height else ""
+    png = scatter_png(drawn.select("x", "y").to_numpy(), legend, lake.root / MAP_FILE,
+                      title=f"{df.height} records{sample_note}, {method.upper()} of {spec}, coloured by cluster")
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": df.height,
-            "method": pipeline.map_method,
+            "method": method,
             "space": spec,
+            "refit": update.refit,
+            "refit_reason": update.reason,
+            "records_placed": update.placed,
+            "records_kept": update.kept,
             "png_path": str(png),
             "map": dg.MetadataValue.md(png_markdown(png, "embedding map coloured by cluster")),
             "explorer": dg.MetadataValue.url(f"{serve_url()}/map"),

@@ -17,6 +17,7 @@ from mm_platform.defs.resources import ComputeResource, EncodersResource, Landin
 from mm_platform.lib.encoders.base import ModelInfo
 from mm_platform.lib.sqlquote import sql_identifier
 from mm_platform.lib.tabular import TABULAR_DIM, TabularEncoderState, encode_tabular, load_state
+from mm_platform.lib.vectors import matrix_series
 
 #: Identity of the tabular encoder; its version is the fitted state's version.
 TABULAR_MODEL_ID = "mm_platform/tabular-standardise-onehot"
@@ -87,7 +88,7 @@ def embedding_frame(
             "space": [info.space] * n,
             "dim": [info.dim] * n,
             "content_sha256": src[content_col],
-            "embedding": pl.Series(vectors.astype(np.float32).tolist(), dtype=pl.List(pl.Float32)),
+            "embedding": matrix_series(vectors),
             "cache_hit": cache_hit,
         }
     )

@@ -6,6 +6,8 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from mm_platform.lib.vectors import VectorColumnError, embedding_matrix
+
 VECTORS_VALID = "vectors_valid"
 VECTORS_VALID_DESCRIPTION = (
     "One embedding row per input record of the batch, no duplicates, finite values, unit L2 norm and a "
@@ -26,13 +28,17 @@ def vectors_valid(
         problems.append(f"{len(missing)} records without a vector, e.g. {sorted(missing)[:5]}")
     dims: list[int] = []
     if df.height:
-        mat = np.asarray(df["embedding"].to_list(), dtype=np.float32)
-        if not np.isfinite(mat).all():
-            problems.append("non-finite values")
-        norms = np.linalg.norm(mat, axis=1)
-        bad = int((np.abs(norms - 1.0) > 1e-3).sum())
-        if bad:
-            problems.append(f"{bad} vectors not unit-norm")
+        try:
+            mat = embedding_matrix(df)
+        except VectorColumnError as exc:
+            problems.append(str(exc))
+        else:
+            if not np.isfinite(mat).all():
+                problems.append("non-finite values")
+            norms = np.linalg.norm(mat, axis=1)
+            bad = int((np.abs(norms - 1.0) > 1e-3).sum())
+            if bad:
+                problems.append(f"{bad} vectors not unit-norm")
         dims = sorted(set(df["dim"].to_list()))
         if len(dims) > 1:
             problems.append(f"mixed dimensions {dims}")

@@ -19,14 +19,14 @@ from mm_platform.lib.fusion import fuse
 from mm_platform.lib.corpus import EMBEDDING_TABLES
 from mm_platform.lib.lake import Lake
 from mm_platform.lib.tabular import TABULAR_DIM
+from mm_platform.lib.vectors import embedding_matrix as vector_matrix
+from mm_platform.lib.vectors import matrix_series
 
 __all__ = ["EMBEDDING_TABLES", "embedding_matrix", "fused_vectors", "modality_dims"]
 
 
 def embedding_matrix(df: pl.DataFrame, dim: int) -> np.ndarray:
-    if df.height == 0:
-        return np.zeros((0, dim), dtype=np.float32)
-    return np.asarray(df["embedding"].to_list(), dtype=np.float32)
+    return vector_matrix(df, None if df.height else dim)
 
 
 def modality_dims(lake: Lake, encoders: EncodersResource, frames: dict[str, pl.DataFrame]) -> dict[str, int]:
@@ -81,7 +81,7 @@ def fused_vectors(
             "fusion": [result.spec] * len(ids),
             "modalities": pl.Series(modalities, dtype=pl.List(pl.String)),
             "dim": [result.dim] * len(ids),
-            "embedding": pl.Series(result.vectors[keep].tolist(), dtype=pl.List(pl.Float32)),
+            "embedding": matrix_series(result.vectors[keep]),
         }
     )
     lake.write_partition("fused_vectors", batch_id, df)

@@ -23,14 +23,15 @@ from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import EncodersResource, LandingResource, QdrantResource, WarehouseResource
 from mm_platform.lib.lake import Lake
 from mm_platform.lib.qdrant_store import PointData, point_id
+from mm_platform.lib.vectors import embedding_matrix
 
 QDRANT_POOL = "qdrant"
 TEXT_PREVIEW_CHARS = 300
 
 
 def _vectors_by_id(df: pl.DataFrame) -> dict[str, np.ndarray]:
-    return {r: np.asarray(v, dtype=np.float32)
-            for r, v in zip(df["record_id"].to_list(), df["embedding"].to_list(), strict=True)}
+    M = embedding_matrix(df)
+    return {r: M[i] for i, r in enumerate(df["record_id"].to_list())}
 
 
 def build_points(lake: Lake, batch_id: str, record_ids: set[str], cluster_of: dict[str, int]) -> list[PointData]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mm_platform.lib.device import step_threads
 from mm_platform.lib.fusion import modality_order
 from mm_platform.lib.shared_space.heads import AUTO_HIDDEN, AlignmentConfig, AlignmentModel, _forward, _make_head
 from mm_platform.lib.shared_space.recall import RECALL_KS, retrieval_recall
@@ -49,20 +49,14 @@ def scaled_hidden_dim(n_train: int) -> int:
     return int(min(hi, 2 ** math.floor(math.log2(n_train / ROWS_PER_HIDDEN_UNIT))))
 
 
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def train_threads(n_train: int) -> int:
-    """Torch threads for training on ``n_train`` rows: one per 2000 rows, at most 4 and the CPUs we may use.
+    """Torch threads for training on ``n_train`` rows: one per 2000 rows, at most 4 and the step's share of
+    the cores (:func:`mm_platform.lib.device.step_threads`, the thread policy).
 
     The heads are small: below a few thousand rows the per-operation work is too small to share between
     threads and extra threads only add synchronisation (and steal cores from the rest of the run).
     """
-    return max(1, min(MAX_TRAIN_THREADS, _available_cpus(), 1 + n_train // ROWS_PER_THREAD))
+    return max(1, min(MAX_TRAIN_THREADS, step_threads(), 1 + n_train // ROWS_PER_THREAD))
 
 
 @contextlib.contextmanager
