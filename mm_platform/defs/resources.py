@@ -178,6 +178,7 @@ class PipelineConfigResource(dg.ConfigurableResource):
     hdbscan_min_cluster_size: int = 5
     seed: int = 0
     fusion_strategy: str = "early"  # early | shared_mean: what the clusters are computed on
+    fusion_select: str = "auto"  # auto | unsupervised | fixed: how a re-cluster chooses the fusion weights
     outlier_policy: str = "keep"  # keep (-1) | nearest (outliers join the nearest cluster, still flagged)
     dbscan_eps: str = ""  # "" = chosen from the k-distance curve
     dbscan_min_samples: int = 5
@@ -252,6 +253,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             cluster_k_max=_env_int("MM_CLUSTER_K_MAX", 12),
             cluster_reduce_dim=_env_int("MM_CLUSTER_REDUCE_DIM", 16),
             fusion_strategy=_env("MM_FUSION_STRATEGY", "early"),
+            fusion_select=_env("MM_FUSION_SELECT", "auto"),
             outlier_policy=_env("MM_OUTLIER_POLICY", "keep"),
             hdbscan_min_cluster_size=_env_int("MM_HDBSCAN_MIN_CLUSTER_SIZE", 5),
             dbscan_eps=_env("MM_DBSCAN_EPS", ""),

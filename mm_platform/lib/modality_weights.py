@@ -317,7 +317,9 @@ def _label_nmi(partitions: Mapping[str, np.ndarray], labels: Sequence[str | None
         return {}
     from sklearn.metrics import normalized_mutual_info_score
 
-    known = np.array([t is not None and t == t and str(t).strip() != "" for t in labels], dtype=bool)
+    from mm_platform.lib.clustering import is_missing_label
+
+    known = np.array([not is_missing_label(t) for t in labels], dtype=bool)
     truth = [str(t) for t, ok in zip(labels, known, strict=True) if ok]
     if known.sum() < min_labelled or len(set(truth)) < 2:
         return {}
