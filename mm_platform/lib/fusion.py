@@ -279,6 +279,7 @@ def early_fusion(
         fallback = (row_total <= 0) & mask_mat.any(axis=1)
         w_rows = np.where(fallback[:, None], 1.0, w_vec[None, :])  # (n, m)
         row_total = np.where(fallback, mask_mat.sum(axis=1), row_total)
+        mask_mat = mask_mat & (w_rows > 0)  # a weight-0 block contributes nothing (zeros) outside fallback rows
     else:
         w_rows = np.broadcast_to(w_vec[None, :], mask_mat.shape)
     safe_total = np.where(row_total > 0, row_total, 1.0)
