@@ -38,6 +38,7 @@ from mm_platform.lib.clustering import (
     representatives,
     top_terms,
 )
+from mm_platform.lib.cluster_names import cluster_names
 from mm_platform.lib.embedding_map import png_markdown, project_2d, scatter_png
 from mm_platform.lib.corpus import Corpus, early_matrix, load_alignment, load_corpus, shared_mean_matrix
 from mm_platform.lib.lake import Lake
@@ -486,6 +487,31 @@ def name_by_prompts(lake: Lake, encoders: EncodersResource, pipeline: PipelineCo
     return names
 
 
+def mmr_cluster_names(context, lake: Lake, encoders: EncodersResource, texts_by_cluster: dict[int, list[str]],
+                      labels_by_id: dict[str, int], skip: set[int]) -> dict[int, list[str]]:
+    """cluster -> name terms by maximal marginal relevance (:mod:`mm_platform.lib.cluster_names`): candidates
+    from c-TF-IDF without stop words and corpus-frequent words, ranked against the cluster's centre in the text
+    encoder's space (the mean of its members' stored text embeddings) and kept apart from each other. Without a
+    usable text encoder, the ranking uses the c-TF-IDF scores and word overlap alone."""
+    todo = {c: t for c, t in texts_by_cluster.items() if c not in skip and t}
+    if not todo:
+        return {}
+    embed, centres = None, None
+    try:
+        text = encoders.encoders.text()
+        emb = lake.read_current("text_embeddings")
+        if emb.height:
+            by_cluster: dict[int, list[int]] = {}
+            for i, rid in enumerate(emb["record_id"].to_list()):
+                by_cluster.setdefault(labels_by_id.get(rid, -1), []).append(i)
+            M = np.asarray(emb["embedding"].to_list(), np.float32)
+            centres = {c: M[rows].mean(axis=0) for c, rows in by_cluster.items() if c in todo}
+        embed = text.encode
+    except Exception as exc:  # noqa: BLE001 - names must not fail the summary; the reason is logged
+        context.log.warning(f"cluster names without the text encoder ({type(exc).__name__}: {exc})")
+    return cluster_names(texts_by_cluster, n_words=3, embed=embed, centres=centres)
+
+
 @dg.asset(
     deps=[clusters, cluster_assignments, raw_text, aligned_records, fused_vectors, dg.AssetKey("alignment_model")],
     group_name="clusters",
@@ -525,17 +551,19 @@ def cluster_summary(
         int(c): [t for t in g["text"].to_list() if t] for (c,), g in members.group_by("cluster_id") if c != -1
     }
     terms = top_terms(texts_by_cluster, n=8)
+    prompt_names = name_by_prompts(lake, encoders, pipeline, labels_by_id, corpus)
+    mmr_names = mmr_cluster_names(context, lake, encoders, texts_by_cluster, labels_by_id,
+                                  skip=set(prompt_names))
     label_counts = label_summary(members["cluster_id"].to_numpy(), members["label"].to_list())
     model = load_cluster_model(lake)
     agreement = modality_agreement(cl, lake.read_table("modality_assignments"))
-    prompt_names = name_by_prompts(lake, encoders, pipeline, labels_by_id, corpus)
     rows = []
     for (c,), g in members.group_by("cluster_id"):
         c = int(c)
         words = [t for t, _ in terms.get(c, [])]
         name, source = ("outliers", "outliers") if c == -1 else (
             (prompt_names[c], "label_prompt") if c in prompt_names
-            else (" / ".join(words[:3]) if words else f"cluster {c}", "top_terms"))
+            else (" / ".join(mmr_names.get(c) or words[:3]) if words else f"cluster {c}", "top_terms"))
         rows.append({
             "cluster_id": c, "name": name, "size": g.height,
             "representative_record_ids": reps.get(c, []), "top_terms": words,
