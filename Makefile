@@ -27,14 +27,14 @@ test: setup ## the whole test suite (unit, asset, end-to-end)
 test-fast: setup ## everything but the end-to-end tests
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(XDIST) -m "not e2e"
 
-ui: setup ## the Dagster UI + daemon (sensors, automation) on a project-local DAGSTER_HOME
-	DAGSTER_HOME="$$($(BIN)/mm-platform home)" $(BIN)/dagster dev -w workspace.yaml
+ui: setup ## the Dagster UI + daemon (sensors, automation) on a project-local DAGSTER_HOME, via `dg dev`
+	DAGSTER_HOME="$$($(BIN)/mm-platform home)" $(BIN)/dg dev
 
 serve: setup ## the search and cluster explorer at http://127.0.0.1:8765
 	$(BIN)/mm-platform serve
 
-check-defs: setup ## the code location loads and validates (what `dg check defs` checks); for CI
-	$(BIN)/dagster definitions validate -w workspace.yaml
+check-defs: setup ## the code location loads and validates: `dg check defs` (project shape from [tool.dg]); for CI
+	$(BIN)/dg check defs
 
 bench: setup ## benchmarks that print ratios measured in one run
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_ingest.py

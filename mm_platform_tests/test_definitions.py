@@ -35,9 +35,12 @@ def test_assets_groups_and_partitions():
     # the models fitted with the full re-cluster share its cron condition
     for name in ("alignment_model", "classifier_metrics", "predictions"):
         assert "0 3 * * *" in str(graph.get(dg.AssetKey(name)).automation_condition.get_snapshot())
-    # the full re-cluster runs on a cron automation condition; what summarises clusters follows eagerly
-    label = str(graph.get(dg.AssetKey("clusters")).automation_condition.get_snapshot())
-    assert "0 3 * * *" in label
+    # the full re-cluster runs on a cron automation condition, and so does what summarises clusters; nothing
+    # is eager (eager conditions start runs in the middle of a batch run): the global_layer_sensor follows
+    # new batches
+    for name in GLOBAL_ASSETS:
+        snapshot = str(graph.get(dg.AssetKey(name)).automation_condition.get_snapshot())
+        assert "0 3 * * *" in snapshot and "eager" not in snapshot.lower(), name
 
 
 def test_sql_model_dependencies_are_parsed_into_the_graph():
@@ -59,7 +62,7 @@ def test_checks_jobs_sensors_schedules():
     recluster = {k.to_user_string() for k in defs.resolve_job_def("recluster_job").asset_layer.executable_asset_keys}
     assert {"alignment_model", "clusters", "classifier_metrics", "predictions", "embedding_map"} <= recluster
     sensors = {s.name for s in defs.sensors}
-    assert {"landing_sensor", "global_automation_sensor"} <= sensors
+    assert {"landing_sensor", "global_automation_sensor", "global_layer_sensor"} <= sensors
     assert {s.name for s in defs.schedules} == {"nightly_recluster"}
 
 
@@ -97,3 +100,20 @@ def test_lineage_groups_read_left_to_right():
         visit(group, ())
     assert order.index("raw") < order.index("aligned") < order.index("quarantine")
     assert "quarantine" in edges and {"raw", "aligned"} <= edges["quarantine"]
+
+
+def test_dg_project_shape_names_the_one_entry_point() -> None:
+    """`dg dev` / `dg check defs` (make ui / make check-defs) load the same code location as workspace.yaml."""
+    import importlib
+    import tomllib
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    dg_conf = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["dg"]
+    assert dg_conf["directory_type"] == "project"
+    target = dg_conf["project"]["code_location_target_module"]
+    workspace = yaml.safe_load((root / "workspace.yaml").read_text())["load_from"][0]["python_module"]
+    assert target == workspace["module_name"] == "mm_platform.definitions"
+    assert isinstance(importlib.import_module(target).defs, dg.Definitions)
