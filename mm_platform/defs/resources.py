@@ -252,6 +252,7 @@ class PipelineConfigResource(dg.ConfigurableResource):
     hdbscan_min_cluster_size: int = _default_int("MM_HDBSCAN_MIN_CLUSTER_SIZE")
     seed: int = 0
     fusion_strategy: str = _default("MM_FUSION_STRATEGY")  # early | shared_mean: what the clusters are computed on
+    fusion_select: str = _default("MM_FUSION_SELECT")  # auto | unsupervised | fixed: how a re-cluster picks weights
     outlier_policy: str = _default("MM_OUTLIER_POLICY")  # keep (-1) | nearest (outliers join the nearest cluster, still flagged)
     dbscan_eps: str = ""  # "" = chosen from the k-distance curve
     dbscan_min_samples: int = _default_int("MM_DBSCAN_MIN_SAMPLES")
@@ -332,6 +333,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             cluster_k_max=_env_int("MM_CLUSTER_K_MAX"),
             cluster_reduce_dim=_env_int("MM_CLUSTER_REDUCE_DIM"),
             fusion_strategy=_env("MM_FUSION_STRATEGY"),
+            fusion_select=_env("MM_FUSION_SELECT"),
             outlier_policy=_env("MM_OUTLIER_POLICY"),
             hdbscan_min_cluster_size=_env_int("MM_HDBSCAN_MIN_CLUSTER_SIZE"),
             dbscan_eps=_env("MM_DBSCAN_EPS"),

@@ -106,13 +106,13 @@ def load_corpus(lake: Lake, modalities: Sequence[str] | None = None, batch_id: s
 
 
 def early_matrix(corpus: Corpus, weights: str | Mapping[str, float] | None = None,
-                 modalities: Sequence[str] | None = None) -> np.ndarray:
+                 modalities: Sequence[str] | None = None, keep_layout: bool = False) -> np.ndarray:
     """Early fusion of ``modalities`` (default: all present) with the given weights."""
     mods = [m for m in (modalities or corpus.modalities()) if m in corpus.blocks]
     if not mods:
         raise ValueError("no modality to fuse")
     return early_fusion({m: corpus.blocks[m] for m in mods}, {m: corpus.present[m] for m in mods},
-                        parse_weights(weights)).vectors
+                        parse_weights(weights), keep_layout=keep_layout).vectors
 
 
 def shared_mean_matrix(corpus: Corpus, model, weights: str | Mapping[str, float] | None = None,

@@ -123,6 +123,14 @@ class FusionResult:
     modalities: tuple[str, ...]
     dims: tuple[int, ...]
     weights: dict[str, float] = field(default_factory=dict)  #: weights of the kept modalities
+    #: (n,) bool: rows that had no positively weighted modality and were fused uniformly over what they have
+    #: (``keep_layout`` only); ``None`` otherwise
+    fallback: np.ndarray | None = None
+
+    def row_weights(self, i: int) -> dict[str, float]:
+        """The weights that made row ``i``: the weights of its contributing modalities (1 each for a fallback row)."""
+        fb = self.fallback is not None and bool(self.fallback[i])
+        return {m: (1.0 if fb else self.weights[m]) for m in self.present_modalities(i)}
 
     @property
     def spec(self) -> str:
@@ -209,6 +217,7 @@ def early_fusion(
     blocks: Mapping[str, np.ndarray],
     present: Mapping[str, np.ndarray],
     weights: Mapping[str, float],
+    keep_layout: bool = False,
 ) -> FusionResult:
     """Weighted early fusion (concatenation) of aligned modality blocks.
 
@@ -217,6 +226,11 @@ def early_fusion(
     all-zero or non-finite counts as absent. Modalities missing from ``weights`` get 1.0; modalities with
     weight 0 are dropped. A row with no kept modality present comes out as a zero vector with an all-False
     mask row (callers filter those out beforehand; :attr:`FusionResult.has_any` finds them).
+
+    With ``keep_layout`` (used with weights chosen from evidence, which may zero a modality), weight-0 modalities
+    keep their (zero) columns, so the layout and dimension never depend on the weights, and a row that has none of
+    the positively weighted modalities is fused with weight 1 for each modality it has (marked in
+    :attr:`FusionResult.fallback`) instead of disappearing.
 
     Raises:
         ValueError: no block, a negative weight, blocks of different lengths, a missing ``present`` mask,
@@ -231,8 +245,8 @@ def early_fusion(
         if not math.isfinite(w) or w < 0:
             raise ValueError(f"weight for {m!r} must be finite and >= 0, got {w!r}")
         w_all[m] = w
-    kept = tuple(m for m in order if w_all[m] > 0)
-    if not kept:
+    kept = tuple(m for m in order if w_all[m] > 0 or keep_layout)
+    if not any(w_all[m] > 0 for m in order):
         raise ValueError(f"all modality weights are 0: {w_all}")
     lengths = {m: np.asarray(blocks[m]).shape[0] for m in order}
     if len(set(lengths.values())) != 1:
@@ -260,10 +274,18 @@ def early_fusion(
     mask_mat = np.stack(masks, axis=1) if masks else np.zeros((n, 0), dtype=bool)
     w_vec = np.array([w_all[m] for m in kept], dtype=np.float64)
     row_total = mask_mat.astype(np.float64) @ w_vec  # (n,)
+    fallback = None
+    if keep_layout:
+        fallback = (row_total <= 0) & mask_mat.any(axis=1)
+        w_rows = np.where(fallback[:, None], 1.0, w_vec[None, :])  # (n, m)
+        row_total = np.where(fallback, mask_mat.sum(axis=1), row_total)
+        mask_mat = mask_mat & (w_rows > 0)  # a weight-0 block contributes nothing (zeros) outside fallback rows
+    else:
+        w_rows = np.broadcast_to(w_vec[None, :], mask_mat.shape)
     safe_total = np.where(row_total > 0, row_total, 1.0)
     parts = []
     for k, block in enumerate(normed):
-        scale = np.where(mask_mat[:, k], np.sqrt(w_vec[k] / safe_total), 0.0)
+        scale = np.where(mask_mat[:, k], np.sqrt(w_rows[:, k] / safe_total), 0.0)
         parts.append(block * scale[:, None])
     vectors = np.concatenate(parts, axis=1).astype(np.float32) if parts else np.zeros((n, 0), np.float32)
     return FusionResult(
@@ -272,6 +294,7 @@ def early_fusion(
         modalities=kept,
         dims=tuple(int(np.asarray(blocks[m]).shape[1]) for m in kept),
         weights={m: w_all[m] for m in kept},
+        fallback=fallback,
     )
 
 
@@ -279,7 +302,8 @@ def fuse(
     record_ids: Sequence[str],
     per_modality: Mapping[str, tuple[Sequence[str], np.ndarray]],
     weights: str | Mapping[str, float] | None = None,
+    keep_layout: bool = False,
 ) -> FusionResult:
     """Convenience: :func:`align_blocks` then :func:`early_fusion` with :func:`parse_weights` weights."""
     blocks, present = align_blocks(record_ids, per_modality)
-    return early_fusion(blocks, present, parse_weights(weights))
+    return early_fusion(blocks, present, parse_weights(weights), keep_layout=keep_layout)

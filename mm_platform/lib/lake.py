@@ -95,7 +95,7 @@ PARTITIONED_TABLES: dict[str, dict[str, pl.DataType]] = {
     "tabular_embeddings": EMBEDDING_SCHEMA,
     "fused_vectors": {
         "record_id": pl.String, "batch_id": pl.String, "fusion": pl.String, "modalities": pl.List(pl.String),
-        "dim": pl.Int32, "embedding": F32_LIST,
+        "dim": pl.Int32, "embedding": F32_LIST, "weights_json": pl.String, "weights_source": pl.String,
     },
     "batches": {
         "batch_id": pl.String, "manifest_sha256": pl.String, "manifest_lines": pl.Int32,
@@ -152,7 +152,8 @@ GLOBAL_TABLES: dict[str, dict[str, pl.DataType]] = {
         "n_records": pl.Int32, "n_outliers": pl.Int32, "silhouette": pl.Float64, "nmi": pl.Float64,
         "ari": pl.Float64, "n_labelled": pl.Int32, "input_fingerprint": pl.String, "params_json": pl.String,
         "moved": pl.Int32, "common": pl.Int32, "new_clusters": pl.Int32, "retired_clusters": pl.Int32,
-        "agreement_nmi": pl.Float64, "fusion_strategy": pl.String,
+        "agreement_nmi": pl.Float64, "fusion_strategy": pl.String, "weights_json": pl.String,
+        "selection_score": pl.Float64, "selection_json": pl.String,
     },
 }
 

@@ -170,7 +170,7 @@ def fused_query(query: Query, encoders: EncoderSet, dims: Mapping[str, int], ord
             fill = False
         blocks[m] = (query.vector if fill else np.zeros(dims[m], dtype=np.float32))[None, :]
         present[m] = np.array([fill])
-    return early_fusion(blocks, present, weights).vectors[0]
+    return early_fusion(blocks, present, weights, keep_layout=True).vectors[0]
 
 
 def search(store: QdrantStore, encoders: EncoderSet, *, text: str | None = None,

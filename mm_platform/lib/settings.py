@@ -69,6 +69,7 @@ SETTINGS: tuple[Setting, ...] = tuple([
     *_s("modelling",
         ("MM_FUSION_WEIGHTS", "", "modality weights, e.g. text=1,image=1 (empty: all 1)"),
         ("MM_FUSION_STRATEGY", "early", "what clusters are computed on: early (weighted concatenation) | shared_mean"),
+        ("MM_FUSION_SELECT", "auto", "how each re-cluster chooses the fusion weights later batches use: auto (labels when >= 20 records are labelled, else the unsupervised kNN-graph criterion) | unsupervised | fixed (always MM_FUSION_WEIGHTS)"),
         ("MM_CLUSTER_ALGORITHM", "kmeans", "kmeans | hdbscan | dbscan"),
         ("MM_CLUSTER_K", "0", "fixed k for K-Means; 0 = automatic (silhouette)"),
         ("MM_CLUSTER_K_MAX", "12", "largest k tried by automatic K-Means"),

@@ -6,6 +6,7 @@ import pytest
 from mm_platform.lib.fusion import early_fusion
 from mm_platform.lib.modality_weights import (
     evidence_weights,
+    knn_indices,
     knn_overlap,
     select_strategy,
     weights_for_strategies,
@@ -87,3 +88,68 @@ def test_selection_picks_evidence_fusion_over_uniform_with_noise():
 def test_mismatched_rows_raise():
     with pytest.raises(ValueError):
         evidence_weights({"image": np.ones((5, 2)), "text": np.ones((6, 2))})
+
+
+def _four_views(seed: int = 0, n: int = 240):
+    """A clean image view, text with a third of its rows pure noise, a weak audio view, and a noise view."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, size=n)
+
+    def view(dim, spread):
+        return rng.normal(size=(4, dim))[y] + rng.normal(scale=spread, size=(n, dim))
+
+    blocks = {"image": view(64, 1.2), "text": view(32, 1.0), "audio": view(16, 2.5),
+              "tabular": rng.normal(size=(n, 8))}
+    silent = rng.random(n) < 1 / 3
+    blocks["text"][silent] = rng.normal(size=(int(silent.sum()), 32))
+    return blocks, y
+
+
+def test_triads_rank_the_cleaner_view_above_the_noisier_one():
+    blocks, _ = _four_views(1)
+    ev = evidence_weights(blocks)
+    assert ev.reliability["image"] > ev.reliability["text"] > ev.reliability["audio"] >= 0
+    assert ev.weights["image"] > ev.weights["text"] > ev.weights["tabular"] == 0.0
+    assert ev.zeroed == ["tabular"] and "triad" in ev.reason
+    assert set(ev.graphs) == {"text", "image", "audio", "tabular"}
+
+
+def test_evidence_is_computed_on_a_bounded_sample():
+    blocks, _ = _four_views(2, n=300)
+    ev = evidence_weights(blocks, max_rows=120)
+    assert ev.sample_rows == 120
+    assert all(g.rows.size == 120 and g.rows.max() < 300 for g in ev.graphs.values())
+
+
+def test_modularity_is_high_for_the_true_partition_and_near_zero_for_a_random_one():
+    from mm_platform.lib.modality_weights import Graph, graph_modularity
+
+    X, y = _clusters(25, 4, 8, 0.3, 3)
+    g = Graph(np.arange(len(y)), knn_indices(X, 8))
+    assert graph_modularity(y, g) > 0.6
+    rand = np.random.default_rng(0).integers(0, 4, size=len(y))
+    assert abs(graph_modularity(rand, g)) < 0.1
+    # records a partition leaves out count as singletons: covering half the records scores lower
+    half = np.where(np.arange(len(y)) % 2 == 0, y, -1)
+    assert graph_modularity(half, g) < graph_modularity(y, g)
+
+
+def test_partition_selection_prefers_the_partition_the_informative_modalities_agree_on():
+    from mm_platform.lib.modality_weights import select_partition
+
+    blocks, y = _four_views(3)
+    ev = evidence_weights(blocks)
+    rng = np.random.default_rng(4)
+    noisy = np.where(rng.random(len(y)) < 0.4, rng.integers(0, 4, size=len(y)), y)
+    parts = {"uniform": noisy, "evidence": y.copy(), "single_tabular": rng.integers(0, 4, size=len(y))}
+    choice = select_partition(parts, ev)
+    assert choice.best == "evidence" and "modularity" in choice.reason
+    assert choice.scores["evidence"] > choice.scores["uniform"] > choice.scores["single_tabular"]
+    assert set(choice.per_modality["evidence"]) == {"text", "image", "audio"}  # tabular has weight 0
+    # with enough labels the choice is by NMI on them, and says so
+    labels = [str(v) if i % 2 else None for i, v in enumerate(y)]
+    by_labels = select_partition({"uniform": noisy, "evidence": y.copy()}, ev, labels=labels)
+    assert by_labels.best == "evidence" and by_labels.label_scores["evidence"] == 1.0
+    assert by_labels.reason.startswith("labels")
+    few = select_partition({"uniform": noisy, "evidence": y.copy()}, ev, labels=[None] * (len(y) - 5) + ["a"] * 5)
+    assert few.label_scores == {} and "modularity" in few.reason

@@ -11,6 +11,7 @@
 import json
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -37,13 +38,22 @@ from mm_platform.lib.clustering import (
     representatives,
     top_terms,
 )
+from mm_platform.lib.cluster_names import cluster_names
 from mm_platform.lib.embedding_map import png_markdown, scatter_png
 from mm_platform.lib.map_projection import load_projection, save_projection, update_map
 from mm_platform.lib.corpus import Corpus, early_matrix, load_alignment, load_corpus, shared_mean_matrix
 from mm_platform.lib.lake import Lake
 from mm_platform.lib.settings import serve_url
 from mm_platform.lib.ledger import fused_fingerprint
-from mm_platform.lib.modality_weights import evidence_weights
+from mm_platform.lib.fusion_choice import (
+    FusionChoice,
+    candidate_weights,
+    layout_matrix,
+    load_layout,
+    save_choice,
+    zeroed,
+)
+from mm_platform.lib.modality_weights import ModalityWeights, StrategyChoice, evidence_weights, select_partition
 from mm_platform.lib.vectors import embedding_matrix
 
 CLUSTER_MODEL_FILE = "_models/cluster_model.npz"
@@ -142,6 +152,107 @@ def _strategy_rows(corpus: Corpus, alignment, pipeline: PipelineConfigResource) 
     return out
 
 
+#: comparison space -> the fusion candidate it is (single modalities: ``single_<m>``)
+SPACE_CANDIDATE = {"fused:early": "early_uniform", "fused:early_evidence": "early_evidence",
+                   "fused:text+image": "text+image"}
+
+
+@dataclass
+class FusionSelection:
+    """Every comparison space clustered, the evidence weights, and the fusion chosen from them."""
+
+    evidence: ModalityWeights
+    choice: StrategyChoice
+    candidates: dict[str, dict[str, float]]
+    fitted: dict[str, tuple[list[str], ClusterResult]]
+    by_evidence: bool
+    weights: dict[str, float] = field(default_factory=dict)
+    ids: list[str] = field(default_factory=list)
+    batch_ids: list[str] = field(default_factory=list)
+    X: np.ndarray | None = None
+    spec: str = ""
+    fitted_main: tuple | None = None
+    evidence_s: float = 0.0
+    seconds: float = 0.0  # evidence + selection (+ the extra clustering when no compared space is reused)
+    cluster_seconds: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    def record(self) -> dict:
+        return {**self.choice.as_dict(), "applied": self.by_evidence, "weights": self.weights,
+                "zeroed": zeroed(self.weights) if self.weights else [], "note": self.note,
+                "evidence": self.evidence.as_dict(), "seconds": round(self.seconds, 4)}
+
+
+def _comparison_spaces(corpus: Corpus, alignment, pipeline: PipelineConfigResource, evidence: ModalityWeights,
+                       cands: dict[str, dict[str, float]], layout: dict[str, int] | None) -> dict[str, tuple]:
+    """space -> (ids, X) of every space clustered for comparison (and as a fusion candidate)."""
+    compared = _strategy_rows(corpus, alignment, pipeline)
+    if layout is not None:  # by evidence: uniform and evidence fusion in the fixed fused layout
+        for space in ("fused:early", "fused:early_evidence"):
+            X = layout_matrix(corpus.blocks, corpus.present, layout, cands[SPACE_CANDIDATE[space]])
+            keep = np.flatnonzero(np.linalg.norm(X, axis=1) > 0)
+            compared[space] = ([corpus.record_ids[i] for i in keep], X[keep])
+    elif len(corpus.modalities()) > 1:
+        X_ev = early_matrix(corpus, evidence.weights)
+        keep_ev = np.flatnonzero(np.linalg.norm(X_ev, axis=1) > 0)
+        compared["fused:early_evidence"] = ([corpus.record_ids[i] for i in keep_ev], X_ev[keep_ev])
+    for modality in corpus.modalities():
+        rows = np.flatnonzero(corpus.present[modality])
+        compared[modality] = ([corpus.record_ids[i] for i in rows], corpus.blocks[modality][rows])
+    return compared
+
+
+def _select_fusion(lake: Lake, corpus: Corpus, alignment, pipeline: PipelineConfigResource) -> FusionSelection:
+    """Cluster every comparison space, score the fusion candidates among them on the modalities' kNN graphs
+    (labels when ``MM_FUSION_SELECT=auto`` and enough records are labelled) and, unless the fusion is fixed,
+    build the chosen fusion in the fused layout, reusing a compared space's clustering when it is the same."""
+    t0 = time.perf_counter()
+    evidence = evidence_weights({m: corpus.blocks[m] for m in corpus.modalities()}, seed=pipeline.seed)
+    evidence_s = time.perf_counter() - t0
+    by_evidence = pipeline.fusion_strategy == "early" and pipeline.fusion_select != "fixed"
+    layout = load_layout(lake.root) if by_evidence else None
+    note = ""
+    if by_evidence and (layout is None or len(corpus.modalities()) < 2):
+        note = ("one modality: nothing to weigh" if layout is not None
+                else "no fused layout recorded yet (re-run an ingest): configured weights kept")
+        by_evidence = False
+    cands = candidate_weights(corpus.modalities(), evidence, pipeline.weights())
+    compared = _comparison_spaces(corpus, alignment, pipeline, evidence, cands, layout)
+    fitted, full_fits, cluster_s = {}, {}, {}
+    for space, (s_ids, s_X) in compared.items():
+        if len(s_ids) < 3:
+            continue
+        t1 = time.perf_counter()
+        full_fits[space] = run_clustering(s_X, pipeline)
+        cluster_s[space] = time.perf_counter() - t1
+        fitted[space] = (s_ids, full_fits[space][0])
+    t1 = time.perf_counter()
+    row_of = {r: i for i, r in enumerate(corpus.record_ids)}
+    partitions = {}
+    for space, (s_ids, s_res) in fitted.items():
+        cand = SPACE_CANDIDATE.get(space) or (f"single_{space}" if space in EMBEDDING_TABLES else None)
+        if cand in cands:
+            lab = np.full(corpus.n, -1, dtype=np.int64)
+            lab[[row_of[r] for r in s_ids]] = s_res.labels
+            partitions[cand] = lab
+    use_labels = pipeline.fusion_select == "auto"
+    choice = (select_partition(partitions, evidence, labels=corpus.labels if use_labels else None) if partitions
+              else StrategyChoice("early_uniform", {}, "nothing to compare"))
+    sel = FusionSelection(evidence, choice, cands, fitted, by_evidence, evidence_s=evidence_s,
+                          cluster_seconds=cluster_s, note=note)
+    sel.seconds = evidence_s + time.perf_counter() - t1
+    if by_evidence:
+        sel.weights = cands.get(choice.best, cands["early_uniform"])
+        X = layout_matrix(corpus.blocks, corpus.present, layout, sel.weights)
+        keep = np.flatnonzero(np.linalg.norm(X, axis=1) > 0)
+        sel.ids, sel.batch_ids, sel.X = [corpus.record_ids[i] for i in keep], [corpus.batch_ids[i] for i in keep], X[keep]
+        sel.spec = "early:" + ",".join(f"{m}={w:g}" for m, w in sel.weights.items()) + f" ({choice.best})"
+        reused = {"early_uniform": "fused:early", "early_evidence": "fused:early_evidence"}.get(choice.best)
+        if reused in full_fits and len(compared[reused][0]) == len(sel.ids):
+            sel.fitted_main = full_fits[reused]
+    return sel
+
+
 def _metrics_row(run_id: str, space: str, res: ClusterResult, scores: dict, n: int, fp: str, **extra) -> dict:
     return {
         "run_id": run_id, "created_at": datetime.now(UTC), "algorithm": res.algorithm, "space": space,
@@ -150,7 +261,8 @@ def _metrics_row(run_id: str, space: str, res: ClusterResult, scores: dict, n: i
         "input_fingerprint": fp, "params_json": json.dumps(res.params, default=str, sort_keys=True),
         "moved": extra.get("moved"), "common": extra.get("common"), "new_clusters": extra.get("new_clusters"),
         "retired_clusters": extra.get("retired_clusters"), "agreement_nmi": extra.get("agreement_nmi"),
-        "fusion_strategy": extra.get("fusion_strategy"),
+        "fusion_strategy": extra.get("fusion_strategy"), "weights_json": extra.get("weights_json"),
+        "selection_score": extra.get("selection_score"), "selection_json": extra.get("selection_json"),
     }
 
 
@@ -187,7 +299,15 @@ def clusters(
     cluster keeps its id and name as data grows; how many records moved is recorded. Every other fusion
     strategy, text+image alone, and each single modality are clustered the same way for comparison:
     silhouette, NMI/ARI against the labels and agreement (NMI) with the fused clustering go to
-    ``cluster_metrics``. Saves the cluster model that places new batches at once."""
+    ``cluster_metrics``. Saves the cluster model that places new batches at once.
+
+    Unless ``MM_FUSION_SELECT=fixed`` (or ``MM_FUSION_STRATEGY=shared_mean``), the fusion itself is chosen here:
+    evidence weights (kNN agreement between modalities, no labels) are computed on a sample, every fusion
+    candidate (uniform, evidence weights, each single modality, text+image) is scored on the modalities' kNN
+    graphs (or by NMI on the labels when at least 20 records are labelled and the mode is ``auto``), the best
+    is clustered as the default and its weights are stored for the next batches' ``fused_vectors``, with the
+    evidence and the reason in ``cluster_metrics`` (``weights_json``, ``selection_score``, ``selection_json``)
+    and in the metadata (``fusion_choice``, ``modalities_weighted_zero``)."""
     lake = warehouse.lake
     run_id = uuid.uuid4().hex[:12]
     corpus = load_corpus(lake)
@@ -198,8 +318,15 @@ def clusters(
         return dg.MaterializeResult(metadata={"dagster/row_count": 0, "k": 0})
     truth = dict(lake.read_current("aligned_records").select("record_id", "label").iter_rows())
     previous = dict(lake.current_clusters().select("record_id", "cluster_id").iter_rows())
-
-    res, Z, (mean, comps) = run_clustering(X, pipeline)
+    t_start = time.perf_counter()
+    alignment = load_alignment(lake, corpus.models)
+    sel = _select_fusion(lake, corpus, alignment, pipeline)
+    if sel.by_evidence:
+        ids, batch_ids, X, spec = sel.ids, sel.batch_ids, sel.X, sel.spec
+    t_main = time.perf_counter()
+    res, Z, (mean, comps) = sel.fitted_main if sel.fitted_main is not None else run_clustering(X, pipeline)
+    if sel.by_evidence and sel.fitted_main is None:
+        sel.seconds += time.perf_counter() - t_main  # the chosen fusion is no compared space: one more clustering
     raw_labels, is_outlier = apply_outlier_policy(res.labels, Z, pipeline.outlier_policy)
     mapping = match_cluster_ids(previous, ids, raw_labels)
     stable = apply_mapping(raw_labels, mapping)
@@ -213,41 +340,37 @@ def clusters(
     dist = np.where(stable >= 0, 1.0 - np.sum(Z * centroids, axis=1), np.nan)
 
     scores = external_scores(stable, [truth.get(r) for r in ids])
+    chosen_json = json.dumps(sel.weights, sort_keys=True) if sel.weights else None
     metrics = [_metrics_row(run_id, "fused", res, scores, len(ids), fp, moved=mapping.moved, common=mapping.common,
                             new_clusters=len(mapping.new_ids), retired_clusters=len(mapping.retired_ids),
-                            agreement_nmi=1.0, fusion_strategy=spec)]
-    # the selected strategy's own row is this clustering, not a second run of it
-    selected = f"fused:{pipeline.fusion_strategy}"
-    metrics.append(_metrics_row(run_id, selected, res, scores, len(ids), fp, agreement_nmi=1.0,
-                                fusion_strategy=pipeline.fusion_strategy))
+                            agreement_nmi=1.0, fusion_strategy=spec, weights_json=chosen_json,
+                            selection_score=sel.choice.scores.get(sel.choice.best),
+                            selection_json=json.dumps(sel.record(), sort_keys=True, default=str))]
+    if not sel.by_evidence:
+        # the selected strategy's own row is this clustering, not a second run of it
+        selected = f"fused:{pipeline.fusion_strategy}"
+        metrics.append(_metrics_row(run_id, selected, res, scores, len(ids), fp, agreement_nmi=1.0,
+                                    fusion_strategy=pipeline.fusion_strategy))
     fused_of = dict(zip(ids, stable.tolist(), strict=True))
-    alignment = load_alignment(lake, corpus.models)
-    compared = _strategy_rows(corpus, alignment, pipeline)
-    for modality in corpus.modalities():
-        rows = np.flatnonzero(corpus.present[modality])
-        compared[modality] = ([corpus.record_ids[i] for i in rows], corpus.blocks[modality][rows])
-    # evidence weights (mutual kNN agreement between modalities, no labels): compared as its own space
-    t_weights = time.perf_counter()
-    evidence = evidence_weights({m: corpus.blocks[m] for m in corpus.modalities()}, seed=pipeline.seed)
-    weights_s = time.perf_counter() - t_weights
-    if len(corpus.modalities()) > 1:
-        X_ev = early_matrix(corpus, evidence.weights)
-        keep_ev = np.flatnonzero(np.linalg.norm(X_ev, axis=1) > 0)
-        compared["fused:early_evidence"] = ([corpus.record_ids[i] for i in keep_ev], X_ev[keep_ev])
     modality_rows = []
-    for space, (s_ids, s_X) in compared.items():
-        if len(s_ids) < 3:
-            continue
-        s_res, _, _ = run_clustering(s_X, pipeline)
+    for space, (s_ids, s_res) in sel.fitted.items():
         s_scores = external_scores(s_res.labels, [truth.get(r) for r in s_ids])
         agreement = external_scores(s_res.labels, [str(fused_of.get(r)) if r in fused_of else None for r in s_ids])
+        cand = SPACE_CANDIDATE.get(space) or (f"single_{space}" if space in EMBEDDING_TABLES else None)
         metrics.append(_metrics_row(run_id, space, s_res, s_scores, len(s_ids), fp,
-                                    agreement_nmi=agreement.get("nmi"), fusion_strategy=space.partition(":")[2] or None))
+                                    agreement_nmi=agreement.get("nmi"), fusion_strategy=space.partition(":")[2] or None,
+                                    weights_json=json.dumps(sel.candidates[cand], sort_keys=True)
+                                    if cand in sel.candidates else None,
+                                    selection_score=sel.choice.scores.get(cand)))
         if space in EMBEDDING_TABLES:
             modality_rows.append(pl.DataFrame({"record_id": s_ids, "modality": space,
                                                "cluster_id": s_res.labels.astype(np.int32), "run_id": run_id}))
     lake.write_global("modality_assignments", pl.concat(modality_rows) if modality_rows else
                       pl.DataFrame(schema=lake.read_table("modality_assignments").schema))
+    if sel.by_evidence:
+        save_choice(lake.root, FusionChoice(sel.weights, sel.choice.best, run_id, sel.choice.reason,
+                                            zeroed(sel.weights), sel.choice.scores))
+    recluster_s = time.perf_counter() - t_start
 
     df = assignment_frame(ids, batch_ids, stable, dist, res.algorithm, run_id, is_outlier=is_outlier)
     lake.write_global("recluster_assignments", df)
@@ -275,10 +398,15 @@ def clusters(
         "metrics": table(metrics_df.sort("nmi", descending=True, nulls_last=True),
                          ["space", "algorithm", "k", "n_records", "n_outliers", "silhouette", "nmi", "ari",
                           "agreement_nmi"], n=50),
-        "evidence_weights": dg.MetadataValue.json({**evidence.as_dict(), "seconds": round(weights_s, 4)}),
+        "evidence_weights": dg.MetadataValue.json({**sel.evidence.as_dict(), "seconds": round(sel.evidence_s, 4)}),
+        "fusion_choice": dg.MetadataValue.json(sel.record()),
+        "fusion_weights": chosen_json or "",
+        "weighting_seconds": round(sel.seconds, 4),
+        "weighting_share_of_recluster": round(sel.seconds / recluster_s, 4) if recluster_s > 0 else 0.0,
     }
-    if evidence.zeroed:
-        md["modalities_weighted_zero"] = ", ".join(evidence.zeroed)
+    zero = zeroed(sel.weights) if sel.by_evidence else sel.evidence.zeroed
+    if zero:
+        md["modalities_weighted_zero"] = ", ".join(zero)
     context.log.info(f"re-clustered {len(ids)} records into {res.k} clusters; {mapping.moved} of "
                      f"{mapping.common} previously clustered records changed cluster")
     return dg.MaterializeResult(metadata=md)
@@ -361,6 +489,31 @@ def name_by_prompts(lake: Lake, encoders: EncodersResource, pipeline: PipelineCo
     return names
 
 
+def mmr_cluster_names(context, lake: Lake, encoders: EncodersResource, texts_by_cluster: dict[int, list[str]],
+                      labels_by_id: dict[str, int], skip: set[int]) -> dict[int, list[str]]:
+    """cluster -> name terms by maximal marginal relevance (:mod:`mm_platform.lib.cluster_names`): candidates
+    from c-TF-IDF without stop words and corpus-frequent words, ranked against the cluster's centre in the text
+    encoder's space (the mean of its members' stored text embeddings) and kept apart from each other. Without a
+    usable text encoder, the ranking uses the c-TF-IDF scores and word overlap alone."""
+    todo = {c: t for c, t in texts_by_cluster.items() if c not in skip and t}
+    if not todo:
+        return {}
+    embed, centres = None, None
+    try:
+        text = encoders.encoders.text()
+        emb = lake.read_current("text_embeddings")
+        if emb.height:
+            by_cluster: dict[int, list[int]] = {}
+            for i, rid in enumerate(emb["record_id"].to_list()):
+                by_cluster.setdefault(labels_by_id.get(rid, -1), []).append(i)
+            M = embedding_matrix(emb)
+            centres = {c: M[rows].mean(axis=0) for c, rows in by_cluster.items() if c in todo}
+        embed = text.encode
+    except Exception as exc:  # noqa: BLE001 - names must not fail the summary; the reason is logged
+        context.log.warning(f"cluster names without the text encoder ({type(exc).__name__}: {exc})")
+    return cluster_names(texts_by_cluster, n_words=3, embed=embed, centres=centres)
+
+
 @dg.asset(
     deps=[clusters, cluster_assignments, raw_text, aligned_records, fused_vectors, dg.AssetKey("alignment_model")],
     group_name="clusters",
@@ -400,17 +553,19 @@ def cluster_summary(
         int(c): [t for t in g["text"].to_list() if t] for (c,), g in members.group_by("cluster_id") if c != -1
     }
     terms = top_terms(texts_by_cluster, n=8)
+    prompt_names = name_by_prompts(lake, encoders, pipeline, labels_by_id, corpus)
+    mmr_names = mmr_cluster_names(context, lake, encoders, texts_by_cluster, labels_by_id,
+                                  skip=set(prompt_names))
     label_counts = label_summary(members["cluster_id"].to_numpy(), members["label"].to_list())
     model = load_cluster_model(lake)
     agreement = modality_agreement(cl, lake.read_table("modality_assignments"))
-    prompt_names = name_by_prompts(lake, encoders, pipeline, labels_by_id, corpus)
     rows = []
     for (c,), g in members.group_by("cluster_id"):
         c = int(c)
         words = [t for t, _ in terms.get(c, [])]
         name, source = ("outliers", "outliers") if c == -1 else (
             (prompt_names[c], "label_prompt") if c in prompt_names
-            else (" / ".join(words[:3]) if words else f"cluster {c}", "top_terms"))
+            else (" / ".join(mmr_names.get(c) or words[:3]) if words else f"cluster {c}", "top_terms"))
         rows.append({
             "cluster_id": c, "name": name, "size": g.height,
             "representative_record_ids": reps.get(c, []), "top_terms": words,

@@ -1,5 +1,6 @@
 """Fusion layer: per-modality L2 normalisation and weighted concatenation into one vector per record."""
 
+import json
 
 import dagster as dg
 import numpy as np
@@ -16,6 +17,7 @@ from mm_platform.defs.metadata import counts, preview
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import EncodersResource, PipelineConfigResource, WarehouseResource
 from mm_platform.lib.fusion import fuse
+from mm_platform.lib.fusion_choice import load_choice, save_layout, zeroed
 from mm_platform.lib.corpus import EMBEDDING_TABLES
 from mm_platform.lib.lake import Lake
 from mm_platform.lib.tabular import TABULAR_DIM
@@ -60,17 +62,24 @@ def fused_vectors(
     """One unit-norm vector per aligned record: each modality (text, image, audio, tabular) L2-normalised,
     scaled by the square root of its weight share among the modalities the record has, and concatenated (a
     missing modality is an explicit zero block and the mask in ``modalities``). The dot product of two fused vectors is the weighted mean
-    of the per-modality cosines they share."""
+    of the per-modality cosines they share. The weights are the ones the last re-cluster chose by evidence
+    (``MM_FUSION_SELECT``, default ``auto``), else ``MM_FUSION_WEIGHTS``; each row records the weights it was
+    fused with (``weights_json``) and where they came from (``weights_source``)."""
     batch_id = context.partition_key
     lake = warehouse.lake
     aligned = lake.read_partition("aligned_records", batch_id)
     frames = {m: lake.read_partition(t, batch_id) for m, t in EMBEDDING_TABLES.items()}
     dims = modality_dims(lake, encoders, frames)
+    by_evidence = pipeline.fusion_select != "fixed"
+    choice = load_choice(lake.root) if by_evidence else None
+    weights = {**pipeline.weights(), **choice.weights} if choice else pipeline.weights()
+    source = choice.source if choice else "MM_FUSION_WEIGHTS"
     result = fuse(
         aligned["record_id"].to_list(),
         {m: (df["record_id"].to_list(), embedding_matrix(df, dims[m])) for m, df in frames.items()},
-        pipeline.weights(),
+        weights, keep_layout=by_evidence,
     )
+    save_layout(lake.root, result.modalities, result.dims)
     keep = result.has_any
     ids = aligned["record_id"].filter(pl.Series(keep))
     modalities = [result.present_modalities(i) for i in np.flatnonzero(keep)]
@@ -82,6 +91,8 @@ def fused_vectors(
             "modalities": pl.Series(modalities, dtype=pl.List(pl.String)),
             "dim": [result.dim] * len(ids),
             "embedding": matrix_series(result.vectors[keep]),
+            "weights_json": [json.dumps(result.row_weights(int(i)), sort_keys=True) for i in np.flatnonzero(keep)],
+            "weights_source": [source] * len(ids),
         }
     )
     lake.write_partition("fused_vectors", batch_id, df)
@@ -90,6 +101,11 @@ def fused_vectors(
         metadata={
             "dagster/row_count": df.height,
             "fusion": result.spec,
+            "weights": {m: w for m, w in result.weights.items()},
+            "weights_source": source,
+            "weights_reason": choice.reason if choice else "configured (MM_FUSION_WEIGHTS)",
+            **({"modalities_weighted_zero": ", ".join(zeroed(result.weights))} if zeroed(result.weights) else {}),
+            "records_fused_uniformly": int(result.fallback[keep].sum()) if result.fallback is not None else 0,
             "dim": result.dim,
             "modality_dims": dict(zip(result.modalities, result.dims, strict=True)),
             "modality_combinations": counts(combos) if df.height else {},
