@@ -106,6 +106,22 @@ def run_clustering(X: np.ndarray, pipeline: PipelineConfigResource) -> tuple[Clu
     return res, Z, (mean, comps)
 
 
+def layout_of(spec: str) -> str:
+    """The fused layout a fusion spec describes, without its weights: ``early:text=1.2,image=0 (x)`` ->
+    ``early:text,image``. Batches fused after a re-cluster chose other weights keep the same columns, so the
+    map places them against the stored projection instead of refitting it (the next re-cluster refits)."""
+    if not spec.startswith("early:"):
+        return spec
+    body = spec[len("early:"):].split(" (", 1)[0]
+    return "early:" + ",".join(part.split("=", 1)[0].strip() for part in body.split(",") if part.strip())
+
+
+def _map_input(lake: Lake, pipeline: PipelineConfigResource,
+               batch_id: str) -> tuple[list[str], list[str], np.ndarray, str]:
+    ids, batch_ids, X, spec = clustering_input(lake, pipeline, batch_id)
+    return ids, batch_ids, X, layout_of(spec)
+
+
 def clustering_input(lake: Lake, pipeline: PipelineConfigResource, batch_id: str | None = None,
                      corpus: Corpus | None = None) -> tuple[list[str], list[str], np.ndarray, str]:
     """(record_ids, batch_ids, matrix, spec) of what the clusters are computed on, by ``MM_FUSION_STRATEGY``:
@@ -619,7 +635,7 @@ def embedding_map(
         lake.read_table("embedding_map"), lake.current_records(), method=pipeline.map_method,
         run_id=model.run_id if model else None, seed=pipeline.seed, projection=load_projection(lake.root),
         fit_sample=pipeline.map_fit_sample,
-        read_batch=lambda b: clustering_input(lake, pipeline, b))
+        read_batch=lambda b: _map_input(lake, pipeline, b))
     if update.frame.height < 3:
         lake.write_global("embedding_map", pl.DataFrame(schema=lake.read_table("embedding_map").schema))
         return dg.MaterializeResult(metadata={"dagster/row_count": 0})
