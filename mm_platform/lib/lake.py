@@ -186,8 +186,13 @@ def lake_uri_from_env(root: Path, env: Mapping[str, str] | None = None) -> str:
     return uri.rstrip("/") if uri and delta_store.is_remote(uri) else str(root)
 
 
+#: The Delta partition column: the batch whose run wrote the rows (a row's own ``batch_id`` may differ, e.g.
+#: an eager cluster assignment of an older record). Never shown: the views and reads drop it.
+PART = "_lake_batch"
+
+
 def _partition_predicate(batch_id: str) -> str:
-    return f"batch_id = {sql_literal(batch_id)}"
+    return f"{PART} = {sql_literal(batch_id)}"
 
 
 def _typed(table: str, df: pl.DataFrame) -> pl.DataFrame:
@@ -195,6 +200,8 @@ def _typed(table: str, df: pl.DataFrame) -> pl.DataFrame:
     schema = ALL_TABLES.get(table)
     if schema is None:
         return df
+    if PART in df.columns:
+        df = df.drop(PART)
     if df.width == 0:
         return empty_frame(table)
     return conform(table, df.with_columns(pl.lit(None).alias(c) for c in schema if c not in df.columns))
@@ -220,6 +227,9 @@ class Lake:
         self.root = Path(root)
         self.uri = (uri or lake_uri_from_env(self.root)).rstrip("/")
         self.remote = delta_store.is_remote(self.uri)
+        if not self.remote and re.search(r"[\[\]]", self.uri):
+            raise ValueError(f"the lake path {self.uri!r} holds '[' or ']', which deltalake cannot open as a "
+                             "table location; choose a data dir (MM_DATA_DIR / MM_LAKE_URI) without them")
         self.storage_options = delta_store.storage_options(self.uri)
         self._ready = False
 
@@ -239,12 +249,12 @@ class Lake:
         if t is None or self.remote:
             return []
         return [self.table_dir(table) / a["path"] for a in delta_store.add_actions(t)
-                if batch_id is None or a.get("partition.batch_id") == batch_id]
+                if batch_id is None or a.get(f"partition.{PART}") == batch_id]
 
     def partition_path(self, table: str, batch_id: str) -> Path:
         """The data file holding the partition now (its nominal ``batch_id=…/part.parquet`` when none)."""
         files = self._files_of(table, batch_id)
-        return files[0] if files else self.table_dir(table) / f"batch_id={batch_id}" / "part.parquet"
+        return files[0] if files else self.table_dir(table) / f"{PART}={batch_id}" / "part.parquet"
 
     def global_path(self, table: str) -> Path:
         """The data file holding a global table now (its nominal ``part.parquet`` when none)."""
@@ -280,7 +290,9 @@ class Lake:
         self._ready = True
 
     def _create_empty(self, table: str, df: pl.DataFrame) -> None:
-        part = ["batch_id"] if table in PARTITIONED_TABLES else None
+        part = [PART] if table in PARTITIONED_TABLES else None
+        if part:
+            df = df.with_columns(pl.lit(None, pl.String).alias(PART))
         try:
             with _guard_write(self.table_dir(table) if not self.remote else self.table_uri(table)):
                 delta_store.write_arrow(self.table_uri(table), _arrow_for(df, None), self.storage_options,
@@ -296,12 +308,12 @@ class Lake:
 
     def write_partition(self, table: str, batch_id: str, df: pl.DataFrame) -> Path:
         """Replace the batch's partition of ``table`` with ``df``: one commit; readers see old or new, whole."""
-        df = conform(table, df).with_columns(pl.lit(batch_id, pl.String).alias("batch_id"))
+        df = conform(table, df).with_columns(pl.lit(batch_id, pl.String).alias(PART))
         self.ensure_initialized()
         uri = self.table_uri(table)
-        with _guard_write(self.table_dir(table) / f"batch_id={batch_id}" if not self.remote else uri):
+        with _guard_write(self.table_dir(table) / f"{PART}={batch_id}" if not self.remote else uri):
             _commit_delta(uri, _arrow_for(df, self._schema_of(table)), self.storage_options,
-                          _partition_predicate(batch_id), ["batch_id"], "merge")
+                          _partition_predicate(batch_id), [PART], "merge")
         self._record(table, batch_id)
         return self.partition_path(table, batch_id)
 
@@ -368,7 +380,7 @@ class Lake:
         for table in [*ALL_TABLES, *self.model_tables()]:
             t = self._table(table)
             for act in delta_store.add_actions(t) if t is not None else []:
-                batch_id = act.get("partition.batch_id") if table in PARTITIONED_TABLES else None
+                batch_id = act.get(f"partition.{PART}") if table in PARTITIONED_TABLES else None
                 d = self._check(table, batch_id, self.table_dir(table) / act["path"], act["size_bytes"])
                 if d is not None:
                     out.append(d)
@@ -446,14 +458,14 @@ class Lake:
         t = self._table(table)
         if t is None:
             return empty_frame(table) if table in ALL_TABLES else pl.DataFrame()
-        ds = t.to_pyarrow_dataset(partitions=[("batch_id", "=", batch_id)])
+        ds = t.to_pyarrow_dataset(partitions=[(PART, "=", batch_id)])
         return _typed(table, pl.from_arrow(ds.to_table()))
 
     def partitions(self, table: str) -> list[str]:
         t = self._table(table)
         if t is None:
             return []
-        return sorted({a["partition.batch_id"] for a in delta_store.add_actions(t) if a.get("partition.batch_id")})
+        return sorted({a[f"partition.{PART}"] for a in delta_store.add_actions(t) if a.get(f"partition.{PART}")})
 
     def read_table(self, table: str, version: int | None = None) -> pl.DataFrame:
         """All partitions of a table (or the global table) at one version, typed; empty frame when none."""
@@ -513,7 +525,8 @@ def _columns_first(table: str) -> str:
     if not schema:
         return "*"
     cols = ", ".join(sql_identifier(c) for c in schema)
-    return f"{cols}, * EXCLUDE ({cols})"
+    hidden = f", {PART}" if table in PARTITIONED_TABLES else ""
+    return f"{cols}, * EXCLUDE ({cols}{hidden})"
 
 
 def arrow_view_name(table: str) -> str:

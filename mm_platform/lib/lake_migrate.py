@@ -70,25 +70,27 @@ def _unfinished(legacy: Path) -> list[Path]:
 
 def _migrate_table(lake: Lake, table_dir: Path) -> int:
     """All partitions of one old table into its Delta table: one overwrite commit. Returns the row count."""
-    from mm_platform.lib.lake import ALL_TABLES, MODEL_TABLES_DIR, PARTITIONED_TABLES, _arrow_for, conform, \
-        empty_frame, read_parquet
+    from mm_platform.lib.lake import ALL_TABLES, MODEL_TABLES_DIR, PART, PARTITIONED_TABLES, _arrow_for, \
+        conform, empty_frame, read_parquet
 
     table = table_dir.name
     frames = []
     for f in _legacy_files(table_dir):
         df = read_parquet(f)
+        df = conform(table, df)
         if f.parent.name.startswith("batch_id="):
-            df = df.with_columns(pl.lit(f.parent.name.split("=", 1)[1], pl.String).alias("batch_id"))
-        frames.append(conform(table, df))
+            df = df.with_columns(pl.lit(f.parent.name.split("=", 1)[1], pl.String).alias(PART))
+        frames.append(df)
     if table in ALL_TABLES:
-        frames.insert(0, empty_frame(table))
+        empty = empty_frame(table)
+        frames.insert(0, empty.with_columns(pl.lit(None, pl.String).alias(PART)) if table in PARTITIONED_TABLES else empty)
     else:
         (lake.root / MODEL_TABLES_DIR).mkdir(parents=True, exist_ok=True)
         (lake.root / MODEL_TABLES_DIR / table).write_text(table)
     df = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
-    part = ["batch_id"] if table in PARTITIONED_TABLES else None
+    part = [PART] if table in PARTITIONED_TABLES else None
     delta_store.write_arrow(lake.table_uri(table), _arrow_for(df, None), lake.storage_options,
                             partition_by=part, schema_mode="overwrite")
-    for batch_id in sorted(set(df["batch_id"].to_list())) if part else [None]:
+    for batch_id in sorted(set(df[PART].to_list())) if part else [None]:
         lake._record(table, batch_id)
     return df.height

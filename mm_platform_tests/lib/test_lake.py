@@ -205,7 +205,7 @@ def test_write_partition_with_missing_column_fails_and_writes_nothing(lake: Lake
 
 def test_write_read_partition_round_trip_preserves_declared_types(lake: Lake) -> None:
     path = lake.write_partition("raw_records", "b1", raw_records_df("b1", n=3))
-    assert path.parent == lake.root / "raw_records" / "batch_id=b1" and path.is_file()  # a Delta data file
+    assert path.parent == lake.root / "raw_records" / "_lake_batch=b1" and path.is_file()  # a Delta data file
     assert lake.has_partition("raw_records", "b1")
     back = lake.read_partition("raw_records", "b1")
     assert dict(back.schema) == PARTITIONED_TABLES["raw_records"]
