@@ -450,6 +450,20 @@ class Lake:
         delta_store.delete_where(self.table_uri(table), self.storage_options, _partition_predicate(batch_id))
         self.forget(table, batch_id)
 
+    # -- housekeeping -------------------------------------------------------------------------------
+    def housekeeping(self, retention_hours: float) -> dict[str, dict[str, int]]:
+        """Compact small files (a commit that changes no row) and vacuum files that no version younger than
+        ``retention_hours`` references, table by table. Files of any current version are never removed, so
+        readers of the current state are safe at any retention; a reader pinned to an older version (``--as-of``)
+        is safe while that version is younger than the retention."""
+        out: dict[str, dict[str, int]] = {}
+        for table in [*ALL_TABLES, *self.model_tables()]:
+            out[table] = delta_store.compact_and_vacuum(self.table_uri(table), self.storage_options, retention_hours)
+            if out[table]["files_added"]:
+                for batch_id in self.partitions(table) if table in PARTITIONED_TABLES else [None]:
+                    self._record(table, batch_id)
+        return out
+
     # -- reads --------------------------------------------------------------------------------------
     def has_partition(self, table: str, batch_id: str) -> bool:
         return batch_id in self.partitions(table)
@@ -532,6 +546,15 @@ def _columns_first(table: str) -> str:
 def arrow_view_name(table: str) -> str:
     """The name a table's Arrow dataset is registered under on a connection to an object-store lake."""
     return f"__lake_{table}"
+
+
+def register_table_view(con: duckdb.DuckDBPyConnection, lake: Lake, table: str) -> None:
+    """(Re)create the view of one lake table (a SQL model just written) on a ``register_views`` connection."""
+    if lake.remote:
+        t = lake._table(table)
+        if t is not None:
+            con.register(arrow_view_name(table), t.to_pyarrow_dataset())
+    con.execute(_create_view(table, _scan(lake, table)))
 
 
 def _scan(lake: Lake, table: str, versions: Mapping[str, int] | None = None) -> str:

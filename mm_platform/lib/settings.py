@@ -68,6 +68,22 @@ def serve_url(env: Mapping[str, str] | None = None) -> str:
     return _env(os.environ if env is None else env, "MM_SERVE_URL", "http://127.0.0.1:8765").rstrip("/")
 
 
+#: Default vacuum retention of the lake housekeeping: files a version younger than this still needs stay.
+DEFAULT_VACUUM_RETENTION_HOURS = 168.0
+#: Floor of the vacuum retention: a query that resolved a version a moment before a compaction still reads it.
+MIN_VACUUM_RETENTION_HOURS = 1.0
+
+
+def vacuum_retention_hours(env: Mapping[str, str] | None = None) -> float:
+    """``MM_LAKE_VACUUM_RETENTION_HOURS`` (default 168 = a week of time travel), never below one hour."""
+    raw = _env(os.environ if env is None else env, "MM_LAKE_VACUUM_RETENTION_HOURS", str(DEFAULT_VACUUM_RETENTION_HOURS))
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"MM_LAKE_VACUUM_RETENTION_HOURS={raw!r} is not a number of hours") from exc
+    return max(value, MIN_VACUUM_RETENTION_HOURS)
+
+
 @dataclass(frozen=True)
 class Paths:
     """Where the platform reads and writes, resolved to absolute paths."""
