@@ -140,3 +140,11 @@ def delta_extension_path() -> str:
 def load_delta_extension(con: duckdb.DuckDBPyConnection) -> None:
     """``LOAD`` the local delta extension on ``con`` (before any view over ``delta_scan`` is created or run)."""
     con.execute(f"LOAD '{delta_extension_path()}'")
+
+
+def install_delta_extension(con: duckdb.DuckDBPyConnection) -> None:
+    """``INSTALL`` the shipped extension file into DuckDB's extension directory (offline: a file copy), so
+    a plain ``duckdb`` session on the warehouse file autoloads it when a view calls ``delta_scan``."""
+    installed = con.execute("SELECT installed FROM duckdb_extensions() WHERE extension_name = 'delta'").fetchone()
+    if not (installed and installed[0]):
+        con.execute(f"INSTALL '{delta_extension_path()}'")

@@ -727,6 +727,8 @@ def refresh_warehouse(lake: Lake, duckdb_path: Path, timeout_s: float = 30.0) ->
                 time.sleep(0.25)
         try:
             delta_store.load_delta_extension(con)
+            with contextlib.suppress(duckdb.Error, OSError):  # a read-only home: users LOAD it themselves
+                delta_store.install_delta_extension(con)
             existing = {r[0] for r in con.execute(
                 "SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
             for stale in existing - set(tables):

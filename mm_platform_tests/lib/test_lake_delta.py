@@ -25,7 +25,7 @@ from mm_platform.lib.lake import (
 )
 from mm_platform.lib.lake_migrate import legacy_tables
 from mm_platform.lib.settings import vacuum_retention_hours
-from mm_platform_tests.lib.test_lake import raw_records_df, raw_text_df
+from mm_platform_tests.lib.test_lake import raw_text_df
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "legacy_lake"
 

@@ -2,8 +2,6 @@
 schedule. Safe while readers read: compaction is one commit that changes no row, and vacuum removes only
 files that no version younger than the retention (``MM_LAKE_VACUUM_RETENTION_HOURS``) references."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from mm_platform.defs.resources import WarehouseResource
