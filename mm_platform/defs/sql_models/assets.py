@@ -3,7 +3,7 @@
 
 As dagster-dbt does for dbt projects, all models are one subsettable multi-asset: one asset per model in
 the graph and the UI, one step per run (models run in dependency order in a single in-memory DuckDB that
-sees the lake's views), each writing ``<lake>/<model>/part.parquet`` atomically and getting a view of its
+sees the lake's views), each written as a Delta table ``<lake>/<model>`` in one commit and getting a view of its
 own in the warehouse file.
 """
 
