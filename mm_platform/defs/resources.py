@@ -30,11 +30,13 @@ class WarehouseResource(dg.ConfigurableResource):
 
     lake_dir: str
     duckdb_path: str
+    #: where lake tables live (``MM_LAKE_URI``): "" = under ``lake_dir``; or ``s3://bucket/prefix``
+    lake_uri: str = ""
 
     _lake: Lake = PrivateAttr()
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._lake = Lake(self.lake_dir)
+        self._lake = Lake(self.lake_dir, self.lake_uri or None)
         self._lake.ensure_initialized()
 
     @property
@@ -229,6 +231,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         "warehouse": WarehouseResource(
             lake_dir=_env("MM_LAKE_DIR", str(paths.lake_dir)),
             duckdb_path=_env("MM_DUCKDB_PATH", str(paths.duckdb_path)),
+            lake_uri=_env("MM_LAKE_URI", ""),
         ),
         "landing": LandingResource(
             landing_dir=_env("MM_LANDING_DIR", str(paths.landing_dir)),

@@ -84,6 +84,14 @@ def vacuum_retention_hours(env: Mapping[str, str] | None = None) -> float:
     return max(value, MIN_VACUUM_RETENTION_HOURS)
 
 
+def _local_lake_uri(env: Mapping[str, str]) -> str:
+    """``MM_LAKE_URI`` when it names a local directory (then it is the lake dir), else ""."""
+    uri = _env(env, "MM_LAKE_URI", "")
+    if uri.startswith("file://"):
+        return uri[len("file://"):]
+    return "" if "://" in uri else uri
+
+
 @dataclass(frozen=True)
 class Paths:
     """Where the platform reads and writes, resolved to absolute paths."""
@@ -101,7 +109,7 @@ class Paths:
         return cls(
             data_dir=data,
             landing_dir=Path(_env(env, "MM_LANDING_DIR", str(data / "landing"))).expanduser().resolve(),
-            lake_dir=Path(_env(env, "MM_LAKE_DIR", str(data / "lake"))).expanduser().resolve(),
+            lake_dir=Path(_env(env, "MM_LAKE_DIR", _local_lake_uri(env) or str(data / "lake"))).expanduser().resolve(),
             duckdb_path=Path(_env(env, "MM_DUCKDB_PATH", str(data / "warehouse.duckdb"))).expanduser().resolve(),
             qdrant_path=Path(_env(env, "MM_QDRANT_PATH", str(data / "qdrant"))).expanduser().resolve(),
         )

@@ -178,3 +178,27 @@ def test_a_migration_interrupted_midway_is_finished_on_the_next_start(tmp_path: 
     assert lake.read_table("raw_text").height == 3
     assert lake.read_table("raw_records").height == 4
     assert (root / LEGACY_DIR / "raw_text" / ".migrated").read_text() == "3"
+
+
+# -- MM_LAKE_URI -----------------------------------------------------------------------------------------
+
+
+def test_lake_uri_settings_local_path_or_s3(tmp_path: Path, monkeypatch) -> None:
+    from mm_platform.lib.delta_store import storage_options
+    from mm_platform.lib.settings import Paths
+
+    env = {"MM_DATA_DIR": str(tmp_path / "d"), "MM_LAKE_URI": str(tmp_path / "elsewhere")}
+    assert Paths.from_env(env).lake_dir == tmp_path / "elsewhere"  # a local URI is the lake dir
+    env["MM_LAKE_URI"] = "s3://bucket/prefix"
+    assert Paths.from_env(env).lake_dir == tmp_path / "d" / "lake"  # bookkeeping stays local
+    opts = storage_options("s3://bucket/prefix", {"MM_S3_ENDPOINT": "http://127.0.0.1:9000",
+                                                  "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"})
+    assert opts == {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "us-east-1",
+                    "AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_ALLOW_HTTP": "true",
+                    "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
+    assert storage_options(str(tmp_path)) is None
+    monkeypatch.setenv("MM_LAKE_URI", "s3://bucket/prefix/")
+    lake = Lake(tmp_path / "d" / "lake")
+    assert lake.remote and lake.table_uri("raw_text") == "s3://bucket/prefix/raw_text"
+    monkeypatch.setenv("MM_LAKE_URI", str(tmp_path / "x"))
+    assert not Lake(tmp_path / "d" / "lake").remote  # a local MM_LAKE_URI is resolved by Paths, not here
