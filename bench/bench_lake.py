@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python bench/bench_lake.py [--rows 1000000] [--batches 20] [--queries 1000]
 
-Prints, measured in one run on the same data: the best of 5 runs of each query over (a) plain Parquet
+Prints, measured in one run on the same data: the best of 7 interleaved runs of each query over (a) plain Parquet
 files read through ``read_parquet`` globs (the old lake's views), (b) the Delta lake through DuckDB's
 ``delta_scan`` (the views the platform uses), (c) the Delta lake through registered Arrow datasets; the
 ratios Delta ÷ Parquet; then ``--queries`` queries against the platform's views while a writer rewrites
@@ -48,13 +48,17 @@ def frames(batch: str, lo: int, n: int, version: int = 0) -> dict[str, pl.DataFr
     return out
 
 
-def best_of(con: duckdb.DuckDBPyConnection, sql: str, runs: int = 5) -> tuple[float, list]:
-    times, result = [], None
+def best_of(runs: int, *variants: tuple[duckdb.DuckDBPyConnection, str]) -> list[tuple[float, list]]:
+    """Best time of ``runs`` runs of each (connection, SQL), the variants interleaved run by run so that
+    load from other processes on a shared machine hits them alike."""
+    times: list[list[float]] = [[] for _ in variants]
+    results: list[list] = [[] for _ in variants]
     for _ in range(runs):
-        t0 = time.perf_counter()
-        result = con.execute(sql).fetchall()
-        times.append(time.perf_counter() - t0)
-    return min(times), result
+        for i, (con, sql) in enumerate(variants):
+            t0 = time.perf_counter()
+            results[i] = con.execute(sql).fetchall()
+            times[i].append(time.perf_counter() - t0)
+    return [(min(t), r) for t, r in zip(times, results, strict=True)]
 
 
 def build(root: Path, rows: int, batches: int) -> tuple[Lake, Path]:
@@ -78,9 +82,8 @@ def compare(lake: Lake, plain: Path) -> None:
         arrow_con.register(f"a_{t}", lake._table(t).to_pyarrow_dataset())
     arrow = {t: f"a_{t}" for t in TABLES}
     for name, sql in (("scan 1 table", SCAN), ("3-table join", JOIN)):
-        tp, rp = best_of(con, sql.format(**parquet))
-        td, rd = best_of(con, sql.format(**delta))
-        ta, ra = best_of(arrow_con, sql.format(**arrow))
+        (tp, rp), (td, rd), (ta, ra) = best_of(
+            7, (con, sql.format(**parquet)), (con, sql.format(**delta)), (arrow_con, sql.format(**arrow)))
         assert rp == rd == ra, (rp, rd, ra)
         print(f"{name:14s} parquet {tp * 1000:7.1f} ms | delta_scan {td * 1000:7.1f} ms (ratio {td / tp:.2f}) "
               f"| arrow dataset {ta * 1000:7.1f} ms (ratio {ta / tp:.2f})")
