@@ -274,7 +274,11 @@ class Lake:
         t = self._table(table)
         if t is None:
             return None
-        return max((h["version"] for h in t.history() if h.get("operation") != "OPTIMIZE"), default=None)
+        for limit in (20, None):  # the newest commits first; all of them only when those were all compactions
+            found = [h["version"] for h in t.history(limit) if h.get("operation") != "OPTIMIZE"]
+            if found:
+                return max(found)
+        return None
 
     def ensure_initialized(self) -> None:
         """Migrate a Parquet-layout lake once, then create empty (typed) Delta tables so every view is valid
