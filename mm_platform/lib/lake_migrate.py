@@ -77,7 +77,10 @@ def _migrate_table(lake: Lake, table_dir: Path) -> int:
     frames = []
     for f in _legacy_files(table_dir):
         df = read_parquet(f)
-        df = conform(table, df)
+        # a partition written before a column existed (e.g. landed_at): that column is NULL, as the old
+        # union_by_name views read it
+        df = conform(table, df.with_columns(pl.lit(None).alias(c) for c in ALL_TABLES.get(table, {})
+                                            if c not in df.columns))
         if f.parent.name.startswith("batch_id="):
             df = df.with_columns(pl.lit(f.parent.name.split("=", 1)[1], pl.String).alias(PART))
         frames.append(df)
