@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mm_platform.lib.settings import Paths
+from mm_platform.lib.settings import Paths, setting
 
 DEMO_QUERIES = ("waterproof gear for muddy hiking trails", "something to keep my tea warm")
 
@@ -158,11 +158,42 @@ def _search_service(args: argparse.Namespace) -> int | None:
     return 0
 
 
+def _search_cold(args: argparse.Namespace) -> int | None:
+    """A text search against text or fused vectors made by the bundled MiniLM, in this process without torch,
+    Dagster or the encoder registry (numpy MiniLM: same vectors, same identity). None when the query needs
+    more (another query kind, a shared-space target, CLIP/CLAP vectors): the caller takes the full path."""
+    if args.text is None or args.modality not in (None, "text", "fused"):
+        return None
+    from mm_platform.lib.encoders.base import EncoderUnavailable
+    from mm_platform.lib.encoders.minilm_numpy import NumpyMiniLM, TextQueryEncoders
+    from mm_platform.lib.qdrant_store import QdrantBusy
+    from mm_platform.lib.search import SearchError, search, stored_model
+
+    try:
+        with _qdrant_store_from_env(Paths.from_env()) as store:
+            if not store.exists() or store.count() == 0:
+                return None  # the full path says why
+            encoder = NumpyMiniLM()
+            if stored_model(store, "text") != f"{encoder.info.model_id}@{encoder.info.model_version}":
+                return None
+            hits = search(store, TextQueryEncoders(encoder), text=args.text, modality=args.modality, k=args.k)
+    except (EncoderUnavailable, QdrantBusy):
+        return None
+    except SearchError as exc:
+        _err(str(exc))
+        return 2
+    _print_hits(hits, args.json)
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     if not args.no_service:
         served = _search_service(args)
         if served is not None:
             return served
+    cold = _search_cold(args)
+    if cold is not None:
+        return cold
     from mm_platform.lib.search import SearchError, SharedSpace, search
 
     with _resources() as res:
@@ -236,22 +267,18 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 def _qdrant_store_from_env(paths: Paths):
     """The Qdrant store as `build_resources` configures it, without importing Dagster or the encoders."""
-    import os
-
     from mm_platform.lib.qdrant_store import QdrantStore
 
-    url = os.environ.get("QDRANT_URL", "").strip()
-    return QdrantStore(collection=os.environ.get("MM_QDRANT_COLLECTION", "").strip() or "mm_records",
-                       path=None if url else (os.environ.get("MM_QDRANT_PATH", "").strip() or paths.qdrant_path),
-                       url=url or None, api_key=os.environ.get("QDRANT_API_KEY", "").strip() or None,
-                       open_timeout_s=5)
+    url = setting("QDRANT_URL")
+    return QdrantStore(collection=setting("MM_QDRANT_COLLECTION"), path=None if url else paths.qdrant_path,
+                       url=url or None, api_key=setting("QDRANT_API_KEY") or None, open_timeout_s=5)
 
 
 def status_report(paths: Paths, qdrant: Any = None) -> dict[str, Any]:
     """``qdrant``: a context manager factory yielding an open store (the service passes its own)."""
     from mm_platform.lib.lake import Lake
+    from mm_platform.lib.ledger import encoder_request_key, ingested_hashes, pending_batches, table_counts
     from mm_platform.lib.qdrant_store import QdrantBusy
-    from mm_platform.orchestrate import current_profile, ingested_hashes, pending_batches, table_counts
 
     lake = Lake(paths.lake_dir)
     lake.ensure_initialized()
@@ -260,7 +287,8 @@ def status_report(paths: Paths, qdrant: Any = None) -> dict[str, Any]:
         "data_dir": str(paths.data_dir),
         "landing_dir": str(paths.landing_dir),
         "ingested_batches": sorted(ingested_hashes(lake)),
-        "pending_batches": [b.batch_id for b in pending_batches(paths, lake, current_profile())],
+        # the model settings as requested, not `auto` resolved: resolving would import torch and open_clip
+        "pending_batches": [b.batch_id for b in pending_batches(paths, lake, request=encoder_request_key())],
         "current_records": lake.current_records().height,
         "tables": table_counts(lake),
         "cluster_metrics": metrics.drop("params_json").to_dicts(),
@@ -297,14 +325,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import os
 
     import uvicorn
 
     from mm_platform.serve.app import check_bind, create_app, open_services
     from mm_platform.serve.discovery import remove_discovery, write_discovery
 
-    token = os.environ.get("MM_SERVE_TOKEN", "").strip() or None
+    token = setting("MM_SERVE_TOKEN") or None
     check_bind(args.host, token)
     paths = Paths.from_env()
     with open_services(paths, warm=True) as services:
@@ -317,6 +344,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
             uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
         finally:
             remove_discovery(paths.data_dir)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Every setting in effect and where it came from (or the generated `.env.example` / docs table)."""
+    from mm_platform.lib import settings
+
+    if args.env_example:
+        print(settings.env_example(), end="")
+        return 0
+    if args.table:
+        print(settings.config_table(), end="")
+        return 0
+    rows = [{"variable": s.name, "value": value, "source": source, "group": s.group}
+            for s, value, source in settings.resolved()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(_table(rows, ["variable", "value", "source"], width=70))
     return 0
 
 
@@ -382,7 +428,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         with res.qdrant.store() as store:
             for query in DEMO_QUERIES[:1]:
                 native = encoders.shares_space("text", "image")
-                how = "CLIP's shared space" if native else "the shared space of the alignment heads"
+                mapping = getattr(getattr(shared, "model", None), "mapping", "heads")
+                how = "CLIP's shared space" if native else (
+                    "the shared space of the alignment heads" if mapping == "heads" else
+                    f"the shared space of the {mapping} linear map, which beat the heads on validation recall")
                 print(f"\nCross-modal search: --text {query!r} --modality image (profile {encoders.profile}; {how})")
                 _print_hits(search(store, encoders, text=query, modality="image", k=5, shared=shared),
                             as_json=False)
@@ -458,6 +507,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("home", help="create/print the Dagster home used by CLI runs and `make ui`")
     h.set_defaults(fn=cmd_home)
+    c = sub.add_parser("config", help="every setting in effect and where it came from (environment or default)")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--env-example", action="store_true", help="print the generated .env.example")
+    c.add_argument("--table", action="store_true", help="print the generated configuration table of the docs")
+    c.set_defaults(fn=cmd_config)
     return p
 
 

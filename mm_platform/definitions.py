@@ -1,13 +1,13 @@
 """The one entry point of the code location (``workspace.yaml`` points here).
 
 Loads every domain's assets, checks, sensors, jobs and schedules, registers the resources once, and adds
-the cross-cutting sensor: the automation-condition sensor that lets the global layer (clusters,
-summaries, Qdrant payloads, SQL marts) follow new batches on its own.
+the cross-cutting sensors: ``global_layer_sensor``, which brings the global layer (clusters, summaries,
+Qdrant payloads, SQL marts) up to date once the batch runs settle, and the automation-condition sensor for
+the nightly re-cluster.
 """
 
 from __future__ import annotations
 
-import os
 
 import dagster as dg
 
@@ -18,14 +18,21 @@ from mm_platform.defs.clusters import checks as cluster_checks
 from mm_platform.defs.embeddings import assets as embedding_assets
 from mm_platform.defs.fusion import assets as fusion_assets
 from mm_platform.defs.ingest import assets as ingest_assets
-from mm_platform.defs.ingest.sensors import DEFAULT_MAX_BATCHES_PER_TICK, build_landing_sensor
+from mm_platform.defs.ingest.sensors import build_landing_sensor
 from mm_platform.defs.metadata import with_ui_attributes
-from mm_platform.defs.jobs import batch_ingest_job, nightly_recluster_schedule, recluster_job, refresh_job
+from mm_platform.defs.jobs import (
+    batch_ingest_job,
+    global_layer_sensor,
+    nightly_recluster_schedule,
+    recluster_job,
+    refresh_job,
+)
 from mm_platform.defs.resources import build_resources
 from mm_platform.defs.sql_models.assets import build_sql_model_assets
 from mm_platform.defs.storage import assets as storage_assets
 from mm_platform.defs.streams import assets as stream_assets
 from mm_platform.defs.vector_index import assets as vector_assets
+from mm_platform.lib.settings import setting_int
 
 
 def build_definitions() -> dg.Definitions:
@@ -42,7 +49,8 @@ def build_definitions() -> dg.Definitions:
         jobs=[batch_ingest_job, recluster_job, refresh_job, storage_assets.lake_housekeeping_job],
         schedules=[nightly_recluster_schedule, storage_assets.weekly_lake_housekeeping_schedule],
         sensors=[
-            build_landing_sensor(int(os.environ.get("MM_SENSOR_MAX_BATCHES") or DEFAULT_MAX_BATCHES_PER_TICK)),
+            build_landing_sensor(setting_int("MM_SENSOR_MAX_BATCHES")),
+            global_layer_sensor,
             dg.AutomationConditionSensorDefinition(
                 "global_automation_sensor",
                 target=dg.AssetSelection.all(),

@@ -22,16 +22,19 @@ from pathlib import Path
 import dagster as dg
 
 from mm_platform.lib.lake import Lake
-from mm_platform.lib.ledger import (
+from mm_platform.lib.ledger import (  # noqa: F401 - ingested_hashes, table_counts: re-exported
     global_layer_stale,
+    ingested_hashes,
     mark_global_failed,
     mark_global_fresh,
+    pending_batches,
     recluster_owed,
     repair_lake,
+    table_counts,
 )
 from mm_platform.lib.locks import IngestLock, ProcessRef
-from mm_platform.lib.manifest import BatchInfo, list_complete_batches
-from mm_platform.lib.settings import Paths
+from mm_platform.lib.manifest import list_complete_batches
+from mm_platform.lib.settings import Paths, setting
 
 INSTANCE_TEMPLATE = Path(__file__).parent / "instance" / "dagster.yaml"
 TEMPLATE_MARKER = "# mm_platform instance template v"
@@ -82,9 +85,6 @@ def get_instance(paths: Paths) -> dg.DagsterInstance:
 
 
 ACTIVE_STATUSES = ("STARTED", "STARTING", "NOT_STARTED", "CANCELING")
-DEFAULT_POOL_WAIT_S = 120.0
-
-
 def process_tags() -> dict[str, str]:
     """Tags naming the process that executes a run in process, so a later CLI can tell when it died."""
     me = ProcessRef.current()
@@ -169,8 +169,7 @@ def _daemon_batch_runs(instance: dg.DagsterInstance) -> dict[str, str]:
 
 
 def pool_wait_s() -> float:
-    raw = os.environ.get("MM_POOL_WAIT_S", "").strip()
-    return float(raw) if raw else DEFAULT_POOL_WAIT_S
+    return float(setting("MM_POOL_WAIT_S"))
 
 
 class RunInterrupted(Exception):
@@ -267,7 +266,7 @@ def _terminate_raises() -> Iterator[dict]:
 def _crash_hook(instance: dg.DagsterInstance) -> None:
     """Test hook: with ``MM_TEST_CRASH_AT=<step_key>`` the process SIGKILLs itself right after that step's
     STEP_START event is stored, i.e. at the start of the step. One central place for every step."""
-    target = os.environ.get("MM_TEST_CRASH_AT", "").strip()
+    target = setting("MM_TEST_CRASH_AT")
     if not target or getattr(instance, "_mm_crash_hook", False):
         return
     original = instance.handle_new_event
@@ -329,11 +328,6 @@ def _was_interrupted(result: dg.ExecuteInProcessResult) -> bool:
     return False
 
 
-def ingested_hashes(lake: Lake) -> dict[str, str]:
-    ledger = lake.read_table("batches")
-    return dict(ledger.select("batch_id", "manifest_sha256").iter_rows())
-
-
 def current_profile() -> str:
     """The profile key the environment's encoder settings resolve to (no model is loaded)."""
     from mm_platform.defs.resources import current_profile_key
@@ -346,20 +340,6 @@ def _encoders_resource():
     from mm_platform.defs.resources import build_resources
 
     return build_resources()["encoders"]
-
-
-def pending_batches(paths: Paths, lake: Lake, profile: str | None = None) -> list[BatchInfo]:
-    """Complete batches not ingested with their current manifest (and, given ``profile``, that profile), and
-    batches whose lake files are not as written (``repair_lake`` moves those aside first)."""
-    complete = list_complete_batches(paths.landing_dir)
-    damaged = repair_lake(lake, {b.batch_id for b in complete})
-    ledger = lake.read_table("batches")
-    done = {b: (h, p) for b, h, p in ledger.select("batch_id", "manifest_sha256", "profile_key").iter_rows()}
-    return [
-        b for b in complete
-        if b.batch_id in damaged or b.batch_id not in done or done[b.batch_id][0] != b.manifest_sha256
-        or (profile is not None and done[b.batch_id][1] != profile)
-    ]
 
 
 @dataclass
@@ -487,9 +467,3 @@ def _ingest_locked(paths: Paths, instance: dg.DagsterInstance, batch_ids: list[s
         _run_global("refresh_job", instance, lake, log_level, echo, report)
     report.seconds = time.monotonic() - start
     return report
-
-
-def table_counts(lake: Lake) -> dict[str, int]:
-    from mm_platform.lib.lake import ALL_TABLES
-
-    return {t: lake.read_table(t).height for t in ALL_TABLES}

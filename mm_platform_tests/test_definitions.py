@@ -35,9 +35,12 @@ def test_assets_groups_and_partitions():
     # the models fitted with the full re-cluster share its cron condition
     for name in ("alignment_model", "classifier_metrics", "predictions"):
         assert "0 3 * * *" in str(graph.get(dg.AssetKey(name)).automation_condition.get_snapshot())
-    # the full re-cluster runs on a cron automation condition; what summarises clusters follows eagerly
-    label = str(graph.get(dg.AssetKey("clusters")).automation_condition.get_snapshot())
-    assert "0 3 * * *" in label
+    # the full re-cluster runs on a cron automation condition, and so does what summarises clusters; nothing
+    # is eager (eager conditions start runs in the middle of a batch run): the global_layer_sensor follows
+    # new batches
+    for name in GLOBAL_ASSETS:
+        snapshot = str(graph.get(dg.AssetKey(name)).automation_condition.get_snapshot())
+        assert "0 3 * * *" in snapshot and "eager" not in snapshot.lower(), name
 
 
 def test_sql_model_dependencies_are_parsed_into_the_graph():
@@ -59,7 +62,7 @@ def test_checks_jobs_sensors_schedules():
     recluster = {k.to_user_string() for k in defs.resolve_job_def("recluster_job").asset_layer.executable_asset_keys}
     assert {"alignment_model", "clusters", "classifier_metrics", "predictions", "embedding_map"} <= recluster
     sensors = {s.name for s in defs.sensors}
-    assert {"landing_sensor", "global_automation_sensor"} <= sensors
+    assert {"landing_sensor", "global_automation_sensor", "global_layer_sensor"} <= sensors
     assert {s.name for s in defs.schedules} == {"nightly_recluster", "weekly_lake_housekeeping"}
     housekeeping = defs.resolve_job_def("lake_housekeeping_job").asset_layer.executable_asset_keys
     assert {k.to_user_string() for k in housekeeping} == {"lake_housekeeping"}

@@ -51,3 +51,51 @@ nightly_recluster_schedule = dg.ScheduleDefinition(
     default_status=dg.DefaultScheduleStatus.STOPPED,
     description="Full re-cluster and mart rebuild every night (alternative to the automation condition).",
 )
+
+
+#: run states that count as "in flight" for the global-layer sensor
+IN_FLIGHT = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+             dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
+GLOBAL_JOBS = (refresh_job.name, recluster_job.name)
+
+
+def global_layer_request(instance: dg.DagsterInstance) -> dg.RunRequest | dg.SkipReason:
+    """One global run after the batch runs settle: never while a batch run is in flight, at most one per
+    batch run (the run key is the newest successful batch run's id, so a later tick never repeats it).
+
+    The first time (``clusters`` never materialized) it is the full ``recluster_job``; afterwards the
+    ``refresh_job`` (summaries, map, shared-space projections, Qdrant payloads, SQL marts) over the cluster
+    assignments the batch runs made. Batch runs of `mm-platform ingest` are left alone: the CLI runs the
+    global jobs itself."""
+    batch_in_flight = instance.get_runs(dg.RunsFilter(job_name=BATCH_JOB_NAME, statuses=list(IN_FLIGHT)))
+    if batch_in_flight:
+        return dg.SkipReason(f"{len(batch_in_flight)} batch run(s) in flight "
+                             f"({', '.join(r.run_id[:8] for r in batch_in_flight)}); the global layer follows "
+                             "once they have all ended")
+    last = instance.get_runs(dg.RunsFilter(job_name=BATCH_JOB_NAME, statuses=[dg.DagsterRunStatus.SUCCESS]),
+                             limit=1)
+    if not last:
+        return dg.SkipReason("no batch has been ingested yet")
+    if last[0].tags.get("mm/source") == "cli":
+        return dg.SkipReason("the newest batch run came from `mm-platform ingest`, which runs the global jobs itself")
+    for job in GLOBAL_JOBS:
+        running = instance.get_runs(dg.RunsFilter(job_name=job, statuses=list(IN_FLIGHT)))
+        if running:
+            return dg.SkipReason(f"{job} run {running[0].run_id[:8]} in flight; the next tick decides")
+    first = instance.get_latest_materialization_event(dg.AssetKey("clusters")) is None
+    job = recluster_job if first else refresh_job
+    batch = last[0].tags.get("dagster/partition", "")
+    return dg.RunRequest(run_key=f"global-after-{last[0].run_id}", job_name=job.name,
+                         tags={"mm/after_batch": batch, "mm/after_run": last[0].run_id})
+
+
+@dg.sensor(
+    name="global_layer_sensor",
+    jobs=[refresh_job, recluster_job],
+    minimum_interval_seconds=15,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="After the batch runs settle (none in flight), one global run: the first full re-cluster, "
+                "then a refresh per batch run at most. Never starts while a batch run is in flight.",
+)
+def global_layer_sensor(context: dg.SensorEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+    return global_layer_request(context.instance)

@@ -21,8 +21,17 @@ from mm_platform.lib.fusion import parse_weights
 from mm_platform.lib.lake import Lake, WarehouseBusy, refresh_warehouse, register_views
 from mm_platform.lib.ledger import request_key
 from mm_platform.lib.qdrant_store import QdrantStore
-from mm_platform.lib.settings import Paths
+from mm_platform.lib.settings import BY_NAME, Paths, setting, setting_int
 from mm_platform.lib.streams import parse_tolerance
+
+
+def _default(name: str) -> str:
+    """The registered default of a setting (``lib/settings.py``), so resources and docs share one value."""
+    return BY_NAME[name].default
+
+
+def _default_int(name: str) -> int:
+    return int(BY_NAME[name].default)
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -67,7 +76,7 @@ class LandingResource(dg.ConfigurableResource):
     """The landing dir: one folder per batch, complete once its records.jsonl exists."""
 
     landing_dir: str
-    max_audio_seconds: int = 600
+    max_audio_seconds: int = _default_int("MM_MAX_AUDIO_SECONDS")
 
     @property
     def path(self) -> Path:
@@ -84,9 +93,9 @@ class QdrantResource(dg.ConfigurableResource):
     path: str
     url: str = ""
     api_key: str = ""
-    collection: str = "mm_records"
+    collection: str = _default("MM_QDRANT_COLLECTION")
     open_timeout_s: float = 120.0
-    backend: str = "edge"  # embedded engine: edge | local
+    backend: str = _default("MM_QDRANT_BACKEND")  # embedded engine: edge | local
 
     def store(self) -> QdrantStore:
         return QdrantStore(
@@ -99,10 +108,10 @@ class QdrantResource(dg.ConfigurableResource):
 class TorchDeviceResource(dg.ConfigurableResource):
     """Where models run: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
 
-    device: str = "auto"
-    batch_size: int = 64
-    precision: str = "fp32"
-    num_workers: int = 2
+    device: str = _default("MM_DEVICE")
+    batch_size: int = _default_int("MM_BATCH_SIZE")
+    precision: str = _default("MM_PRECISION")
+    num_workers: int = _default_int("MM_NUM_WORKERS")
 
     def config(self) -> DeviceConfig:
         return DeviceConfig(device=self.device, batch_size=self.batch_size, precision=self.precision,
@@ -132,11 +141,11 @@ def current_profile_key(settings: EncoderSettings) -> str:
 class EncodersResource(dg.ConfigurableResource):
     """The per-modality encoders of ``profile`` (auto | offline | clip), loaded lazily, once per process."""
 
-    profile: str = "auto"
-    clip_arch: str = "ViT-B-32"
-    clip_pretrained: str = "laion2b_s34b_b79k"
+    profile: str = _default("MM_MODEL_PROFILE")
+    clip_arch: str = _default("MM_CLIP_ARCH")
+    clip_pretrained: str = _default("MM_CLIP_PRETRAINED")
     clip_config: str = ""
-    clap_model: str = "laion/clap-htsat-unfused"
+    clap_model: str = _default("MM_CLAP_MODEL")
     device: TorchDeviceResource
 
     _encoders: EncoderSet = PrivateAttr()
@@ -173,23 +182,23 @@ class PipelineConfigResource(dg.ConfigurableResource):
     """Fusion and clustering choices, recorded with every result they produce."""
 
     fusion_weights: str = ""
-    cluster_algorithm: str = "kmeans"
-    cluster_k: int = 0  # 0 = automatic (best silhouette over 2..cluster_k_max)
-    cluster_k_max: int = 12
-    cluster_reduce_dim: int = 16  # PCA components clustered on (0 = cluster the raw vectors)
-    hdbscan_min_cluster_size: int = 5
+    cluster_algorithm: str = _default("MM_CLUSTER_ALGORITHM")
+    cluster_k: int = _default_int("MM_CLUSTER_K")  # 0 = automatic (best silhouette over 2..cluster_k_max)
+    cluster_k_max: int = _default_int("MM_CLUSTER_K_MAX")
+    cluster_reduce_dim: int = _default_int("MM_CLUSTER_REDUCE_DIM")  # PCA components clustered on (0 = cluster the raw vectors)
+    hdbscan_min_cluster_size: int = _default_int("MM_HDBSCAN_MIN_CLUSTER_SIZE")
     seed: int = 0
-    fusion_strategy: str = "early"  # early | shared_mean: what the clusters are computed on
-    outlier_policy: str = "keep"  # keep (-1) | nearest (outliers join the nearest cluster, still flagged)
+    fusion_strategy: str = _default("MM_FUSION_STRATEGY")  # early | shared_mean: what the clusters are computed on
+    outlier_policy: str = _default("MM_OUTLIER_POLICY")  # keep (-1) | nearest (outliers join the nearest cluster, still flagged)
     dbscan_eps: str = ""  # "" = chosen from the k-distance curve
-    dbscan_min_samples: int = 5
+    dbscan_min_samples: int = _default_int("MM_DBSCAN_MIN_SAMPLES")
     cluster_label_prompts: str = ""  # comma-separated names; a cluster is named by the nearest one
-    shared_dim: int = 128
-    map_method: str = "pca"  # pca | tsne (embedding_map)
-    alignment_epochs: int = 60
-    stream_tolerance: str = "5m"  # as-of join tolerance of stream readings
+    shared_dim: int = _default_int("MM_SHARED_DIM")
+    map_method: str = _default("MM_MAP_METHOD")  # pca | tsne (embedding_map)
+    alignment_epochs: int = _default_int("MM_ALIGNMENT_EPOCHS")
+    stream_tolerance: str = _default("MM_STREAM_TOLERANCE")  # as-of join tolerance of stream readings
     stream_tolerances: str = ""  # per-stream overrides: "telemetry=10m,weather=1h"
-    stream_strategy: str = "backward"  # backward | forward | nearest
+    stream_strategy: str = _default("MM_STREAM_STRATEGY")  # backward | forward | nearest
 
     def weights(self) -> dict[str, float]:
         return parse_weights(self.fusion_weights or None)
@@ -208,13 +217,14 @@ class PipelineConfigResource(dg.ConfigurableResource):
         return parse_tolerance(overrides.get(stream, self.stream_tolerance))
 
 
-def _env(name: str, default: str) -> str | dg.EnvVar:
-    """``EnvVar(name)`` when the variable is set (shown as such in the UI), else the default."""
-    return dg.EnvVar(name) if os.environ.get(name, "").strip() else default
+def _env(name: str, default: str | None = None) -> str | dg.EnvVar:
+    """``EnvVar(name)`` when the variable is set (shown as such in the UI), else ``default`` (computed
+    defaults, e.g. paths) or the registered default of ``lib/settings.py``."""
+    return dg.EnvVar(name) if os.environ.get(name, "").strip() else (setting(name) if default is None else default)
 
 
-def _env_int(name: str, default: int) -> int | dg.EnvVar:
-    return dg.EnvVar.int(name) if os.environ.get(name, "").strip() else default
+def _env_int(name: str) -> int | dg.EnvVar:
+    return dg.EnvVar.int(name) if os.environ.get(name, "").strip() else setting_int(name)
 
 
 
@@ -222,10 +232,10 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
     """The resources of the code location, from the environment (see ``.env.example``)."""
     paths = Paths.from_env()
     device = TorchDeviceResource(
-        device=_env("MM_DEVICE", "auto"),
-        batch_size=_env_int("MM_BATCH_SIZE", 64),
-        precision=_env("MM_PRECISION", "fp32"),
-        num_workers=_env_int("MM_NUM_WORKERS", 2),
+        device=_env("MM_DEVICE"),
+        batch_size=_env_int("MM_BATCH_SIZE"),
+        precision=_env("MM_PRECISION"),
+        num_workers=_env_int("MM_NUM_WORKERS"),
     )
     return {
         "warehouse": WarehouseResource(
@@ -235,36 +245,36 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         ),
         "landing": LandingResource(
             landing_dir=_env("MM_LANDING_DIR", str(paths.landing_dir)),
-            max_audio_seconds=_env_int("MM_MAX_AUDIO_SECONDS", 600),
+            max_audio_seconds=_env_int("MM_MAX_AUDIO_SECONDS"),
         ),
         "qdrant": QdrantResource(
-            path=_env("MM_QDRANT_PATH", str(paths.qdrant_path)), url=_env("QDRANT_URL", ""), api_key=_env("QDRANT_API_KEY", ""),
-            collection=_env("MM_QDRANT_COLLECTION", "mm_records"), backend=_env("MM_QDRANT_BACKEND", "edge"),
+            path=_env("MM_QDRANT_PATH", str(paths.qdrant_path)), url=_env("QDRANT_URL"), api_key=_env("QDRANT_API_KEY"),
+            collection=_env("MM_QDRANT_COLLECTION"), backend=_env("MM_QDRANT_BACKEND"),
         ),
         "device": device,
         "encoders": EncodersResource(
-            profile=_env("MM_MODEL_PROFILE", "auto"), clip_arch=_env("MM_CLIP_ARCH", "ViT-B-32"),
-            clip_pretrained=_env("MM_CLIP_PRETRAINED", "laion2b_s34b_b79k"),
-            clip_config=_env("MM_CLIP_CONFIG", ""), clap_model=_env("MM_CLAP_MODEL", "laion/clap-htsat-unfused"),
+            profile=_env("MM_MODEL_PROFILE"), clip_arch=_env("MM_CLIP_ARCH"),
+            clip_pretrained=_env("MM_CLIP_PRETRAINED"),
+            clip_config=_env("MM_CLIP_CONFIG"), clap_model=_env("MM_CLAP_MODEL"),
             device=device,
         ),
         "pipeline": PipelineConfigResource(
-            fusion_weights=_env("MM_FUSION_WEIGHTS", ""),
-            cluster_algorithm=_env("MM_CLUSTER_ALGORITHM", "kmeans"),
-            cluster_k=_env_int("MM_CLUSTER_K", 0),
-            cluster_k_max=_env_int("MM_CLUSTER_K_MAX", 12),
-            cluster_reduce_dim=_env_int("MM_CLUSTER_REDUCE_DIM", 16),
-            fusion_strategy=_env("MM_FUSION_STRATEGY", "early"),
-            outlier_policy=_env("MM_OUTLIER_POLICY", "keep"),
-            hdbscan_min_cluster_size=_env_int("MM_HDBSCAN_MIN_CLUSTER_SIZE", 5),
-            dbscan_eps=_env("MM_DBSCAN_EPS", ""),
-            dbscan_min_samples=_env_int("MM_DBSCAN_MIN_SAMPLES", 5),
-            cluster_label_prompts=_env("MM_CLUSTER_LABEL_PROMPTS", ""),
-            shared_dim=_env_int("MM_SHARED_DIM", 128),
-            map_method=_env("MM_MAP_METHOD", "pca"),
-            alignment_epochs=_env_int("MM_ALIGNMENT_EPOCHS", 60),
-            stream_tolerance=_env("MM_STREAM_TOLERANCE", "5m"),
-            stream_tolerances=_env("MM_STREAM_TOLERANCES", ""),
-            stream_strategy=_env("MM_STREAM_STRATEGY", "backward"),
+            fusion_weights=_env("MM_FUSION_WEIGHTS"),
+            cluster_algorithm=_env("MM_CLUSTER_ALGORITHM"),
+            cluster_k=_env_int("MM_CLUSTER_K"),
+            cluster_k_max=_env_int("MM_CLUSTER_K_MAX"),
+            cluster_reduce_dim=_env_int("MM_CLUSTER_REDUCE_DIM"),
+            fusion_strategy=_env("MM_FUSION_STRATEGY"),
+            outlier_policy=_env("MM_OUTLIER_POLICY"),
+            hdbscan_min_cluster_size=_env_int("MM_HDBSCAN_MIN_CLUSTER_SIZE"),
+            dbscan_eps=_env("MM_DBSCAN_EPS"),
+            dbscan_min_samples=_env_int("MM_DBSCAN_MIN_SAMPLES"),
+            cluster_label_prompts=_env("MM_CLUSTER_LABEL_PROMPTS"),
+            shared_dim=_env_int("MM_SHARED_DIM"),
+            map_method=_env("MM_MAP_METHOD"),
+            alignment_epochs=_env_int("MM_ALIGNMENT_EPOCHS"),
+            stream_tolerance=_env("MM_STREAM_TOLERANCE"),
+            stream_tolerances=_env("MM_STREAM_TOLERANCES"),
+            stream_strategy=_env("MM_STREAM_STRATEGY"),
         ),
     }

@@ -45,7 +45,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
@@ -269,8 +269,9 @@ def evaluate_classifiers(
     Returns:
         ``(metrics, predictions)``. ``metrics``: one dict per strategy, ``early``, ``late`` then the modalities
         in :func:`~mm_platform.lib.fusion.modality_order`, with ``strategy``, ``modalities`` (list),
-        ``macro_f1``, ``macro_f1_std``, ``accuracy``, ``n_labelled``, ``n_classes``, ``folds``, ``notes`` and
-        ``seconds`` (whole evaluation). ``predictions``: ``{"early": [...], "late": [...]}``, each a list (by row
+        ``macro_f1``, ``macro_f1_std``, ``accuracy``, ``n_labelled``, ``n_classes``, ``folds``, ``notes``,
+        ``seconds`` (whole evaluation), ``classes`` and ``confusion`` (``K x K`` counts of the cross-validated
+        predictions: row = true class, column = predicted, in ``classes`` order). ``predictions``: ``{"early": [...], "late": [...]}``, each a list (by row
         index) of ``{"row", "label", "probability", "strategy"}`` for the unlabelled rows having at least one
         modality, from models fitted on all kept labelled rows.
 
@@ -323,6 +324,7 @@ def evaluate_classifiers(
     strategies = [*FUSION_STRATEGIES, *order]
     f1s: dict[str, list[float]] = {s: [] for s in strategies}
     accs: dict[str, list[float]] = {s: [] for s in strategies}
+    out_of_fold = {s: np.full(n, -1, dtype=np.int64) for s in strategies}  # each row's prediction as a test row
     limits = threadpool_limits(limits=n_threads) if n_threads is not None else contextlib.nullcontext()
     with limits:
         splitter = StratifiedKFold(n_splits=eff_folds, shuffle=True, random_state=seed)
@@ -332,6 +334,7 @@ def evaluate_classifiers(
             probs = models.predict(X, P, test)
             for s in strategies:
                 pred = probs[s].argmax(axis=1)
+                out_of_fold[s][test] = pred
                 f1s[s].append(
                     float(f1_score(y[test], pred, average="macro", labels=np.arange(K), zero_division=0))
                 )
@@ -368,6 +371,8 @@ def evaluate_classifiers(
             "notes": "; ".join(notes),
             "seconds": seconds,
             "weights": {m: round(w, 4) for m, w in final.weights.items()} if s == "late_learned" else None,
+            "classes": list(keep_classes),
+            "confusion": confusion_matrix(y[rows], out_of_fold[s][rows], labels=np.arange(K)).tolist(),
         }
         for s in strategies
     ]

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Mapping
 
 from mm_platform.lib.lake import Lake
-from mm_platform.lib.manifest import list_complete_batches
-from mm_platform.lib.settings import Paths
+from mm_platform.lib.manifest import BatchInfo, list_complete_batches
+from mm_platform.lib.settings import Paths, setting
 
 GLOBAL_STAMP = "_global_refresh.fingerprint"
 #: Present while a full re-cluster is owed: the last one failed, or a table only it writes was damaged.
@@ -25,14 +24,8 @@ log = logging.getLogger("mm_platform.lake")
 
 def encoder_request_key(env: Mapping[str, str] | None = None) -> str:
     """The model settings as requested in the environment (before `auto` is resolved)."""
-    env = os.environ if env is None else env
-
-    def get(key: str, default: str) -> str:
-        return env.get(key, "").strip() or default
-
-    return request_key(get("MM_MODEL_PROFILE", "auto"), get("MM_CLIP_ARCH", "ViT-B-32"),
-                       get("MM_CLIP_PRETRAINED", "laion2b_s34b_b79k"), get("MM_CLIP_CONFIG", ""),
-                       get("MM_CLAP_MODEL", "laion/clap-htsat-unfused"))
+    return request_key(*(setting(name, env) for name in ("MM_MODEL_PROFILE", "MM_CLIP_ARCH", "MM_CLIP_PRETRAINED",
+                                                           "MM_CLIP_CONFIG", "MM_CLAP_MODEL")))
 
 
 def request_key(profile: str, clip_arch: str, clip_pretrained: str, clip_config: str, clap_model: str) -> str:
@@ -124,3 +117,39 @@ def nothing_to_do(paths: Paths, env: Mapping[str, str] | None = None) -> bool:
         if done.get(batch.batch_id) != (batch.manifest_sha256, request):
             return False
     return not global_layer_stale(lake) and recluster_owed(lake) is None
+
+
+def ingested_hashes(lake: Lake) -> dict[str, str]:
+    """batch id -> the manifest hash it was ingested with."""
+    ledger = lake.read_table("batches")
+    return dict(ledger.select("batch_id", "manifest_sha256").iter_rows())
+
+
+def pending_batches(paths: Paths, lake: Lake, profile: str | None = None, *,
+                    request: str | None = None) -> list[BatchInfo]:
+    """Complete batches not ingested with their current manifest, and batches whose lake files are not as
+    written (``repair_lake`` moves those aside first). Given ``profile`` (a resolved profile key, what
+    `mm-platform ingest` compares) or ``request`` (the settings as requested, :func:`encoder_request_key`:
+    what `status` compares without resolving `auto`, so without importing torch), also the batches
+    ingested under other model settings."""
+    complete = list_complete_batches(paths.landing_dir)
+    damaged = repair_lake(lake, {b.batch_id for b in complete})
+    ledger = lake.read_table("batches")
+    done = {b: (h, p, r) for b, h, p, r in
+            ledger.select("batch_id", "manifest_sha256", "profile_key", "profile_request").iter_rows()}
+
+    def pending(batch: BatchInfo) -> bool:
+        if batch.batch_id in damaged or batch.batch_id not in done:
+            return True
+        manifest, profile_key, requested = done[batch.batch_id]
+        return (manifest != batch.manifest_sha256 or (profile is not None and profile_key != profile)
+                or (request is not None and requested != request))
+
+    return [b for b in complete if pending(b)]
+
+
+def table_counts(lake: Lake) -> dict[str, int]:
+    """Rows per lake table."""
+    from mm_platform.lib.lake import ALL_TABLES
+
+    return {t: lake.read_table(t).height for t in ALL_TABLES}

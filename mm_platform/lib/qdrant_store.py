@@ -23,15 +23,26 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import qdrant_edge as qe
-from qdrant_client import QdrantClient, models
+
+from mm_platform.lib.settings import setting
+
+if TYPE_CHECKING:  # imported where used: qdrant_client costs ~2 s of pydantic models, the edge backend none
+    from qdrant_client import QdrantClient
 
 log = logging.getLogger(__name__)
 
 POINT_NAMESPACE = uuid.UUID("6f1c2b1e-6b0e-4c5e-9a43-0d5c3a1f7e21")
+
+
+def _models() -> Any:
+    """``qdrant_client.models``, imported on first use: only local mode and a server need it."""
+    from qdrant_client import models
+
+    return models
 
 
 def point_id(record_id: str) -> str:
@@ -79,7 +90,7 @@ class QdrantStore:
         self.api_key = api_key or None
         self.open_timeout_s = open_timeout_s
         self.upsert_chunk = upsert_chunk
-        self.backend = (backend or os.environ.get("MM_QDRANT_BACKEND") or "edge").strip().lower()
+        self.backend = (backend or setting("MM_QDRANT_BACKEND")).strip().lower()
         if self.backend not in ("edge", "local"):
             raise ValueError(f"MM_QDRANT_BACKEND must be 'edge' or 'local', not {self.backend!r}")
         if self.url:
@@ -95,12 +106,14 @@ class QdrantStore:
     def open(self) -> QdrantStore:
         if self._client is not None or self._edge is not None:
             return self
+        if self.backend == "edge" and not self.url:
+            return self._open_edge()
+        from qdrant_client import QdrantClient
+
         if self.url:
             self._client = QdrantClient(url=self.url, api_key=self.api_key, timeout=60)
             return self
         assert self.path is not None
-        if self.backend == "edge":
-            return self._open_edge()
         self.path.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.open_timeout_s
         while True:
@@ -222,15 +235,15 @@ class QdrantStore:
         self.client.create_collection(
             self.collection,
             vectors_config={
-                name: models.VectorParams(size=size, distance=models.Distance.COSINE)
+                name: _models().VectorParams(size=size, distance=_models().Distance.COSINE)
                 for name, size in wanted.items()
             },
         )
         if self.url is None:  # payload indexes have no effect in embedded mode
             return True
-        for key, schema in (("batch_id", models.PayloadSchemaType.KEYWORD),
-                            ("label", models.PayloadSchemaType.KEYWORD),
-                            ("cluster_id", models.PayloadSchemaType.INTEGER)):
+        for key, schema in (("batch_id", _models().PayloadSchemaType.KEYWORD),
+                            ("label", _models().PayloadSchemaType.KEYWORD),
+                            ("cluster_id", _models().PayloadSchemaType.INTEGER)):
             self.client.create_payload_index(self.collection, key, field_schema=schema)
         return True
 
@@ -250,7 +263,7 @@ class QdrantStore:
             return n
         for chunk in _chunks(points, self.upsert_chunk):
             structs = [
-                models.PointStruct(
+                _models().PointStruct(
                     id=point_id(p.record_id),
                     vector={k: np.asarray(v, dtype=np.float32).tolist() for k, v in p.vectors.items()},
                     payload={**p.payload, "record_id": p.record_id},
@@ -290,7 +303,7 @@ class QdrantStore:
         elif record_ids:
             self.client.delete(
                 self.collection,
-                points_selector=models.PointIdsList(points=[point_id(r) for r in record_ids]),
+                points_selector=_models().PointIdsList(points=[point_id(r) for r in record_ids]),
                 wait=True,
             )
 
@@ -344,8 +357,9 @@ class QdrantStore:
             ]
         flt = None
         if where:
-            flt = models.Filter(must=[
-                models.FieldCondition(key=key, match=models.MatchValue(value=value)) for key, value in where.items()
+            flt = _models().Filter(must=[
+                _models().FieldCondition(key=key, match=_models().MatchValue(value=value))
+                for key, value in where.items()
             ])
         res = self.client.query_points(
             self.collection, query=np.asarray(vector, dtype=np.float32).tolist(), using=using, limit=k,
@@ -477,6 +491,8 @@ def _migrate_local_mode(path: Path) -> Path | None:
     """
     if not is_local_mode_layout(path):
         return None
+    from qdrant_client import QdrantClient
+
     tmp = path.with_name(path.name + ".edge-migrating")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -18,14 +18,18 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mm_platform.lib.encoders.base import MODALITIES as ENCODER_MODALITIES
-from mm_platform.lib.encoders.registry import EncoderSet
 from mm_platform.lib.fusion import early_fusion, parse_weights
 from mm_platform.lib.qdrant_store import QdrantStore, SearchHit
 from mm_platform.lib.tabular import TabularEncoderState, encode_tabular, type_rows
+
+
+if TYPE_CHECKING:  # torch-free at run time: a cold text search never imports the encoders' registry
+    from mm_platform.lib.encoders.registry import EncoderSet
 
 
 class SearchError(ValueError):
@@ -141,7 +145,7 @@ def _fusion_layout(store: QdrantStore) -> tuple[list[str], dict[str, float]]:
     raise SearchError("the collection holds no fused vectors yet: run `mm-platform ingest` first")
 
 
-def _stored_model(store: QdrantStore, modality: str) -> str | None:
+def stored_model(store: QdrantStore, modality: str) -> str | None:
     """The model that made the collection's ``modality`` vectors (from the first point that has one)."""
     for point in store.scroll_all():
         name = ((point.payload or {}).get("models") or {}).get(modality)
@@ -184,7 +188,7 @@ def search(store: QdrantStore, encoders: EncoderSet, *, text: str | None = None,
     dims = store.vector_dims()
     if target != "mean" and target not in dims:
         raise SearchError(f"no {target!r} vectors in collection {store.collection!r} (has {sorted(dims)})")
-    stored = _stored_model(store, query.modality)
+    stored = stored_model(store, query.modality)
     if stored and stored != query.model:
         raise SearchError(
             f"the collection's {query.modality} vectors were made by {stored}, the current "

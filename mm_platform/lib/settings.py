@@ -12,50 +12,155 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-ENV_DOC: dict[str, str] = {
-    "MM_DATA_DIR": "root of everything the platform writes (default ./data)",
-    "MM_LANDING_DIR": "landing dir, one folder per batch (default $MM_DATA_DIR/landing)",
-    "MM_LAKE_DIR": "Parquet lake (default $MM_DATA_DIR/lake)",
-    "MM_DUCKDB_PATH": "DuckDB warehouse file holding views over the lake (default $MM_DATA_DIR/warehouse.duckdb)",
-    "MM_QDRANT_PATH": "embedded Qdrant storage (default $MM_DATA_DIR/qdrant)",
-    "MM_QDRANT_BACKEND": "embedded Qdrant engine: edge (qdrant-edge, HNSW; default) | local (qdrant-client local mode)",
-    "QDRANT_URL": "Qdrant server URL; when set it replaces the embedded store",
-    "QDRANT_API_KEY": "Qdrant server API key",
-    "MM_QDRANT_COLLECTION": "Qdrant collection (default mm_records)",
-    "MM_MODEL_PROFILE": "auto | offline | clip (default auto)",
-    "MM_CLIP_ARCH": "open_clip architecture (default ViT-B-32)",
-    "MM_CLIP_PRETRAINED": "open_clip pretrained tag or local checkpoint path (default laion2b_s34b_b79k)",
-    "MM_CLIP_CONFIG": "optional custom open_clip model config JSON",
-    "MM_DEVICE": "auto | cpu | cuda | cuda:N (default auto)",
-    "MM_BATCH_SIZE": "encoder batch size (default 64)",
-    "MM_PRECISION": "fp32 | fp16 | bf16 (autocast, CUDA only; default fp32)",
-    "MM_NUM_WORKERS": "image decoding workers (default 2)",
-    "MM_FUSION_WEIGHTS": "modality weights, e.g. text=1,image=1 (default all 1)",
-    "MM_CLUSTER_ALGORITHM": "kmeans | hdbscan | dbscan (default kmeans)",
-    "MM_CLUSTER_K": "fixed k for K-Means; empty = automatic (silhouette)",
-    "MM_CLUSTER_K_MAX": "largest k tried by automatic K-Means (default 12)",
-    "MM_CLUSTER_REDUCE_DIM": "PCA components the clustering runs on; 0 = none (default 16)",
-    "MM_SENSOR_MAX_BATCHES": "batches the landing sensor registers per tick (default 10)",
-    "MM_FUSION_STRATEGY": "what clusters are computed on: early (weighted concatenation) | shared_mean (default early)",
-    "MM_OUTLIER_POLICY": "keep (outliers stay cluster -1) | nearest (they join the nearest cluster, still flagged)",
-    "MM_HDBSCAN_MIN_CLUSTER_SIZE": "HDBSCAN min_cluster_size (default 5)",
-    "MM_DBSCAN_EPS": "DBSCAN radius (cosine distance); empty = chosen from the k-distance curve",
-    "MM_DBSCAN_MIN_SAMPLES": "DBSCAN min_samples (default 5)",
-    "MM_CLUSTER_LABEL_PROMPTS": "comma-separated names; each cluster is named by the nearest one in the shared space",
-    "MM_MAP_METHOD": "2-D method of embedding_map: pca | tsne (default pca)",
-    "MM_SHARED_DIM": "dimension of the shared space the alignment heads project into (default 128)",
-    "MM_ALIGNMENT_EPOCHS": "training epochs of the alignment heads (default 60)",
-    "MM_CLAP_MODEL": "CLAP audio model for the clip/auto profiles: hub id or local dir (default laion/clap-htsat-unfused)",
-    "MM_MAX_AUDIO_SECONDS": "longest accepted audio clip in seconds (default 600)",
-    "MM_STREAM_TOLERANCE": "as-of join tolerance of stream readings, e.g. 30s, 5m, 1h (default 5m)",
-    "MM_STREAM_TOLERANCES": "per-stream tolerances overriding the default, e.g. telemetry=10m,weather=1h",
-    "MM_STREAM_STRATEGY": "backward (last reading before the record) | forward | nearest (default backward)",
-    "MM_SERVE_TOKEN": "token `mm-platform serve` requires (Bearer header, ?token= or cookie); needed to bind beyond 127.0.0.1",
-    "MM_SERVE_QDRANT_IDLE_S": "seconds `mm-platform serve` keeps embedded Qdrant open after a request (default 2)",
-    "MM_SERVE_URL": "base URL of the explorer (mm-platform serve) linked from the Dagster UI (default http://127.0.0.1:8765)",
-    "MM_POOL_WAIT_S": "seconds a CLI run waits for a pool slot (e.g. qdrant) before failing, naming the holder (default 120)",
-    "MM_TEST_CRASH_AT": "tests only: a step key; the CLI process SIGKILLs itself at the start of that step",
-}
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: its default (as text; empty = unset), what it means, and its group."""
+
+    name: str
+    default: str
+    doc: str
+    group: str
+
+    @property
+    def computed(self) -> bool:
+        """A default derived at run time (``$MM_DATA_DIR/...``, ``<repo>/...``), not a literal value."""
+        return self.default.startswith(("$", "<"))
+
+
+def _s(group: str, *rows: tuple[str, str, str]) -> list[Setting]:
+    return [Setting(name, default, doc, group) for name, default, doc in rows]
+
+
+#: Every variable the platform reads, with its default: the one place they are written down. `.env.example`
+#: and the configuration table of docs/operations.md are generated from it (a test keeps them current), and
+#: `mm-platform config` prints each value with where it came from.
+SETTINGS: tuple[Setting, ...] = tuple([
+    *_s("paths",
+        ("MM_DATA_DIR", "data", "root of everything the platform writes (relative to the working directory)"),
+        ("MM_LANDING_DIR", "$MM_DATA_DIR/landing", "landing dir, one folder per batch"),
+        ("MM_LAKE_DIR", "$MM_DATA_DIR/lake", "the lake: its Delta tables (local lake) and its bookkeeping (stamps, models, file records)"),
+        ("MM_LAKE_URI", "", "where lake tables live: empty = MM_LAKE_DIR; a local path; or s3://bucket/prefix (AWS_* credentials)"),
+        ("MM_S3_ENDPOINT", "", "endpoint of an S3-compatible store for an s3:// MM_LAKE_URI, e.g. http://127.0.0.1:9000"),
+        ("MM_DUCKDB_PATH", "$MM_DATA_DIR/warehouse.duckdb", "DuckDB warehouse file holding views over the lake"),
+        ("MM_QDRANT_PATH", "$MM_DATA_DIR/qdrant", "embedded Qdrant storage"),
+        ("MM_SQL_DIR", "<repo>/dbt_like_sql", "folder of the SQL models (staging/, intermediate/, marts/)")),
+    *_s("qdrant",
+        ("MM_QDRANT_BACKEND", "edge", "embedded Qdrant engine: edge (qdrant-edge, HNSW) | local (qdrant-client local mode)"),
+        ("QDRANT_URL", "", "Qdrant server URL; when set it replaces the embedded store"),
+        ("QDRANT_API_KEY", "", "Qdrant server API key"),
+        ("MM_QDRANT_COLLECTION", "mm_records", "Qdrant collection")),
+    *_s("models",
+        ("MM_MODEL_PROFILE", "auto", "auto | offline | clip"),
+        ("MM_CLIP_ARCH", "ViT-B-32", "open_clip architecture"),
+        ("MM_CLIP_PRETRAINED", "laion2b_s34b_b79k", "open_clip pretrained tag or local checkpoint path"),
+        ("MM_CLIP_CONFIG", "", "optional custom open_clip model config JSON"),
+        ("MM_CLAP_MODEL", "laion/clap-htsat-unfused", "CLAP audio model for the clip/auto profiles: hub id or local dir")),
+    *_s("device",
+        ("MM_DEVICE", "auto", "auto | cpu | cuda | cuda:N"),
+        ("MM_BATCH_SIZE", "64", "encoder batch size"),
+        ("MM_PRECISION", "fp32", "fp32 | fp16 | bf16 (autocast, CUDA only)"),
+        ("MM_NUM_WORKERS", "2", "image decoding workers")),
+    *_s("landing",
+        ("MM_MAX_AUDIO_SECONDS", "600", "longest accepted audio clip in seconds"),
+        ("MM_SENSOR_MAX_BATCHES", "10", "batches the landing sensor registers per tick"),
+        ("MM_STREAM_TOLERANCE", "5m", "as-of join tolerance of stream readings, e.g. 30s, 5m, 1h"),
+        ("MM_STREAM_TOLERANCES", "", "per-stream tolerances overriding the default, e.g. telemetry=10m,weather=1h"),
+        ("MM_STREAM_STRATEGY", "backward", "backward (last reading before the record) | forward | nearest")),
+    *_s("modelling",
+        ("MM_FUSION_WEIGHTS", "", "modality weights, e.g. text=1,image=1 (empty: all 1)"),
+        ("MM_FUSION_STRATEGY", "early", "what clusters are computed on: early (weighted concatenation) | shared_mean"),
+        ("MM_CLUSTER_ALGORITHM", "kmeans", "kmeans | hdbscan | dbscan"),
+        ("MM_CLUSTER_K", "0", "fixed k for K-Means; 0 = automatic (silhouette)"),
+        ("MM_CLUSTER_K_MAX", "12", "largest k tried by automatic K-Means"),
+        ("MM_CLUSTER_REDUCE_DIM", "16", "PCA components the clustering runs on; 0 = none"),
+        ("MM_OUTLIER_POLICY", "keep", "keep (outliers stay cluster -1) | nearest (they join the nearest cluster, still flagged)"),
+        ("MM_HDBSCAN_MIN_CLUSTER_SIZE", "5", "HDBSCAN min_cluster_size"),
+        ("MM_DBSCAN_EPS", "", "DBSCAN radius (cosine distance); empty = chosen from the k-distance curve"),
+        ("MM_DBSCAN_MIN_SAMPLES", "5", "DBSCAN min_samples"),
+        ("MM_CLUSTER_LABEL_PROMPTS", "", "comma-separated names; each cluster is named by the nearest one in the shared space"),
+        ("MM_MAP_METHOD", "pca", "2-D method of embedding_map: pca | tsne"),
+        ("MM_SHARED_DIM", "128", "dimension of the shared space the alignment heads project into"),
+        ("MM_ALIGNMENT_EPOCHS", "60", "most training epochs of the alignment heads (early stopping may stop sooner)")),
+    *_s("operations",
+        ("MM_LAKE_VACUUM_RETENTION_HOURS", "168", "vacuum retention of the weekly lake_housekeeping asset in hours (never below 1)"),
+        ("MM_POOL_WAIT_S", "120", "seconds a CLI run waits for a pool slot (e.g. qdrant) before failing, naming the holder"),
+        ("MM_SERVE_TOKEN", "", "token `mm-platform serve` requires (Bearer header, ?token= or cookie); needed to bind beyond 127.0.0.1"),
+        ("MM_SERVE_QDRANT_IDLE_S", "2", "seconds `mm-platform serve` keeps embedded Qdrant open after a request"),
+        ("MM_SERVE_URL", "http://127.0.0.1:8765", "base URL of the explorer (mm-platform serve) linked from the Dagster UI"),
+        ("MM_TEST_CRASH_AT", "", "tests only: a step key; the CLI process SIGKILLs itself at the start of that step")),
+    *_s("external",
+        ("DAGSTER_HOME", "$MM_DATA_DIR/dagster_home", "Dagster instance of CLI runs and `make ui`"),
+        ("AWS_ACCESS_KEY_ID", "", "S3 access key of an s3:// MM_LAKE_URI"),
+        ("AWS_SECRET_ACCESS_KEY", "", "S3 secret key of an s3:// MM_LAKE_URI"),
+        ("AWS_SESSION_TOKEN", "", "S3 session token (temporary credentials)"),
+        ("AWS_REGION", "us-east-1", "S3 region of an s3:// MM_LAKE_URI"),
+        ("AWS_S3_LOCKING_PROVIDER", "", "dynamodb: a commit lock for a lake several hosts write (else plain S3 renames)"),
+        ("HF_HUB_OFFLINE", "", "set to 1 on an air-gapped machine: nothing is fetched from the Hugging Face hub")),
+])
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+#: never printed by `mm-platform config`
+SECRETS = frozenset({"QDRANT_API_KEY", "MM_SERVE_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"})
+
+
+def setting(name: str, env: Mapping[str, str] | None = None) -> str:
+    """The value of ``name``: from the environment when set (non-blank), else its registered default; ""
+    for a computed default (``$MM_DATA_DIR/...``: use :class:`Paths`; ``<repo>/...``: the caller's)."""
+    env = os.environ if env is None else env
+    value = env.get(name, "")
+    if value.strip():
+        return value.strip()
+    spec = BY_NAME[name]
+    return "" if spec.computed else spec.default
+
+
+def setting_int(name: str, env: Mapping[str, str] | None = None) -> int:
+    return int(setting(name, env))
+
+
+def setting_float(name: str, env: Mapping[str, str] | None = None) -> float:
+    return float(setting(name, env))
+
+
+def resolved(env: Mapping[str, str] | None = None) -> list[tuple[Setting, str, str]]:
+    """``(setting, value, source)`` for every setting; source is ``environment`` or ``default`` (paths
+    resolved against ``MM_DATA_DIR`` as the platform uses them)."""
+    env = os.environ if env is None else env
+    paths = Paths.from_env(env)
+    computed = {"MM_DATA_DIR": paths.data_dir, "MM_LANDING_DIR": paths.landing_dir, "MM_LAKE_DIR": paths.lake_dir,
+                "MM_DUCKDB_PATH": paths.duckdb_path, "MM_QDRANT_PATH": paths.qdrant_path,
+                "DAGSTER_HOME": setting("DAGSTER_HOME", env) or paths.dagster_home}
+    out = []
+    for s in SETTINGS:
+        from_env = bool(env.get(s.name, "").strip())
+        value = str(computed[s.name]) if s.name in computed else (setting(s.name, env) or s.default)
+        if s.name in SECRETS and from_env:
+            value = "*** (set)"
+        out.append((s, value, "environment" if from_env else "default"))
+    return out
+
+
+def env_example() -> str:
+    """The text of `.env.example`, generated from :data:`SETTINGS`."""
+    lines = ["# mm_platform configuration, generated from mm_platform/lib/settings.py (`mm-platform config",
+             "# --env-example`). Copy to .env (dagster dev reads it) or export in your shell. Every variable is",
+             "# optional; the line under each description shows its default."]
+    group = None
+    for s in SETTINGS:
+        if s.group != group:
+            group = s.group
+            lines += ["", f"# ---- {group}"]
+        lines += ["", f"# {s.doc}", f"# {s.name}={s.default}"]
+    return "\n".join(lines) + "\n"
+
+
+def config_table() -> str:
+    """The configuration table of docs/operations.md (markdown), generated from :data:`SETTINGS`."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for s in SETTINGS:
+        default = f"`{s.default}`" if s.default else ""
+        meaning = s.doc.replace("|", "\\|")
+        rows.append(f"| `{s.name}` | {default} | {meaning} |")
+    return "\n".join(rows) + "\n"
 
 
 def _env(env: Mapping[str, str], key: str, default: str = "") -> str:
@@ -65,18 +170,16 @@ def _env(env: Mapping[str, str], key: str, default: str = "") -> str:
 
 def serve_url(env: Mapping[str, str] | None = None) -> str:
     """Base URL of the explorer service, without a trailing slash (``MM_SERVE_URL``)."""
-    return _env(os.environ if env is None else env, "MM_SERVE_URL", "http://127.0.0.1:8765").rstrip("/")
+    return setting("MM_SERVE_URL", env).rstrip("/")
 
 
-#: Default vacuum retention of the lake housekeeping: files a version younger than this still needs stay.
-DEFAULT_VACUUM_RETENTION_HOURS = 168.0
 #: Floor of the vacuum retention: a query that resolved a version a moment before a compaction still reads it.
 MIN_VACUUM_RETENTION_HOURS = 1.0
 
 
 def vacuum_retention_hours(env: Mapping[str, str] | None = None) -> float:
     """``MM_LAKE_VACUUM_RETENTION_HOURS`` (default 168 = a week of time travel), never below one hour."""
-    raw = _env(os.environ if env is None else env, "MM_LAKE_VACUUM_RETENTION_HOURS", str(DEFAULT_VACUUM_RETENTION_HOURS))
+    raw = setting("MM_LAKE_VACUUM_RETENTION_HOURS", env)
     try:
         value = float(raw)
     except ValueError as exc:
@@ -105,7 +208,7 @@ class Paths:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Paths:
         env = os.environ if env is None else env
-        data = Path(_env(env, "MM_DATA_DIR", "data")).expanduser().resolve()
+        data = Path(setting("MM_DATA_DIR", env)).expanduser().resolve()
         return cls(
             data_dir=data,
             landing_dir=Path(_env(env, "MM_LANDING_DIR", str(data / "landing"))).expanduser().resolve(),

@@ -34,7 +34,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from mm_platform.lib.lake import Lake, connect_restricted, execute_restricted
 from mm_platform.lib.qdrant_store import QdrantBusy, QdrantStore
-from mm_platform.lib.settings import Paths
+from mm_platform.lib.settings import Paths, setting_float
 
 STATIC = Path(__file__).parent / "static"
 MODALITIES = ("text", "image", "audio", "tabular", "fused", "shared")
@@ -508,7 +508,7 @@ def open_services(paths: Paths | None = None, qdrant_idle_s: float | None = None
     from mm_platform.defs.resources import build_resources
 
     paths = paths or Paths.from_env()
-    idle = float(os.environ.get("MM_SERVE_QDRANT_IDLE_S", "2") or 2) if qdrant_idle_s is None else qdrant_idle_s
+    idle = setting_float("MM_SERVE_QDRANT_IDLE_S") if qdrant_idle_s is None else qdrant_idle_s
     with dg.build_resources(build_resources()) as res:
         services = Services(paths, res, qdrant_idle_s=idle)
         if warm:  # the first text query should not pay for the model load (EncoderSet is thread-safe)

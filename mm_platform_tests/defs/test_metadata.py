@@ -143,3 +143,12 @@ def test_every_lake_table_asset_has_its_column_schema():
     assert seen >= 20
     types = {c.name: c.type for c in graph.get(dg.AssetKey("text_embeddings")).metadata["dagster/column_schema"].columns}
     assert types["embedding"] == "list<float>" and types["dim"] == "int" and types["cache_hit"] == "bool"
+
+
+def test_classifier_confusion_matrix_is_a_table_of_counts():
+    from mm_platform.defs.classifiers.assets import confusion_table
+
+    value = confusion_table({"classes": ["mug", "lamp"], "confusion": [[5, 1], [0, 4]]})
+    assert [c.name for c in value.schema.columns] == ["true_label", "→ mug", "→ lamp"]
+    rows = [r.data for r in value.records]
+    assert rows == [{"true_label": "mug", "→ mug": 5, "→ lamp": 1}, {"true_label": "lamp", "→ mug": 0, "→ lamp": 4}]

@@ -122,6 +122,18 @@ def test_qdrant_points_and_idempotent_rerun(ingested, paths, instance):
     assert lake.read_partition("tabular_embeddings", "b1")["cache_hit"].all()
 
 
+def test_rerun_of_a_cached_batch_loads_no_encoder(ingested, instance):
+    """A run that encodes nothing (every content already in the embedding cache) never builds a model: the
+    cache is keyed by the encoders' identities, read from their files."""
+    from mm_platform.defs import resources as resources_module
+
+    _, resources, _ = ingested
+    resources_module._LOADED_ENCODERS.clear()  # as in a new run process
+    assert run_batch("b1", instance, resources).success
+    (encoders,) = resources_module._LOADED_ENCODERS.values()
+    assert [m for m in ("text", "image", "audio") if encoders.loaded(m)] == []
+
+
 def test_streams_aligned_and_reported(ingested, paths):
     _, _, result = ingested
     lake = Lake(paths.lake_dir)

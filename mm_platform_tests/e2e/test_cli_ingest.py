@@ -3,6 +3,9 @@ modalities (text, image, audio, tabular fields + a time-aligned stream): landing
 → Qdrant points → clusters, idempotent re-ingest, search, sql."""
 
 import hashlib
+import json
+import subprocess
+import sys
 
 import duckdb
 import pytest
@@ -53,6 +56,17 @@ def qdrant_points(paths) -> dict:
     with QdrantStore("mm_records", path=paths.qdrant_path) as store:
         return {str(p.id): (p.payload, {k: list(v) for k, v in p.vector.items()})
                 for p in store.scroll_all(with_vectors=True)}
+
+
+def _full_path_search(paths, text: str, modality: str, k: int) -> list:
+    """The search through the loaded torch encoders (what the CLI does when the cold path cannot answer)."""
+    from mm_platform.lib.device import DeviceConfig
+    from mm_platform.lib.encoders import EncoderSettings, load_encoders
+    from mm_platform.lib.search import search
+
+    encoders = load_encoders(EncoderSettings(profile="offline"), DeviceConfig(device="cpu"))
+    with QdrantStore("mm_records", path=paths.qdrant_path) as store:
+        return search(store, encoders, text=text, modality=modality, k=k)
 
 
 def test_ingest_end_to_end(cli_paths):
@@ -148,6 +162,17 @@ def test_ingest_end_to_end(cli_paths):
     assert len(res["results"]) == 5
     assert set(res["results"][0]) == {"record_id", "score", "modality", "payload"}
     assert res["results"][0]["modality"] == "fused"
+    # that answer came from the cold path (numpy MiniLM: no torch, no Dagster) and equals the full path's
+    code = ("import sys, json; from mm_platform.cli import main; rc = main(['search', '--text', 'waterproof "
+            "shoes for muddy trails', '-k', '5', '--modality', 'fused', '--json', '--no-service']); "
+            "print(json.dumps(sorted(m for m in ('torch', 'dagster', 'transformers') if m in sys.modules)), "
+            "file=sys.stderr); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == []
+    assert [h["record_id"] for h in json.loads(proc.stdout)["results"]] == [h["record_id"] for h in res["results"]]
+    full = _full_path_search(paths, "waterproof shoes for muddy trails", "fused", 5)
+    assert [h.record_id for h in full] == [h["record_id"] for h in res["results"]]
+    assert [round(h.score, 4) for h in full] == [round(h["score"], 4) for h in res["results"]]
     image = next(p["image_uri"] for p in payloads if p.get("image_uri"))
     res = cli_json("search", "--image", image, "--modality", "image", "-k", "3")
     assert res["results"][0]["payload"]["image_uri"] == image
@@ -172,6 +197,13 @@ def test_ingest_end_to_end(cli_paths):
     assert proc.returncode == 2 and "SQL error" in proc.stderr
     status = cli_json("status")
     assert status["pending_batches"] == [] and set(status["ingested_batches"]) == {"batch-a", "batch-bad"}
+    # status answers without torch, transformers or Dagster (it compares the model settings as requested)
+    code = ("import sys, json; from mm_platform.cli import main; rc = main(['status', '--json']); "
+            "print(json.dumps(sorted(m for m in ('torch', 'dagster', 'transformers', 'qdrant_client') "
+            "if m in sys.modules)), file=sys.stderr); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == []
+    assert json.loads(proc.stdout)["pending_batches"] == []
     assert status["qdrant"]["points"] == n_aligned
 
 

@@ -1,8 +1,8 @@
 """The real `dagster dev` (webserver + daemon) follows the landing dir on its own.
 
 Two batches dropped into the landing dir are each picked up once by `landing_sensor` and ingested by
-`batch_ingest_job`; the automation-condition sensor then builds the global layer (first full clustering
-by `clusters`' automation condition, summaries and Qdrant cluster payloads eagerly). Afterwards the lake,
+`batch_ingest_job`; `global_layer_sensor` then builds the global layer once no batch run is in flight (the
+first full clustering, summaries and Qdrant cluster payloads), in at most one run per batch run. Afterwards the lake,
 the DuckDB views and embedded Qdrant agree. dagster dev's output goes to a file whose tail (with the
 sensor ticks and the automation evaluations) is printed when a wait runs out.
 """
@@ -118,7 +118,7 @@ class DagsterDev:
              "assets": [("/".join(a["path"])) for a in (r.get("assetSelection") or [])],
              "partition": next((t["value"] for t in r["tags"] if t["key"] == "dagster/partition"), None)}
             for r in self.runs()])
-        for sensor in ("landing_sensor", "global_automation_sensor"):
+        for sensor in ("landing_sensor", "global_layer_sensor", "global_automation_sensor"):
             section(f"{sensor} ticks", lambda s=sensor: self.query(
                 TICKS_QUERY % (LOCATION, self.repo_name, s, 8))["sensorOrError"])
         for asset in ("clusters", "cluster_summary", "qdrant_cluster_payloads"):
@@ -213,6 +213,13 @@ def test_dagster_dev_sensor_ingests_batches_and_automation_builds_global_layer(p
     assert {r["status"] for r in batch_runs} == {"SUCCESS"}, batch_runs
     failed = [(r["pipelineName"], r["status"]) for r in all_runs if r["status"] != "SUCCESS"]
     assert not failed, failed
+
+    # the global layer followed in at most one run per batch run, none of which started mid-batch
+    global_runs = [r for r in all_runs if r["pipelineName"] != "batch_ingest_job"]
+    assert 1 <= len(global_runs) <= len(batch_runs), [(r["pipelineName"], r["tags"]) for r in global_runs]
+    for g in global_runs:
+        for b in batch_runs:
+            assert not (b["startTime"] <= g["startTime"] <= b["endTime"]), (g["pipelineName"], g["startTime"], b)
 
     # lake: both batches; every valid current record clustered; the other current records were rejected
     ledger = lake.read_table("batches")

@@ -63,6 +63,17 @@ def test_fusion_beats_every_single_modality(spec_run) -> None:  # type: ignore[n
         assert r["seconds"] < 60
 
 
+def test_confusion_matrix_counts_every_cross_validated_prediction(spec_run) -> None:  # type: ignore[no-untyped-def]
+    *_, metrics, _ = spec_run
+    for r in metrics:
+        cm = np.array(r["confusion"])
+        assert cm.shape == (r["n_classes"], r["n_classes"]) and len(r["classes"]) == r["n_classes"]
+        assert cm.sum() == r["n_labelled"]  # every kept labelled row was a test row exactly once
+        assert np.trace(cm) / cm.sum() == pytest.approx(r["accuracy"], abs=0.02)  # folds are near-equal
+    by = {r["strategy"]: r for r in metrics}
+    assert np.trace(np.array(by["early"]["confusion"])) > np.trace(np.array(by["text"]["confusion"]))
+
+
 def test_labelled_rows_counted_and_predictions_for_unlabelled(spec_run) -> None:  # type: ignore[no-untyped-def]
     blocks, present, labels, y, metrics, predictions = spec_run
     any_present = np.any([present[m] for m in SPEC_DIMS], axis=0)

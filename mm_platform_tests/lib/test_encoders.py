@@ -407,3 +407,51 @@ def test_cached_tag_loads_offline(
     assert text.info.model_version == direct.info.model_version
     assert text.info.space == direct.info.space == f"open_clip/mm-tiny-clip@{text.info.model_version}"
     np.testing.assert_allclose(text.encode(["x"]), direct.encode(["x"]), atol=1e-6)
+
+
+def test_model_info_is_known_without_loading_and_equals_the_loaded_encoders(tiny_clip: TinyClip,
+                                                                           tmp_path: Path) -> None:
+    """The embedding cache is keyed by the encoder's identity; reading it from the files (no model load)
+    must give exactly what the loaded encoder reports, or cached vectors would be missed or mislabelled."""
+    from mm_platform.lib.encoders.audio import clap_model_info
+
+    for settings in (EncoderSettings(profile="offline"), tiny_clip.settings()):
+        es = load_encoders(settings, DeviceConfig(device="cpu"))
+        peeked = {m: es.model_info(m) for m in ("text", "image", "audio")}
+        assert not any(es.loaded(m) for m in peeked), settings.profile  # nothing was loaded to learn them
+        fresh = load_encoders(settings, DeviceConfig(device="cpu"))
+        for m, info in peeked.items():
+            assert fresh.encoder(m).info == info, (settings.profile, m)
+            assert fresh.model_info(m) == info
+    from mm_platform.lib.encoders.audio import ClapAudioEncoder
+    from mm_platform_tests.tiny_models import build_tiny_clap
+
+    clap_dir = tmp_path / "clap"
+    build_tiny_clap(clap_dir)
+    assert clap_model_info(str(clap_dir)) == ClapAudioEncoder(DeviceConfig(device="cpu"), str(clap_dir)).info
+    assert clap_model_info(str(Path("/nonexistent/clap"))) is None
+
+
+def test_numpy_minilm_equals_the_torch_encoder_without_importing_torch(minilm: MiniLMTextEncoder) -> None:
+    """The cold CLI search embeds text queries with numpy: same vectors (cosine >= 0.9999), same identity
+    (so queries match the collection's text vectors), and torch is never imported for it."""
+    import json
+    import subprocess
+    import sys
+
+    from mm_platform.lib.encoders.minilm_numpy import NumpyMiniLM
+
+    texts = ["waterproof gear for muddy hiking trails", "", "Ünïcödé 日本語 🚀 naïve café", "long " * 600,
+             "A ceramic MUG, for my morning coffee!", "x"]
+    fast = NumpyMiniLM()
+    assert fast.info == minilm.info
+    a, b = fast.encode(texts), minilm.encode(texts)
+    assert a.shape == b.shape == (len(texts), 384) and a.dtype == np.float32
+    assert np.min(np.sum(a * b, axis=1)) >= 0.9999
+    assert fast.encode([]).shape == (0, 384)
+    with pytest.raises(TypeError):
+        fast.encode("not a list")
+    code = ("import sys, json; from mm_platform.lib.encoders.minilm_numpy import NumpyMiniLM; "
+            "v = NumpyMiniLM().encode(['tea']); print(json.dumps([v.shape[1], 'torch' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == [384, False]

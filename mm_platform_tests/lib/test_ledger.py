@@ -62,3 +62,29 @@ def test_a_damaged_recluster_table_owes_a_recluster(tmp_path):
     lake.global_path("classifier_metrics").write_bytes(b"not parquet")
     assert repair_lake(lake) == set()
     assert "classifier_metrics was damaged" in recluster_owed(lake)
+
+
+def test_pending_batches_one_rule_by_manifest_and_model_settings(tmp_path):
+    """A batch is pending until it is ingested with its current manifest under the model settings compared:
+    the resolved profile key (ingest) or the settings as requested (status, without importing torch)."""
+    from mm_platform.demo import make_demo_batch
+    from mm_platform.lib.ledger import encoder_request_key, ingested_hashes, pending_batches
+    from mm_platform.lib.manifest import list_complete_batches
+
+    paths = Paths.from_env({"MM_DATA_DIR": str(tmp_path / "data")})
+    make_demo_batch(paths.landing_dir / "b1", n_records=4, seed=1, n_broken=0, id_prefix="b1")
+    make_demo_batch(paths.landing_dir / "b2", n_records=4, seed=2, n_broken=0, id_prefix="b2")
+    lake = Lake(paths.lake_dir)
+    lake.ensure_initialized()
+    assert [b.batch_id for b in pending_batches(paths, lake)] == ["b1", "b2"]
+    b1 = next(b for b in list_complete_batches(paths.landing_dir) if b.batch_id == "b1")
+    request = encoder_request_key({"MM_MODEL_PROFILE": "offline"})
+    row = {c: None for c in lake_mod.ALL_TABLES["batches"]}
+    row.update(batch_id="b1", manifest_sha256=b1.manifest_sha256, profile_key="offline", profile_request=request)
+    lake.write_partition("batches", "b1", pl.DataFrame([row], schema=lake.read_table("batches").schema))
+    assert ingested_hashes(lake) == {"b1": b1.manifest_sha256}
+    assert [b.batch_id for b in pending_batches(paths, lake)] == ["b2"]
+    assert [b.batch_id for b in pending_batches(paths, lake, "offline", request=request)] == ["b2"]
+    assert [b.batch_id for b in pending_batches(paths, lake, "clip:ViT-B-32")] == ["b1", "b2"]
+    other = encoder_request_key({"MM_MODEL_PROFILE": "clip"})
+    assert [b.batch_id for b in pending_batches(paths, lake, request=other)] == ["b1", "b2"]

@@ -13,13 +13,13 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from mm_platform.defs.automation import RECLUSTER_AUTOMATION
+from mm_platform.defs.automation import GLOBAL_AUTOMATION, RECLUSTER_AUTOMATION
 from mm_platform.defs.embeddings.assets import audio_embeddings, image_embeddings, tabular_embeddings, text_embeddings
 from mm_platform.defs.fusion.assets import fused_vectors
 from mm_platform.defs.ingest.assets import aligned_records, raw_records
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.resources import PipelineConfigResource, WarehouseResource
-from mm_platform.lib.alignment import AlignmentConfig, AlignmentModel, train_alignment
+from mm_platform.lib.alignment import AlignmentConfig, AlignmentModel, fit_shared_space
 from mm_platform.lib.corpus import Corpus, load_alignment, load_corpus, save_alignment, shared_mean_matrix
 
 #: Fewer records with two or more modalities than this: no model is trained (the metadata says why).
@@ -38,6 +38,8 @@ def loss_gap_check(metrics: dict) -> tuple[dg.AssetCheckResult, str | None]:
         warning = (f"validation loss {val:.4g} is {ratio:.3g}x the training loss {train:.4g} "
                    f"(> {MAX_VAL_TRAIN_LOSS_RATIO:g}x): the heads overfit the training records; more records "
                    "with several modalities or fewer epochs (MM_ALIGNMENT_EPOCHS) help")
+    if warning and metrics.get("mapping_in_use") not in (None, "heads"):
+        warning += f"; the heads are not in use (the {metrics['mapping_in_use']} baseline is)"
     return dg.AssetCheckResult(
         check_name=LOSS_GAP_CHECK,
         passed=warning is None,
@@ -71,14 +73,32 @@ def alignment_config(pipeline: PipelineConfigResource, corpus: Corpus) -> Alignm
                            epochs=pipeline.alignment_epochs, seed=pipeline.seed, anchors=anchors)
 
 
-def _recall_table(retrieval: dict) -> str:
-    lines = ["| pair | recall@1 | recall@10 | label hit@10 | queries |", "|---|---|---|---|---|"]
+def _fmt(v) -> str:
+    return "" if v is None else f"{v:.3f}"
+
+
+def _recall_table(retrieval: dict, baseline: dict | None = None) -> str:
+    """Validation recall per ordered pair: the heads', and the baseline's recall@10 when given."""
+    baseline = baseline or {}
+    lines = ["| pair | recall@1 | recall@10 | baseline recall@10 | label hit@10 | queries |",
+             "|---|---|---|---|---|---|"]
     for pair, r in sorted(retrieval.items()):
-        def fmt(v):
-            return "" if v is None else f"{v:.3f}"
-        lines.append(f"| {pair} | {fmt(r.get('recall@1'))} | {fmt(r.get('recall@10'))} | "
-                     f"{fmt(r.get('label_recall@10'))} | {r.get('n_queries', '')} |")
+        lines.append(f"| {pair} | {_fmt(r.get('recall@1'))} | {_fmt(r.get('recall@10'))} | "
+                     f"{_fmt(baseline.get(pair, {}).get('recall@10'))} | {_fmt(r.get('label_recall@10'))} | "
+                     f"{r.get('n_queries', '')} |")
     return "\n".join(lines)
+
+
+def gating_table(gating: dict) -> dg.MetadataValue:
+    """Per modality pair: validation recall@10 of the heads and of the best linear baseline, and use_heads."""
+    rows = [dg.TableRecord({"pair": pair, "validation_recall_heads": g.get("validation_recall_heads"),
+                            "validation_recall_baseline": g.get("validation_recall_baseline"),
+                            "use_heads": g.get("use_heads")}) for pair, g in sorted(gating.items())]
+    schema = dg.TableSchema(columns=[dg.TableColumn("pair", "string"),
+                                     dg.TableColumn("validation_recall_heads", "float"),
+                                     dg.TableColumn("validation_recall_baseline", "float"),
+                                     dg.TableColumn("use_heads", "bool")])
+    return dg.MetadataValue.table(rows, schema=schema)
 
 
 @dg.asset(
@@ -97,8 +117,12 @@ def alignment_model(
 ) -> dg.MaterializeResult:
     """Projection heads (one per modality, frozen encoders) into one shared space, trained with a symmetric
     InfoNCE loss over every pair of modalities of the current records, 80/20 train/validation split by a
-    fixed seed. Saved as safetensors (no pickle) under ``lake/_models/alignment/`` with its version (a hash
-    of the weights and config) and the encoder models it was trained on. Metadata: validation retrieval
+    fixed seed, with early stopping on the validation loss, dropout, weight decay and a hidden width scaled to
+    the training rows. A ridge least-squares map and CCA are fitted on the same rows; the heads are kept only
+    when their validation recall@10 beats the best of them, otherwise that linear map is saved and used by
+    search and the shared-space strategy (``mapping_in_use``, ``mapping_reason``, per-pair ``gating``). Saved
+    as safetensors (no pickle) under ``lake/_models/alignment/`` with its version (a hash of the weights and
+    config) and the encoder models it was trained on. Metadata: validation retrieval
     recall@1/@10 for every ordered modality pair, and label hit@10 where labels exist. Runs with the full
     re-cluster (first data, nightly, ``mm-platform recluster``). In the ``clip`` profile text and image are
     anchors: CLIP's space is the shared space, and the audio and tabular heads are trained into it."""
@@ -109,11 +133,12 @@ def alignment_model(
         note = f"{multi} records with two or more modalities; at least {MIN_ALIGNMENT_ROWS} are needed"
         context.log.warning(f"no alignment model trained: {note}")
         return dg.MaterializeResult(metadata={"trained": False, "note": note}, check_results=[loss_gap_check({})[0]])
-    model, metrics = train_alignment(corpus.blocks, corpus.present, alignment_config(pipeline, corpus),
-                                     labels=corpus.labels)
+    model, metrics = fit_shared_space(corpus.blocks, corpus.present, alignment_config(pipeline, corpus),
+                                      labels=corpus.labels)
     path = save_alignment(lake, model, corpus, metrics)
     retrieval = metrics.get("retrieval", {})
-    context.log.info(f"alignment model {model.version}: mean recall@10 {metrics.get('mean_recall@10')}")
+    baseline = metrics.get("baselines", {}).get(metrics.get("baseline") or "", {}).get("retrieval", {})
+    context.log.info(f"shared space {model.version} uses {model.mapping}: {metrics.get('mapping_reason')}")
     gap_check, warning = loss_gap_check(metrics)
     if warning:
         context.log.warning(warning)
@@ -124,6 +149,18 @@ def alignment_model(
             "warning": warning or "",
             "loss_curves": loss_curve_table(metrics),
             "version": model.version,
+            "mapping_in_use": model.mapping,
+            "mapping_reason": metrics.get("mapping_reason", ""),
+            "use_heads": bool(metrics.get("use_heads")),
+            "validation_recall_heads": metrics.get("validation_recall_heads"),
+            "validation_recall_baseline": metrics.get("validation_recall_baseline"),
+            "gating": gating_table(metrics.get("gating", {})),
+            "heads_version": metrics.get("heads_version"),
+            "hidden_dim": metrics.get("hidden_dim"),
+            "n_parameters": metrics.get("n_parameters"),
+            "best_epoch": metrics.get("best_epoch"),
+            "epochs_run": metrics.get("epochs"),
+            "stopped_early": bool(metrics.get("stopped_early")),
             "path": str(path),
             "modalities": list(model.modalities),
             "anchors": list(model.anchors),
@@ -135,7 +172,7 @@ def alignment_model(
             "val_loss": metrics.get("val_loss"),
             "mean_recall@10": metrics.get("mean_recall@10"),
             "seconds": metrics.get("seconds"),
-            "validation_retrieval": dg.MetadataValue.md(_recall_table(retrieval)),
+            "validation_retrieval": dg.MetadataValue.md(_recall_table(retrieval, baseline)),
             "metrics": dg.MetadataValue.json(json.loads(json.dumps(metrics, default=str))),
         }
     )
@@ -168,7 +205,7 @@ def shared_frame(corpus: Corpus, model: AlignmentModel, weights: dict[str, float
     group_name="alignment",
     kinds={"numpy", "parquet"},
     tags={"layer": "alignment"},
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=GLOBAL_AUTOMATION,
 )
 def shared_embeddings(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline: PipelineConfigResource

@@ -27,6 +27,15 @@ INPUTS = [text_embeddings, image_embeddings, audio_embeddings, tabular_embedding
 MIN_LABELLED = 20
 
 
+def confusion_table(metric: dict) -> dg.MetadataValue:
+    """The cross-validated confusion matrix of one strategy as a table: a row per true class, a column per
+    predicted class (counts), so the UI shows which classes the classifier mixes up."""
+    classes = [str(c) for c in metric["classes"]]
+    rows = [{"true_label": c, **{f"→ {p}": int(v) for p, v in zip(classes, counts, strict=True)}}
+            for c, counts in zip(classes, metric["confusion"], strict=True)]
+    return table(pl.DataFrame(rows), n=len(rows))
+
+
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
@@ -99,6 +108,7 @@ def classifiers(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
             "n_labelled": metrics[0]["n_labelled"],
             "notes": sorted({n for m in metrics for n in m.get("notes", [])}),
             "metrics": table(mdf, ["strategy", "macro_f1", "macro_f1_std", "accuracy"], n=mdf.height),
+            "confusion_matrix": confusion_table(best),
         },
     )
     yield dg.MaterializeResult(

@@ -111,19 +111,30 @@ def _result(df: pl.DataFrame, info: ModelInfo, check: dg.AssetCheckResult, profi
 
 def embed_partition(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, encoders: EncodersResource, *,
-    table: str, source: str, content_col: str, encoder,
+    table: str, source: str, content_col: str, identity: Callable[[], ModelInfo],
     encode: Callable[[pl.DataFrame, list[int]], np.ndarray],
 ) -> dg.MaterializeResult:
-    """Embed one batch of ``source`` into ``table`` through the cache, write it, check it, describe it."""
+    """Embed one batch of ``source`` into ``table`` through the cache, write it, check it, describe it.
+
+    ``identity()`` is the encoder's identity, known without loading it; ``encode`` builds the encoder on its
+    first call, which only happens when some content is not in the cache: a batch whose contents are all
+    cached never loads a model. When the loaded encoder turns out to be another one than its files said
+    (CLAP falling back to log-mel), the batch goes through the cache again under the real identity."""
     batch_id = context.partition_key
     lake = warehouse.lake
     src = lake.read_partition(source, batch_id)
-    vectors, hit = embed_with_cache(context, warehouse, table, encoder.info, src[content_col].to_list(),
+    info = identity()
+    vectors, hit = embed_with_cache(context, warehouse, table, info, src[content_col].to_list(),
                                     lambda rows: encode(src, rows))
-    df = embedding_frame(src, content_col, vectors, encoder.info, hit)
+    if identity() != info:
+        context.log.warning(f"{table}: the encoder loaded as {identity().model_id}, not {info.model_id}")
+        info = identity()
+        vectors, hit = embed_with_cache(context, warehouse, table, info, src[content_col].to_list(),
+                                        lambda rows: encode(src, rows))
+    df = embedding_frame(src, content_col, vectors, info, hit)
     lake.write_partition(table, batch_id, df)
     check = vectors_valid(df, set(src["record_id"].to_list()), table, batch_id)
-    return _result(df, encoder.info, check, encoders.encoders.profile)
+    return _result(df, info, check, encoders.encoders.profile)
 
 
 @dg.asset(
@@ -141,12 +152,12 @@ def text_embeddings(
     CLIP text tower with ``clip``); every row names its model, version and embedding space. Content this
     model already embedded (same text hash, same model and weights version, any batch) comes from the
     cache instead of being encoded again (``cache_hit``)."""
-    encoder = encoders.encoders.text()
+    es = encoders.encoders
     return embed_partition(
         context, warehouse, encoders, table="text_embeddings", source="raw_text", content_col="text_sha256",
-        encoder=encoder,
-        encode=lambda src, rows: encoder.encode([src["text"][i] for i in rows],
-                                                progress=_progress(context, "texts encoded")),
+        identity=lambda: es.model_info("text"),
+        encode=lambda src, rows: es.text().encode([src["text"][i] for i in rows],
+                                                  progress=_progress(context, "texts encoded")),
     )
 
 
@@ -164,12 +175,12 @@ def image_embeddings(
     """A unit-norm vector per record image (EfficientNet-Lite0 offline, the CLIP image tower with ``clip``).
     Images are decoded in DataLoader workers so decoding overlaps inference; image bytes this model already
     embedded come from the cache (``cache_hit``)."""
-    encoder = encoders.encoders.image()
+    es = encoders.encoders
     return embed_partition(
         context, warehouse, encoders, table="image_embeddings", source="raw_images", content_col="sha256",
-        encoder=encoder,
-        encode=lambda src, rows: encoder.encode_paths([src["uri"][i] for i in rows],
-                                                      progress=_progress(context, "images encoded")),
+        identity=lambda: es.model_info("image"),
+        encode=lambda src, rows: es.image().encode_paths([src["uri"][i] for i in rows],
+                                                         progress=_progress(context, "images encoded")),
     )
 
 
@@ -188,14 +199,18 @@ def audio_embeddings(
     """A unit-norm vector per record audio clip, mixed to mono and resampled to the encoder's rate: CLAP's
     audio tower in the ``clip`` profile when its weights can be had, else (and in ``offline``) log-mel and
     MFCC statistics computed with torch. Clips this model already embedded come from the cache."""
-    encoder = encoders.encoders.audio()
-    # the clips passed raw_audio's limit; the encoder must not refuse what ingest accepted
-    encoder.max_audio_seconds = max(encoder.max_audio_seconds, float(landing.max_audio_seconds))
+    es = encoders.encoders
+
+    def encode(src: pl.DataFrame, rows: list[int]) -> np.ndarray:
+        encoder = es.audio()
+        # the clips passed raw_audio's limit; the encoder must not refuse what ingest accepted
+        encoder.max_audio_seconds = max(encoder.max_audio_seconds, float(landing.max_audio_seconds))
+        return encoder.encode_paths([src["uri"][i] for i in rows],
+                                    progress=_progress(context, "audio clips encoded"))
+
     return embed_partition(
         context, warehouse, encoders, table="audio_embeddings", source="raw_audio", content_col="sha256",
-        encoder=encoder,
-        encode=lambda src, rows: encoder.encode_paths([src["uri"][i] for i in rows],
-                                                      progress=_progress(context, "audio clips encoded")),
+        identity=lambda: es.model_info("audio"), encode=encode,
     )
 
 
@@ -243,6 +258,6 @@ def tabular_embeddings(
     encoder = TabularEncoder(state)
     return embed_partition(
         context, warehouse, encoders, table="tabular_embeddings", source="raw_tabular",
-        content_col="fields_sha256", encoder=encoder,
+        content_col="fields_sha256", identity=lambda: encoder.info,
         encode=lambda src, rows: encoder.encode([json.loads(src["values_json"][i]) for i in rows]),
     )

@@ -40,7 +40,7 @@ def modality_dims(lake: Lake, encoders: EncodersResource, frames: dict[str, pl.D
         elif modality == "tabular":
             dims[modality] = TABULAR_DIM
         else:
-            dims[modality] = encoders.encoders.encoder(modality).info.dim
+            dims[modality] = encoders.encoders.model_info(modality).dim
     return dims
 
 

@@ -11,10 +11,10 @@ from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import LandingResource
 from mm_platform.lib.locks import IngestLock
 from mm_platform.lib.manifest import BatchInfo, list_complete_batches
-from mm_platform.lib.settings import Paths
+from mm_platform.lib.settings import BY_NAME, Paths
 
 BATCH_JOB_NAME = "batch_ingest_job"
-DEFAULT_MAX_BATCHES_PER_TICK = 10
+DEFAULT_MAX_BATCHES_PER_TICK = int(BY_NAME["MM_SENSOR_MAX_BATCHES"].default)
 
 
 @dataclass

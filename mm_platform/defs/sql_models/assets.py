@@ -7,7 +7,6 @@ sees the lake's views), each written as a Delta table ``<lake>/<model>`` in one 
 own in the warehouse file.
 """
 
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -18,11 +17,12 @@ from mm_platform.defs.automation import GLOBAL_AUTOMATION
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.resources import WarehouseResource
 from mm_platform.lib.lake import VIEW_SOURCES, Lake, register_table_view
+from mm_platform.lib.settings import setting
 from mm_platform.lib.sql_models import SqlModel, discover_models, select_body, topo_order
 from mm_platform.lib.sqlquote import sql_identifier
 
 #: The SQL project: ``$MM_SQL_DIR``, else ``dbt_like_sql/`` beside the package.
-SQL_DIR = Path(os.environ.get("MM_SQL_DIR") or Path(__file__).resolve().parents[3] / "dbt_like_sql")
+SQL_DIR = Path(setting("MM_SQL_DIR") or Path(__file__).resolve().parents[3] / "dbt_like_sql")
 #: Lake tables written by an asset of another name.
 TABLE_ASSETS = {"recluster_assignments": "clusters", "cluster_metrics": "clusters", "batches": "vector_points"}
 

@@ -11,54 +11,33 @@ Typical use::
     audio_vectors = encoders.audio().encode_paths(["clip.wav"])      # (1, dim) float32, unit rows
     encoders.audio_reason                                            # which audio encoder, and why
     encoders.shares_space("text", "image")                           # True only for the clip profile
+
+The names below are imported on first use (PEP 562), so importing a torch-free submodule such as
+``mm_platform.lib.encoders.base`` or ``.minilm_numpy`` does not import torch (the cold CLI search relies on it).
 """
 
-from mm_platform.lib.encoders.audio import (
-    DEFAULT_CLAP_MODEL,
-    LOGMEL_DIM,
-    ClapAudioEncoder,
-    LogMelAudioEncoder,
-    locate_clap_weights,
-)
-from mm_platform.lib.encoders.base import (
-    MODALITIES,
-    AudioDecodeError,
-    AudioEncoder,
-    EncoderUnavailable,
-    ImageDecodeError,
-    ImageEncoder,
-    ModelInfo,
-    ProgressFn,
-    TextEncoder,
-)
-from mm_platform.lib.encoders.registry import (
-    EncoderSet,
-    EncoderSettings,
-    load_encoders,
-    probe_host,
-    resolve_audio,
-    resolve_profile,
-)
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_CLAP_MODEL",
-    "LOGMEL_DIM",
-    "MODALITIES",
-    "AudioDecodeError",
-    "AudioEncoder",
-    "ClapAudioEncoder",
-    "EncoderSet",
-    "EncoderSettings",
-    "EncoderUnavailable",
-    "ImageDecodeError",
-    "ImageEncoder",
-    "LogMelAudioEncoder",
-    "ModelInfo",
-    "ProgressFn",
-    "TextEncoder",
-    "load_encoders",
-    "locate_clap_weights",
-    "probe_host",
-    "resolve_audio",
-    "resolve_profile",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "DEFAULT_CLAP_MODEL": "audio", "LOGMEL_DIM": "audio", "ClapAudioEncoder": "audio",
+    "LogMelAudioEncoder": "audio", "locate_clap_weights": "audio",
+    "MODALITIES": "base", "AudioDecodeError": "base", "AudioEncoder": "base", "EncoderUnavailable": "base",
+    "ImageDecodeError": "base", "ImageEncoder": "base", "ModelInfo": "base", "ProgressFn": "base",
+    "TextEncoder": "base",
+    "EncoderSet": "registry", "EncoderSettings": "registry", "load_encoders": "registry", "probe_host": "registry",
+    "resolve_audio": "registry", "resolve_profile": "registry",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    if name in ("audio", "base", "clip", "image", "registry", "text"):
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

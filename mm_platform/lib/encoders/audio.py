@@ -287,6 +287,13 @@ def _soft_l2(x: torch.Tensor, ref: float) -> torch.Tensor:
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(floor)
 
 
+def logmel_model_info() -> ModelInfo:
+    """The identity of :class:`LogMelAudioEncoder` (its version hashes the feature configuration)."""
+    version = content_version([], extra=logmel_config())
+    return ModelInfo(model_id=LOGMEL_MODEL_ID, model_version=version, dim=LOGMEL_DIM, space=LOGMEL_SPACE,
+                     modality="audio")
+
+
 class LogMelAudioEncoder(WaveformAudioEncoder):
     """Offline audio embedding: log-mel / MFCC / spectral statistics, :data:`LOGMEL_DIM`-d, unit-norm, 16 kHz.
 
@@ -317,15 +324,8 @@ class LogMelAudioEncoder(WaveformAudioEncoder):
         self._dct = torch.from_numpy(dct_matrix()).to(self.device)
         self._window = torch.hann_window(LOGMEL_N_FFT, periodic=True, device=self.device)
         self._freqs = torch.linspace(0.0, LOGMEL_SAMPLE_RATE / 2, LOGMEL_N_FFT // 2 + 1, device=self.device)
-        version = content_version([], extra=logmel_config())
-        self.info = ModelInfo(
-            model_id=LOGMEL_MODEL_ID,
-            model_version=version,
-            dim=LOGMEL_DIM,
-            space=LOGMEL_SPACE,
-            modality="audio",
-        )
-        logger.info("log-mel audio encoder %s (%d-d) on %s", version, LOGMEL_DIM, self.device)
+        self.info = logmel_model_info()
+        logger.info("log-mel audio encoder %s (%d-d) on %s", self.info.model_version, LOGMEL_DIM, self.device)
 
     # ---- batching
 
@@ -637,6 +637,34 @@ def _pooled(out: Any) -> torch.Tensor:
     raise TypeError(f"unexpected get_audio_features() result {type(out).__name__}")
 
 
+def _clap_version_extra(max_windows: int) -> dict[str, object]:
+    return {"model_type": "clap", "max_windows": max_windows, "window_mean": True}
+
+
+def _clap_label(where: ClapWeights) -> str:
+    return Path(where.source).name if where.status == "dir" else where.source
+
+
+def _clap_info(where: ClapWeights, files: Sequence[str], max_windows: int, dim: int) -> ModelInfo:
+    label = _clap_label(where)
+    version = content_version(files, extra=_clap_version_extra(max_windows))
+    return ModelInfo(model_id=label, model_version=version, dim=dim, space=f"clap:{label}", modality="audio")
+
+
+def clap_model_info(model: str = DEFAULT_CLAP_MODEL, max_windows: int = CLAP_MAX_WINDOWS) -> ModelInfo | None:
+    """The identity :class:`ClapAudioEncoder` will report, read from a local model's files without loading
+    it; None when the model is not local or its config does not state ``projection_dim``."""
+    where = find_clap_weights(model)
+    if not where.local or not where.files:
+        return None
+    config = next((f for f in where.files if Path(f).name == _CLAP_CONFIG), None)
+    try:
+        dim = json.loads(Path(config).read_text())["projection_dim"] if config else None
+    except (OSError, ValueError, KeyError):
+        return None
+    return None if dim is None else _clap_info(where, where.files, max_windows, int(dim))
+
+
 class ClapAudioEncoder(WaveformAudioEncoder):
     """CLAP audio tower (transformers ``ClapModel.get_audio_features``): unit-norm ``projection_dim`` vectors.
 
@@ -704,26 +732,20 @@ class ClapAudioEncoder(WaveformAudioEncoder):
             files = where_after.files if where_after.local else ()
         else:
             files = where.files
-        extra = {"model_type": "clap", "max_windows": max_windows, "window_mean": True}
         if files:
-            version = content_version(files, extra=extra)
+            self.info = _clap_info(where, files, max_windows, int(self.model.config.projection_dim))
         else:
+            extra = _clap_version_extra(max_windows)
             h = hashlib.sha256(_state_dict_hash(self.model).encode())
             h.update(json.dumps({**extra, "fe": fe.to_dict()}, sort_keys=True, default=str).encode())
-            version = h.hexdigest()[:12]
-        label = Path(where.source).name if where.status == "dir" else where.source
-        self.info = ModelInfo(
-            model_id=label,
-            model_version=version,
-            dim=int(self.model.config.projection_dim),
-            space=f"clap:{label}",
-            modality="audio",
-        )
+            label = _clap_label(where)
+            self.info = ModelInfo(model_id=label, model_version=h.hexdigest()[:12],
+                                  dim=int(self.model.config.projection_dim), space=f"clap:{label}", modality="audio")
         self.load_seconds = time.perf_counter() - t0
         logger.info(
             "loaded CLAP %s (%s, %d-d, %d Hz) on %s in %.2fs",
-            label,
-            version,
+            self.info.model_id,
+            self.info.model_version,
             self.info.dim,
             self.sample_rate,
             self.device,

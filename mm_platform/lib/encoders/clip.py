@@ -241,6 +241,35 @@ class ClipBundle:
         return ModelInfo(self.model_id, self.model_version, self.dim, self.space, modality)
 
 
+def _clip_identity(arch: str, pretrained: str, where: ClipWeights, weights_file: str | None,
+                   model_cfg: dict[str, Any]) -> tuple[str, str | None, int]:
+    """``(model_id, version or None, dim)`` of open_clip weights; version None when no weights file is
+    known (then only the loaded tensors can be hashed)."""
+    extra = {"arch": arch, "model_cfg": model_cfg}
+    version = content_version([weights_file], extra=extra) if weights_file else None
+    label = Path(where.path).name if where.status == "file" and where.path else pretrained
+    return f"open_clip/{arch}:{label}", version, int(model_cfg["embed_dim"])
+
+
+def clip_model_info(arch: str, pretrained: str, modality: str,
+                    config_path: str | os.PathLike[str] | None = None) -> ModelInfo | None:
+    """The identity :func:`load_clip`'s encoders will report, without loading the model, when the weights
+    are local; None otherwise (a download, or an unknown architecture: only loading tells)."""
+    import open_clip
+
+    arch = normalise_arch(arch)
+    if config_path:
+        register_clip_config(config_path, arch)
+    model_cfg = open_clip.get_model_config(arch)
+    where = locate_clip_weights(arch, pretrained)
+    if model_cfg is None or not where.local:
+        return None
+    model_id, version, dim = _clip_identity(arch, pretrained, where, where.path, model_cfg)
+    if version is None:
+        return None
+    return ModelInfo(model_id, version, dim, f"open_clip/{arch}@{version}", modality)
+
+
 def load_clip(
     arch: str,
     pretrained: str,
@@ -304,14 +333,11 @@ def load_clip(
     else:  # downloaded just now: hash the cached file if it can be found, else the tensors
         after = locate_clip_weights(arch, pretrained)
         weights_file = after.path if after.local else None
-    extra = {"arch": arch, "model_cfg": model_cfg}
-    if weights_file:
-        version = content_version([weights_file], extra=extra)
-    else:
+    model_id, version, dim = _clip_identity(arch, pretrained, where, weights_file, model_cfg)
+    if version is None:
         h = hashlib.sha256(_state_dict_hash(model).encode())
-        h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+        h.update(json.dumps({"arch": arch, "model_cfg": model_cfg}, sort_keys=True, default=str).encode())
         version = h.hexdigest()[:12]
-    label = Path(where.path).name if where.status == "file" and where.path else pretrained
     text_cfg = model_cfg.get("text_cfg", {})
     bundle = ClipBundle(
         model=model,
@@ -320,9 +346,9 @@ def load_clip(
         device=torch_device,
         config=config,
         arch=arch,
-        model_id=f"open_clip/{arch}:{label}",
+        model_id=model_id,
         model_version=version,
-        dim=int(model_cfg["embed_dim"]),
+        dim=dim,
         image_size=_image_size(model),
         context_length=int(getattr(tokenizer, "context_length", None) or text_cfg.get("context_length", 77)),
         load_seconds=time.perf_counter() - t0,

@@ -301,6 +301,19 @@ def efficientnet_lite0_transform() -> Transform:
     )
 
 
+def efficientnet_lite0_info(weights_path: str | Path | None = None) -> ModelInfo:
+    """The identity of :class:`EfficientNetImageEncoder` (id, version of checkpoint + preprocessing, dim),
+    without loading the model: a step whose images are all in the embedding cache never loads it."""
+    path = Path(weights_path) if weights_path is not None else efficientnet_lite0_weights_path()
+    version = content_version(
+        [path],
+        extra={"arch": EFFNET_TIMM_ARCH, "mean": EFFNET_MEAN, "std": EFFNET_STD, "size": EFFNET_SIZE,
+               "resize": EFFNET_RESIZE},
+    )
+    return ModelInfo(model_id=EFFNET_MODEL_ID, model_version=version, dim=EFFNET_DIM,
+                     space=f"{EFFNET_MODEL_ID}@{version}", modality="image")
+
+
 class EfficientNetImageEncoder(TorchImageEncoder):
     """EfficientNet-Lite0 (ImageNet) pre-logits features: 1280-d, unit-norm.
 
@@ -316,23 +329,7 @@ class EfficientNetImageEncoder(TorchImageEncoder):
         path = Path(weights_path) if weights_path is not None else efficientnet_lite0_weights_path()
         # channels_last: ~7x faster than NCHW on CPU for Lite0's depthwise convolutions (measured).
         self.model = load_efficientnet_lite0(path).to(torch_device, memory_format=torch.channels_last)
-        version = content_version(
-            [path],
-            extra={
-                "arch": EFFNET_TIMM_ARCH,
-                "mean": EFFNET_MEAN,
-                "std": EFFNET_STD,
-                "size": EFFNET_SIZE,
-                "resize": EFFNET_RESIZE,
-            },
-        )
-        info = ModelInfo(
-            model_id=EFFNET_MODEL_ID,
-            model_version=version,
-            dim=EFFNET_DIM,
-            space=f"{EFFNET_MODEL_ID}@{version}",
-            modality="image",
-        )
+        info = efficientnet_lite0_info(path)
         super().__init__(
             info=info,
             forward=self.model,
@@ -344,5 +341,5 @@ class EfficientNetImageEncoder(TorchImageEncoder):
         )
         self.load_seconds = time.perf_counter() - t0
         logger.info(
-            "loaded %s (%s) on %s in %.2fs", EFFNET_MODEL_ID, version, torch_device, self.load_seconds
+            "loaded %s (%s) on %s in %.2fs", EFFNET_MODEL_ID, info.model_version, torch_device, self.load_seconds
         )

