@@ -216,14 +216,33 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sql_connection(lake: Any, paths: Paths, unsafe: bool, as_of: str | None) -> Any:
+    """The connection `sql` runs on: restricted unless ``unsafe``; every table pinned to ``as_of`` if given."""
+    import duckdb
+
+    from mm_platform.lib.lake import connect_readonly, connect_restricted, register_views
+
+    if as_of is None:
+        return connect_readonly(lake, paths.duckdb_path) if unsafe else connect_restricted(lake, paths.duckdb_path)
+    if not unsafe:
+        return connect_restricted(lake, paths.duckdb_path, as_of=as_of)
+    con = duckdb.connect()
+    register_views(con, lake, as_of=as_of)
+    return con
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     import duckdb
 
-    from mm_platform.lib.lake import Lake, RestrictedSQLError, connect_readonly, connect_restricted, execute_restricted
+    from mm_platform.lib.lake import Lake, RestrictedSQLError, execute_restricted
 
     paths = Paths.from_env()
     lake = Lake(paths.lake_dir)
-    con = connect_readonly(lake, paths.duckdb_path) if args.unsafe else connect_restricted(lake, paths.duckdb_path)
+    try:
+        con = _sql_connection(lake, paths, args.unsafe, args.as_of)
+    except (ValueError, duckdb.Error) as exc:
+        _err(f"--as-of: {exc}")
+        return 2
     try:
         cur = con.execute(args.query) if args.unsafe else execute_restricted(con, args.query)
         cols = [d[0] for d in cur.description] if cur.description else []
@@ -479,6 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.add_argument("--unsafe", action="store_true",
                    help="full local DuckDB (any file, COPY, ATTACH, extensions); the warehouse file stays read-only")
+    q.add_argument("--as-of", metavar="VERSION|TIME", default=None,
+                   help="time travel: every lake table as of an ISO-8601 time (UTC unless a zone is given; its "
+                        "newest version committed by then) or a Delta version number (of every table)")
     q.set_defaults(fn=cmd_sql)
 
     st = sub.add_parser("status", help="batches, table sizes, Qdrant points, cluster quality")

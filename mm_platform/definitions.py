@@ -29,6 +29,7 @@ from mm_platform.defs.jobs import (
 )
 from mm_platform.defs.resources import build_resources
 from mm_platform.defs.sql_models.assets import build_sql_model_assets
+from mm_platform.defs.storage import assets as storage_assets
 from mm_platform.defs.streams import assets as stream_assets
 from mm_platform.defs.vector_index import assets as vector_assets
 from mm_platform.lib.settings import setting_int
@@ -38,15 +39,15 @@ def build_definitions() -> dg.Definitions:
     assets = with_ui_attributes([
         *dg.load_assets_from_modules(
             [ingest_assets, stream_assets, embedding_assets, fusion_assets, alignment_assets, cluster_assets,
-             classifier_assets, vector_assets]
+             classifier_assets, vector_assets, storage_assets]
         ),
         *build_sql_model_assets(),
     ])
     return dg.Definitions(
         assets=assets,
         asset_checks=dg.load_asset_checks_from_modules([cluster_checks]),
-        jobs=[batch_ingest_job, recluster_job, refresh_job],
-        schedules=[nightly_recluster_schedule],
+        jobs=[batch_ingest_job, recluster_job, refresh_job, storage_assets.lake_housekeeping_job],
+        schedules=[nightly_recluster_schedule, storage_assets.weekly_lake_housekeeping_schedule],
         sensors=[
             build_landing_sensor(setting_int("MM_SENSOR_MAX_BATCHES")),
             global_layer_sensor,

@@ -10,7 +10,7 @@ BATCH_ASSETS = {"raw_records", "raw_text", "raw_images", "raw_audio", "raw_tabul
 GLOBAL_ASSETS = {"alignment_model", "shared_embeddings", "clusters", "cluster_summary", "embedding_map",
                  "classifier_metrics", "predictions", "qdrant_cluster_payloads"}
 GROUPS = {"raw", "aligned", "quarantine", "embeddings", "fused", "alignment", "clusters", "classifiers",
-          "vector_index", "sql_models"}
+          "vector_index", "sql_models", "storage"}
 
 
 def test_definitions_load():
@@ -63,7 +63,9 @@ def test_checks_jobs_sensors_schedules():
     assert {"alignment_model", "clusters", "classifier_metrics", "predictions", "embedding_map"} <= recluster
     sensors = {s.name for s in defs.sensors}
     assert {"landing_sensor", "global_automation_sensor", "global_layer_sensor"} <= sensors
-    assert {s.name for s in defs.schedules} == {"nightly_recluster"}
+    assert {s.name for s in defs.schedules} == {"nightly_recluster", "weekly_lake_housekeeping"}
+    housekeeping = defs.resolve_job_def("lake_housekeeping_job").asset_layer.executable_asset_keys
+    assert {k.to_user_string() for k in housekeeping} == {"lake_housekeeping"}
 
 
 def test_qdrant_writers_share_a_pool():

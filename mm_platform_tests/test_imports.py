@@ -27,11 +27,21 @@ def _modules() -> dict[str, Path]:
     return {_module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def _imports(name: str, path: Path, known: Mapping[str, Path]) -> Iterator[str]:
     """Every module ``name`` imports (anywhere in the file): ``import a.b`` -> ``a.b``; ``from a import b``
     -> ``a.b`` when that is a module of the package, else ``a``; relative imports resolved."""
     is_pkg = path.name == "__init__.py"
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
+                   for stmt in block.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:  # `if TYPE_CHECKING:` imports never run
+            continue
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -96,6 +106,8 @@ def test_import_reader_sees_lazy_relative_and_from_imports() -> None:
     assert "mm_platform.lib.tabular.numbers" in graph["mm_platform.lib.tabular.spec"]  # from-import of a module
     assert "mm_platform.lib.audio" in graph["mm_platform.lib.media"]  # lazy, inside inspect_audio
     assert "mm_platform.lib.media_base" in graph["mm_platform.lib.audio"]
+    # an `if TYPE_CHECKING:` import is for annotations only and never runs
+    assert "mm_platform.lib.lake" not in graph["mm_platform.lib.lake_migrate"]
 
 
 def test_no_import_cycle_among_lib_modules() -> None:

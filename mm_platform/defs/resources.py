@@ -44,6 +44,8 @@ class WarehouseResource(dg.ConfigurableResource):
 
     lake_dir: str
     duckdb_path: str
+    #: where lake tables live (``MM_LAKE_URI``): "" = under ``lake_dir``; or ``s3://bucket/prefix``
+    lake_uri: str = ""
 
     _lake: Lake = PrivateAttr()
 
@@ -51,7 +53,7 @@ class WarehouseResource(dg.ConfigurableResource):
         # every step uses the warehouse: cap its torch/OpenMP/BLAS threads so concurrent runs never
         # oversubscribe the cores (MM_STEP_THREADS, MM_CONCURRENT_STEPS; lib/device.py)
         apply_thread_policy()
-        self._lake = Lake(self.lake_dir)
+        self._lake = Lake(self.lake_dir, self.lake_uri or None)
         self._lake.ensure_initialized()
 
     @property
@@ -306,6 +308,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         "warehouse": WarehouseResource(
             lake_dir=_env("MM_LAKE_DIR", str(paths.lake_dir)),
             duckdb_path=_env("MM_DUCKDB_PATH", str(paths.duckdb_path)),
+            lake_uri=_env("MM_LAKE_URI"),
         ),
         "landing": LandingResource(
             landing_dir=_env("MM_LANDING_DIR", str(paths.landing_dir)),

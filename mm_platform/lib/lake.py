@@ -1,21 +1,22 @@
-"""The Parquet lake and the DuckDB warehouse of views over it.
+"""The lake (one Delta Lake table per lake table) and the DuckDB warehouse of views over it.
 
-Every asset writes its batch partition as one Parquet file,
-``<lake>/<table>/batch_id=<id>/part.parquet`` (global tables: ``<lake>/<table>/part.parquet``), through a
-temporary file and an atomic ``os.replace``. The DuckDB file holds only *views* over those files (globs),
-so users can query while runs write, readers never see half-written files, and no pipeline step ever
-needs DuckDB's single write lock while computing. The only writes to the DuckDB file are (re)creating
-views, done under an inter-process file lock, with retries, and skipped when nothing changed.
+Every partitioned table is one Delta table partitioned by ``batch_id`` at ``<lake uri>/<table>``; writing a
+batch's partition is one commit that replaces exactly that partition (``predicate="batch_id = '…'"``); a
+global table is overwritten whole in one commit. Readers (polars, DuckDB's ``delta_scan``, Ray workers)
+resolve one committed version and read only its immutable files, so a query racing any number of writes
+sees one complete version of every partition. The lake URI is a local directory (default ``<lake_dir>``) or
+``s3://bucket/prefix`` (``MM_LAKE_URI``); the lake's own bookkeeping (stamps, models, per-stage
+rejections, the file records, quarantine) stays under the local ``root``.
 
-Each partitioned table also has a zero-row ``_schema/part.parquet`` so that its view is valid (and typed)
-before the first batch lands.
+The DuckDB file holds only *views* over ``delta_scan``, so users can query while runs write and no
+pipeline step ever needs DuckDB's single write lock while computing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -29,171 +30,29 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
-from mm_platform.lib.sqlquote import sql_identifier, sql_literal
-from mm_platform.lib.streams import ALIGNMENT_REPORT_SCHEMA
-
-F32_LIST = pl.List(pl.Float32)
-TS = pl.Datetime("us", "UTC")
-
-#: Every ``<modality>_embeddings`` table: one vector per record, with the model that made it.
-EMBEDDING_SCHEMA: dict[str, pl.DataType] = {
-    "record_id": pl.String, "batch_id": pl.String, "model": pl.String, "model_version": pl.String,
-    "space": pl.String, "dim": pl.Int32, "content_sha256": pl.String, "embedding": F32_LIST,
-    "cache_hit": pl.Boolean,
-}
-
-#: Tables written one partition per landing batch, with their fixed column types.
-PARTITIONED_TABLES: dict[str, dict[str, pl.DataType]] = {
-    "raw_records": {
-        "batch_id": pl.String, "line_number": pl.Int32, "record_id": pl.String, "op": pl.String,
-        "timestamp": TS, "label": pl.String, "text_declared": pl.Boolean, "image_path": pl.String,
-        "audio_path": pl.String, "fields_json": pl.String, "manifest_sha256": pl.String, "ingested_at": TS, "landed_at": TS,
-        "entity_id": pl.String,
-    },
-    "raw_text": {
-        "record_id": pl.String, "batch_id": pl.String, "line_number": pl.Int32, "text": pl.String,
-        "text_sha256": pl.String, "n_chars": pl.Int32,
-    },
-    "raw_images": {
-        "record_id": pl.String, "batch_id": pl.String, "line_number": pl.Int32, "image_path": pl.String,
-        "uri": pl.String, "sha256": pl.String, "width": pl.Int32, "height": pl.Int32, "format": pl.String,
-        "mode": pl.String, "n_bytes": pl.Int64,
-    },
-    "raw_audio": {
-        "record_id": pl.String, "batch_id": pl.String, "line_number": pl.Int32, "audio_path": pl.String,
-        "uri": pl.String, "sha256": pl.String, "format": pl.String, "subtype": pl.String,
-        "sample_rate": pl.Int32, "channels": pl.Int32, "duration_s": pl.Float64, "n_bytes": pl.Int64,
-        "rms": pl.Float64, "peak": pl.Float64,
-    },
-    # one typed column per field follows these (Float64 for numeric fields, String otherwise)
-    "raw_tabular": {
-        "record_id": pl.String, "batch_id": pl.String, "line_number": pl.Int32, "fields_sha256": pl.String,
-        "n_fields": pl.Int32, "n_missing": pl.Int32, "n_invalid": pl.Int32, "encoder_version": pl.String,
-        "values_json": pl.String,
-    },
-    # one column per matched stream value (``<stream>__<column>``) and lag (``<stream>__lag_s``) follows
-    "stream_features": {
-        "record_id": pl.String, "batch_id": pl.String, "entity_id": pl.String, "timestamp": TS,
-        "streams_matched": pl.Int32, "stream_features_json": pl.String,
-    },
-    "alignment_report": ALIGNMENT_REPORT_SCHEMA,
-    "rejected_records": {
-        "batch_id": pl.String, "line_number": pl.Int32, "record_id": pl.String, "modality": pl.String,
-        "reason": pl.String, "detail": pl.String, "stage": pl.String, "rejected_at": TS,
-    },
-    "aligned_records": {
-        "record_id": pl.String, "batch_id": pl.String, "line_number": pl.Int32, "timestamp": TS,
-        "label": pl.String, "has_text": pl.Boolean, "has_image": pl.Boolean, "has_audio": pl.Boolean,
-        "has_tabular": pl.Boolean, "text_sha256": pl.String, "image_sha256": pl.String, "audio_sha256": pl.String,
-        "fields_sha256": pl.String, "entity_id": pl.String, "streams_matched": pl.Int32,
-        "stream_features_json": pl.String,
-    },
-    "text_embeddings": EMBEDDING_SCHEMA,
-    "image_embeddings": EMBEDDING_SCHEMA,
-    "audio_embeddings": EMBEDDING_SCHEMA,
-    "tabular_embeddings": EMBEDDING_SCHEMA,
-    "fused_vectors": {
-        "record_id": pl.String, "batch_id": pl.String, "fusion": pl.String, "modalities": pl.List(pl.String),
-        "dim": pl.Int32, "embedding": F32_LIST, "weights_json": pl.String, "weights_source": pl.String,
-    },
-    "batches": {
-        "batch_id": pl.String, "manifest_sha256": pl.String, "manifest_lines": pl.Int32,
-        "aligned_records": pl.Int32, "rejected_lines": pl.Int32, "points": pl.Int32, "deletes": pl.Int32,
-        "completed_at": TS, "profile_key": pl.String, "profile_request": pl.String,
-    },
-    "vector_points": {
-        "record_id": pl.String, "batch_id": pl.String, "point_id": pl.String, "vectors": pl.List(pl.String),
-        "collection": pl.String, "manifest_sha256": pl.String, "upserted_at": TS,
-    },
-}
-
-#: One cluster assignment per record: written whole by a full re-cluster (``recluster_assignments``) and
-#: per batch by the eager assignment of new records to the existing clusters (``cluster_assignments``).
-CLUSTER_ASSIGNMENT_SCHEMA: dict[str, pl.DataType] = {
-    "record_id": pl.String, "batch_id": pl.String, "cluster_id": pl.Int32, "algorithm": pl.String,
-    "distance_to_centroid": pl.Float64, "is_outlier": pl.Boolean, "run_id": pl.String, "clustered_at": TS,
-}
-PARTITIONED_TABLES["cluster_assignments"] = CLUSTER_ASSIGNMENT_SCHEMA
-
-#: Tables recomputed whole over all batches.
-GLOBAL_TABLES: dict[str, dict[str, pl.DataType]] = {
-    "recluster_assignments": CLUSTER_ASSIGNMENT_SCHEMA,
-    "cluster_summary": {
-        "cluster_id": pl.Int32, "name": pl.String, "size": pl.Int32,
-        "representative_record_ids": pl.List(pl.String), "top_terms": pl.List(pl.String),
-        "label_counts_json": pl.String, "text_coverage": pl.Float64, "image_coverage": pl.Float64,
-        "algorithm": pl.String, "run_id": pl.String, "audio_coverage": pl.Float64, "tabular_coverage": pl.Float64,
-        "name_source": pl.String, "agreement_json": pl.String, "n_outliers": pl.Int32,
-    },
-    "shared_embeddings": {
-        "record_id": pl.String, "batch_id": pl.String, "modality": pl.String, "head_version": pl.String,
-        "embedding": F32_LIST,
-    },
-    # the single-modality clustering of each record, next to the fused one (per-modality agreement)
-    "modality_assignments": {
-        "record_id": pl.String, "modality": pl.String, "cluster_id": pl.Int32, "run_id": pl.String,
-    },
-    "embedding_map": {
-        "record_id": pl.String, "batch_id": pl.String, "x": pl.Float64, "y": pl.Float64, "cluster_id": pl.Int32,
-        "label": pl.String, "method": pl.String, "space": pl.String, "run_id": pl.String,
-    },
-    "classifier_metrics": {
-        "run_id": pl.String, "created_at": TS, "strategy": pl.String, "modalities": pl.List(pl.String),
-        "macro_f1": pl.Float64, "macro_f1_std": pl.Float64, "accuracy": pl.Float64, "n_labelled": pl.Int32,
-        "n_classes": pl.Int32, "folds": pl.Int32, "weights_json": pl.String,
-    },
-    "predictions": {
-        "record_id": pl.String, "batch_id": pl.String, "strategy": pl.String, "predicted_label": pl.String,
-        "probability": pl.Float64, "run_id": pl.String,
-    },
-    "cluster_metrics": {
-        "run_id": pl.String, "created_at": TS, "algorithm": pl.String, "space": pl.String, "k": pl.Int32,
-        "n_records": pl.Int32, "n_outliers": pl.Int32, "silhouette": pl.Float64, "nmi": pl.Float64,
-        "ari": pl.Float64, "n_labelled": pl.Int32, "input_fingerprint": pl.String, "params_json": pl.String,
-        "moved": pl.Int32, "common": pl.Int32, "new_clusters": pl.Int32, "retired_clusters": pl.Int32,
-        "agreement_nmi": pl.Float64, "fusion_strategy": pl.String, "weights_json": pl.String,
-        "selection_score": pl.Float64, "selection_json": pl.String,
-    },
-}
-
-#: Per-record tables: the lake keeps every version (view ``<table>_history``); the view ``<table>`` shows
-#: the current version of each record only (its latest landed batch, unless that was a delete).
-RECORD_TABLES = (
-    "raw_text", "raw_images", "raw_audio", "raw_tabular", "stream_features", "aligned_records",
-    "text_embeddings", "image_embeddings", "audio_embeddings", "tabular_embeddings", "fused_vectors",
-    "vector_points",
+from mm_platform.lib import delta_store
+from mm_platform.lib.lake_tables import (  # noqa: F401  (re-exported: the lake's public schema names)
+    ALL_TABLES,
+    CLUSTER_ASSIGNMENT_SCHEMA,
+    EMBEDDING_SCHEMA,
+    F32_LIST,
+    GLOBAL_TABLES,
+    PARTITIONED_TABLES,
+    RECORD_TABLES,
+    SCHEMA_DIR,
+    LEGACY_DIR,
+    MODEL_TABLES_DIR,
+    PART,
+    TS,
+    _arrow_for,
+    _file_lock,
+    conform,
+    empty_frame,
+    read_parquet,
 )
-
-ALL_TABLES: dict[str, dict[str, pl.DataType]] = {**PARTITIONED_TABLES, **GLOBAL_TABLES}
-SCHEMA_DIR = "_schema"
-
-
-def empty_frame(table: str) -> pl.DataFrame:
-    return pl.DataFrame(schema=ALL_TABLES[table])
-
-
-def conform(table: str, df: pl.DataFrame) -> pl.DataFrame:
-    """Cast ``df`` to the table's declared schema: declared columns first, in order, extra columns kept after.
-
-    Raises ``KeyError`` naming the missing columns, so a contract break fails loudly at write time.
-    """
-    schema = ALL_TABLES.get(table)
-    if schema is None:
-        return df
-    missing = [c for c in schema if c not in df.columns]
-    if missing:
-        raise KeyError(f"table {table!r} is missing columns {missing}")
-    declared = [pl.col(c).cast(t, strict=False) for c, t in schema.items()]
-    extra = [c for c in df.columns if c not in schema]
-    return df.select(declared + extra)
-
-
-def read_parquet(path: Path) -> pl.DataFrame:
-    """Read one Parquet file through a single open handle, so a concurrent atomic replace of the path can
-    never mix two versions (polars may open a path more than once per read)."""
-    with open(path, "rb") as fh:
-        return pl.read_parquet(fh)
+from mm_platform.lib.sqlquote import sql_identifier, sql_literal
 
 
 #: errno values that mean "the data dir cannot take this write" (not a bug): reported as ``LakeWriteError``.
@@ -204,7 +63,7 @@ _WRITE_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
 class LakeWriteError(OSError):
     """A lake write failed for lack of space or permission; nothing half-written is left visible."""
 
-    def __init__(self, what: str, path: Path, cause: OSError):
+    def __init__(self, what: str, path: Path | str, cause: OSError):
         super().__init__(cause.errno, f"{what} writing {path}: {cause.strerror or cause} "
                                       "(nothing was half-written; free space or fix permissions, then run again)")
         self.path = path
@@ -214,22 +73,40 @@ class LakeWriteError(OSError):
 
 
 def _write_parquet_file(df: pl.DataFrame, path: Path) -> None:
-    """The one place lake Parquet bytes hit the disk (tests replace it to simulate a full disk)."""
+    """The one place side-file Parquet bytes hit the disk (tests replace it to simulate a full disk)."""
     df.write_parquet(path, compression="zstd", statistics=True)
 
 
-def _guard_write(path: Path) -> contextlib.AbstractContextManager[None]:
+def _commit_delta(uri: str, data: pa.Table, opts: dict[str, str] | None, predicate: str | None,
+                  partition_by: list[str] | None, schema_mode: str) -> None:
+    """The one place lake table bytes are written: one Delta commit (tests replace it to simulate a full disk)."""
+    delta_store.write_arrow(uri, data, opts, predicate=predicate, partition_by=partition_by, schema_mode=schema_mode)
+
+
+def _as_os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind a failed write: itself, or one named in a ``deltalake`` error's message."""
+    if isinstance(exc, OSError):
+        return exc
+    text = str(exc)
+    for code in _WRITE_ERRNOS:
+        if os.strerror(code) in text:
+            return OSError(code, os.strerror(code))
+    return None
+
+
+def _guard_write(path: Path | str) -> contextlib.AbstractContextManager[None]:
     @contextlib.contextmanager
     def guard() -> Iterator[None]:
         try:
             yield
         except LakeWriteError:
             raise
-        except OSError as exc:
-            what = _WRITE_ERRNOS.get(exc.errno or 0)
-            if what is None:
+        except Exception as exc:
+            cause = _as_os_error(exc)
+            what = _WRITE_ERRNOS.get(cause.errno or 0) if cause is not None else None
+            if what is None or cause is None:
                 raise
-            raise LakeWriteError(what, path, exc) from exc
+            raise LakeWriteError(what, path, cause) from exc
     return guard()
 
 
@@ -247,11 +124,8 @@ def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 
 
 def atomic_write_parquet(df: pl.DataFrame, path: Path) -> Path:
-    """Write ``df`` to ``path`` through a temp file in the same directory and an atomic rename.
-
-    The temp file is removed whatever happens; a full disk or read-only data dir raises ``LakeWriteError``
-    (an ``OSError`` naming the path) and leaves the previous file, if any, in place.
-    """
+    """Write ``df`` to ``path`` through a temp file in the same directory and an atomic rename (side files:
+    per-stage rejections, SQL model scratch). A full disk raises ``LakeWriteError`` and leaves the old file."""
     _atomic_write(path, lambda tmp: _write_parquet_file(df, tmp))
     return path
 
@@ -268,12 +142,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-#: The lake's record of what it wrote: ``<lake>/_files/<table>/<batch_id=…|_global>.json`` holds the size,
-#: mtime and SHA-256 of each partition (or global) file as written, so a file changed behind the platform's
-#: back (truncated, overwritten by a ``COPY … TO``, deleted) is noticed and rewritten, not trusted.
+#: The lake's record of what it wrote: ``<root>/_files/<table>/<batch_id=…|_global>/<data file>.json`` holds
+#: the size, mtime and SHA-256 of each data file of the current snapshot as written. Delta's log already
+#: says which files make a version (a stray file in a table dir is simply not part of it, and a missing one
+#: is named), but not their bytes: a file changed behind the platform's back (``COPY … TO`` over it,
+#: truncated) is noticed through these records and its partition rewritten, not trusted.
 FILES_DIR = "_files"
 #: Where damaged files are moved before their batch is re-run (kept for inspection, never deleted).
 QUARANTINE_DIR = "_quarantine"
+#: The record of a quarantined partition: reported ``missing`` until the partition is rewritten.
+OWED = "_owed"
 
 
 @dataclass(frozen=True)
@@ -295,101 +173,231 @@ def glob_escape(path: str) -> str:
     return re.sub(r"([\[\]*?])", r"[\1]", path)
 
 
-class Lake:
-    """Parquet files, one per (table, batch partition), under ``root``."""
+def lake_uri_from_env(root: Path, env: Mapping[str, str] | None = None) -> str:
+    """Where lake tables live: ``MM_LAKE_URI`` when it is an object-store URI, else the local ``root``."""
+    env = os.environ if env is None else env
+    uri = env.get("MM_LAKE_URI", "").strip()
+    return uri.rstrip("/") if uri and delta_store.is_remote(uri) else str(root)
 
-    def __init__(self, root: Path | str):
+
+def _partition_predicate(batch_id: str) -> str:
+    return f"{PART} = {sql_literal(batch_id)}"
+
+
+def _typed(table: str, df: pl.DataFrame) -> pl.DataFrame:
+    """A frame read back from Delta with the table's declared types and column order (extras kept after)."""
+    schema = ALL_TABLES.get(table)
+    if schema is None:
+        return df
+    if PART in df.columns:
+        df = df.drop(PART)
+    if df.width == 0:
+        return empty_frame(table)
+    return conform(table, df.with_columns(pl.lit(None).alias(c) for c in schema if c not in df.columns))
+
+
+class Lake:
+    """One Delta table per lake table under ``uri`` (local or ``s3://``); bookkeeping under the local ``root``."""
+
+    def __init__(self, root: Path | str, uri: str | None = None):
         self.root = Path(root)
+        self.uri = (uri or lake_uri_from_env(self.root)).rstrip("/")
+        self.remote = delta_store.is_remote(self.uri)
+        if not self.remote and re.search(r"[\[\]]", self.uri):
+            raise ValueError(f"the lake path {self.uri!r} holds '[' or ']', which deltalake cannot open as a "
+                             "table location; choose a data dir (MM_DATA_DIR / MM_LAKE_URI) without them")
+        self.storage_options = delta_store.storage_options(self.uri)
+        self._ready = False
 
     # -- layout -------------------------------------------------------------------------------------
+    def table_uri(self, table: str) -> str:
+        return f"{self.uri}/{table}"
+
     def table_dir(self, table: str) -> Path:
+        """The table's local directory (a local lake; for an object-store lake, a path that does not exist)."""
         return self.root / table
 
+    def _table(self, table: str, version: int | None = None):
+        return delta_store.open_table(self.table_uri(table), self.storage_options, version)
+
+    def _files_of(self, table: str, batch_id: str | None) -> list[Path]:
+        t = self._table(table)
+        if t is None or self.remote:
+            return []
+        return [self.table_dir(table) / a["path"] for a in delta_store.add_actions(t)
+                if batch_id is None or a.get(f"partition.{PART}") == batch_id]
+
     def partition_path(self, table: str, batch_id: str) -> Path:
-        return self.table_dir(table) / f"batch_id={batch_id}" / "part.parquet"
+        """The data file holding the partition now (its nominal ``batch_id=…/part.parquet`` when none)."""
+        files = self._files_of(table, batch_id)
+        return files[0] if files else self.table_dir(table) / f"{PART}={batch_id}" / "part.parquet"
 
     def global_path(self, table: str) -> Path:
-        return self.table_dir(table) / "part.parquet"
+        """The data file holding a global table now (its nominal ``part.parquet`` when none)."""
+        files = self._files_of(table, None)
+        return files[0] if files else self.table_dir(table) / "part.parquet"
 
-    def glob(self, table: str) -> str:
-        """The DuckDB file pattern of a table; glob characters in the lake's own path match literally."""
-        if table in PARTITIONED_TABLES:
-            return glob_escape(str(self.table_dir(table))) + "/*/part.parquet"
-        return str(self.global_path(table))
+    def has_table(self, table: str) -> bool:
+        return self._table(table) is not None
+
+    def version(self, table: str) -> int | None:
+        """The table's current Delta version (None: no such table)."""
+        t = self._table(table)
+        return None if t is None else t.version()
+
+    def data_version(self, table: str) -> int | None:
+        """The table's newest version that changed rows (compaction commits do not)."""
+        t = self._table(table)
+        if t is None:
+            return None
+        for limit in (20, None):  # the newest commits first; all of them only when those were all compactions
+            found = [h["version"] for h in t.history(limit) if h.get("operation") != "OPTIMIZE"]
+            if found:
+                return max(found)
+        return None
 
     def ensure_initialized(self) -> None:
-        """Create zero-row schema files so every view is valid before data arrives."""
-        for table in PARTITIONED_TABLES:
-            path = self.table_dir(table) / SCHEMA_DIR / "part.parquet"
-            if not path.exists():
-                atomic_write_parquet(empty_frame(table), path)
-        for table in GLOBAL_TABLES:
-            if not self.global_path(table).exists():
-                atomic_write_parquet(empty_frame(table), self.global_path(table))
+        """Migrate a Parquet-layout lake once, then create empty (typed) Delta tables so every view is valid
+        before data arrives."""
+        if self._ready:
+            return
+        from mm_platform.lib.lake_migrate import migrate_parquet_layout
+
+        migrate_parquet_layout(self)
+        for table, schema in ALL_TABLES.items():
+            if not self.has_table(table):
+                self._create_empty(table, pl.DataFrame(schema=schema))
+        self._ready = True
+
+    def _create_empty(self, table: str, df: pl.DataFrame) -> None:
+        part = [PART] if table in PARTITIONED_TABLES else None
+        if part:
+            df = df.with_columns(pl.lit(None, pl.String).alias(PART))
+        try:
+            with _guard_write(self.table_dir(table) if not self.remote else self.table_uri(table)):
+                delta_store.write_arrow(self.table_uri(table), _arrow_for(df, None), self.storage_options,
+                                        partition_by=part)
+        except Exception:
+            if not self.has_table(table):  # a lost race is fine (another process created it); nothing else is
+                raise
 
     # -- writes -------------------------------------------------------------------------------------
+    def _schema_of(self, table: str) -> dict[str, pl.DataType] | None:
+        t = self._table(table)
+        return None if t is None else dict(pl.from_arrow(t.to_pyarrow_dataset().schema.empty_table()).schema)
+
     def write_partition(self, table: str, batch_id: str, df: pl.DataFrame) -> Path:
+        """Replace the batch's partition of ``table`` with ``df``: one commit; readers see old or new, whole."""
+        df = conform(table, df).with_columns(pl.lit(batch_id, pl.String).alias(PART))
         self.ensure_initialized()
-        path = atomic_write_parquet(conform(table, df), self.partition_path(table, batch_id))
-        self._record(table, batch_id, path)
-        return path
+        uri = self.table_uri(table)
+        with _guard_write(self.table_dir(table) / f"{PART}={batch_id}" if not self.remote else uri):
+            _commit_delta(uri, _arrow_for(df, self._schema_of(table)), self.storage_options,
+                          _partition_predicate(batch_id), [PART], "merge")
+        self._record(table, batch_id)
+        return self.partition_path(table, batch_id)
 
     def write_global(self, table: str, df: pl.DataFrame) -> Path:
+        """Overwrite a global (or SQL model) table whole: one commit."""
+        df = conform(table, df)
         self.ensure_initialized()
-        path = atomic_write_parquet(conform(table, df), self.global_path(table))
-        self._record(table, None, path)
-        return path
+        if table not in ALL_TABLES:
+            _atomic_write_text(table, self.root / MODEL_TABLES_DIR / table)
+        with _guard_write(self.table_dir(table) if not self.remote else self.table_uri(table)):
+            _commit_delta(self.table_uri(table), _arrow_for(df, None), self.storage_options, None, None, "overwrite")
+        self._record(table, None)
+        return self.global_path(table)
 
     # -- verification -------------------------------------------------------------------------------
-    def file_record_path(self, table: str, batch_id: str | None) -> Path:
-        name = f"batch_id={batch_id}.json" if batch_id is not None else "_global.json"
-        return self.root / FILES_DIR / table / name
+    def _record_dir(self, table: str, batch_id: str | None) -> Path:
+        return self.root / FILES_DIR / table / (f"batch_id={batch_id}" if batch_id is not None else "_global")
 
-    def _record(self, table: str, batch_id: str | None, path: Path) -> None:
+    def file_record_path(self, table: str, batch_id: str | None, name: str = OWED) -> Path:
+        return self._record_dir(table, batch_id) / f"{name}.json"
+
+    def _record(self, table: str, batch_id: str | None) -> None:
+        """Record size, mtime and SHA-256 of the partition's data files in the snapshot just committed."""
+        if self.remote:
+            return
+        files = self._files_of(table, batch_id)
+        for path in files:
+            self._record_file(table, batch_id, path)
+        keep = {f"{p.name}.json" for p in files}
+        rec_dir = self._record_dir(table, batch_id)
+        for old in rec_dir.glob("*.json") if rec_dir.is_dir() else []:
+            if old.name not in keep:
+                old.unlink(missing_ok=True)
+
+    def _record_file(self, table: str, batch_id: str | None, path: Path) -> None:
         st = path.stat()
         _atomic_write_text(json.dumps({"path": str(path.relative_to(self.root)), "size": st.st_size,
                                        "mtime_ns": st.st_mtime_ns, "sha256": _sha256(path)}),
-                           self.file_record_path(table, batch_id))
+                           self.file_record_path(table, batch_id, path.name))
 
     def verify(self, settle_s: float = 0.5) -> list[LakeDamage]:
-        """Every recorded lake file that is missing or differs from what was written.
+        """Every data file of the current snapshots that is missing or differs from what was written, and
+        every partition quarantined and not yet rewritten (reported ``missing``).
 
-        Cheap: a ``stat`` per file; the SHA-256 is computed only when size or mtime differ (a file whose
-        bytes are unchanged, e.g. copied back, is accepted and its record refreshed). A mismatch is checked
-        again after ``settle_s``: a writer records a file just after renaming it into place, so a check
-        racing a write would otherwise take a fresh file for a damaged one.
+        Cheap: one log read per table and a ``stat`` per file; the SHA-256 is computed only when size or mtime
+        differ. A mismatch is checked again after ``settle_s`` (a write records its files just after its
+        commit). An object-store lake is not checked here: nothing rewrites its objects in place.
         """
-        base = self.root / FILES_DIR
-        if not base.is_dir():
+        if self.remote:
             return []
-        suspects = [d for rec_path in sorted(base.glob("*/*.json")) if (d := self._check(rec_path))]
+        suspects = self._suspects()
         if not suspects:
             return []
         time.sleep(settle_s)
-        return [d for d in suspects if self._check(self.file_record_path(d.table, d.batch_id))]
+        again = {(d.table, d.batch_id, d.path) for d in self._suspects()}
+        return [d for d in suspects if (d.table, d.batch_id, d.path) in again]
 
-    def _check(self, rec_path: Path) -> LakeDamage | None:
-        try:
-            rec = json.loads(rec_path.read_text())
-        except (OSError, ValueError):
-            return None  # removed meanwhile (a delete), or being replaced
-        table = rec_path.parent.name
-        batch_id = rec_path.stem.split("=", 1)[1] if rec_path.stem.startswith("batch_id=") else None
-        path = self.root / rec["path"]
+    def _suspects(self) -> list[LakeDamage]:
+        out: list[LakeDamage] = []
+        for owed in sorted((self.root / FILES_DIR).glob(f"*/*/{OWED}.json")):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                rec = json.loads(owed.read_text())
+                out.append(LakeDamage(owed.parent.parent.name, rec["batch_id"], self.root / rec["path"], "missing"))
+        for table in [*ALL_TABLES, *self.model_tables()]:
+            t = self._table(table)
+            for act in delta_store.add_actions(t) if t is not None else []:
+                batch_id = act.get(f"partition.{PART}") if table in PARTITIONED_TABLES else None
+                d = self._check(table, batch_id, self.table_dir(table) / act["path"], act["size_bytes"])
+                if d is not None:
+                    out.append(d)
+        return out
+
+    def _check(self, table: str, batch_id: str | None, path: Path, logged_size: int) -> LakeDamage | None:
         try:
             st = path.stat()
         except FileNotFoundError:
             return LakeDamage(table, batch_id, path, "missing")
-        if st.st_size == rec["size"] and st.st_mtime_ns == rec["mtime_ns"]:
+        rec_path = self.file_record_path(table, batch_id, path.name)
+        try:
+            rec = json.loads(rec_path.read_text())
+        except (OSError, ValueError):
+            rec = None
+        if rec is not None and st.st_size == rec["size"] and st.st_mtime_ns == rec["mtime_ns"]:
             return None
-        if st.st_size == rec["size"] and _sha256(path) == rec["sha256"]:
-            with contextlib.suppress(OSError):
-                self._record(table, batch_id, path)
+        if st.st_size == logged_size and (rec is None or _sha256(path) == rec["sha256"]):
+            with contextlib.suppress(OSError):  # written by the platform (compaction) or the same bytes back
+                self._record_file(table, batch_id, path)
             return None
-        return LakeDamage(table, batch_id, path, f"changed since it was written (size {st.st_size}, written {rec['size']})")
+        return LakeDamage(table, batch_id, path, f"changed since it was written (size {st.st_size}, "
+                                                 f"written {rec['size'] if rec else logged_size})")
 
     def quarantine(self, damage: LakeDamage) -> Path | None:
-        """Move a damaged file out of the views to ``_quarantine/`` (kept for inspection); returns where."""
+        """Take a damaged partition (or global table) out of the current version in one commit and move its
+        file to ``_quarantine/`` (kept for inspection); returns where. A partition stays reported ``missing``
+        until it is rewritten."""
+        uri = self.table_uri(damage.table)
+        if damage.batch_id is not None:
+            delta_store.delete_where(uri, self.storage_options, _partition_predicate(damage.batch_id))
+            _atomic_write_text(json.dumps({"batch_id": damage.batch_id, "path": str(damage.path.relative_to(self.root))}),
+                               self.file_record_path(damage.table, damage.batch_id))
+        else:
+            t = self._table(damage.table)
+            if t is not None:
+                t.delete()
         if not damage.path.exists():
             return None
         dest = self.root / QUARANTINE_DIR / damage.path.relative_to(self.root).parent / \
@@ -400,8 +408,8 @@ class Lake:
         return dest
 
     def forget(self, table: str, batch_id: str | None) -> None:
-        """Drop the record of a file the platform itself removed (or whose table is recomputed whole)."""
-        self.file_record_path(table, batch_id).unlink(missing_ok=True)
+        """Drop the records of a partition the platform itself removed (or whose table is recomputed whole)."""
+        shutil.rmtree(self._record_dir(table, batch_id), ignore_errors=True)
 
     def stage_rejections_path(self, stage: str, batch_id: str) -> Path:
         return self.root / "_rejections" / stage / f"batch_id={batch_id}" / "part.parquet"
@@ -419,40 +427,46 @@ class Lake:
         return pl.concat([read_parquet(f) for f in files], how="diagonal_relaxed")
 
     def delete_partition(self, table: str, batch_id: str) -> None:
-        shutil.rmtree(self.partition_path(table, batch_id).parent, ignore_errors=True)
+        delta_store.delete_where(self.table_uri(table), self.storage_options, _partition_predicate(batch_id))
         self.forget(table, batch_id)
+
+    # -- housekeeping -------------------------------------------------------------------------------
+    def housekeeping(self, retention_hours: float) -> dict[str, dict[str, int]]:
+        """Compact small files (a commit that changes no row) and vacuum files that no version younger than
+        ``retention_hours`` references, table by table. Files of any current version are never removed, so
+        readers of the current state are safe at any retention; a reader pinned to an older version (``--as-of``)
+        is safe while that version is younger than the retention."""
+        out: dict[str, dict[str, int]] = {}
+        for table in [*ALL_TABLES, *self.model_tables()]:
+            out[table] = delta_store.compact_and_vacuum(self.table_uri(table), self.storage_options, retention_hours)
+            if out[table]["files_added"]:
+                for batch_id in self.partitions(table) if table in PARTITIONED_TABLES else [None]:
+                    self._record(table, batch_id)
+        return out
 
     # -- reads --------------------------------------------------------------------------------------
     def has_partition(self, table: str, batch_id: str) -> bool:
-        return self.partition_path(table, batch_id).exists()
+        return batch_id in self.partitions(table)
 
     def read_partition(self, table: str, batch_id: str) -> pl.DataFrame:
-        path = self.partition_path(table, batch_id)
-        if not path.exists():
+        t = self._table(table)
+        if t is None:
             return empty_frame(table) if table in ALL_TABLES else pl.DataFrame()
-        return read_parquet(path)
+        ds = t.to_pyarrow_dataset(partitions=[(PART, "=", batch_id)])
+        return _typed(table, pl.from_arrow(ds.to_table()))
 
     def partitions(self, table: str) -> list[str]:
-        base = self.table_dir(table)
-        if not base.is_dir():
+        t = self._table(table)
+        if t is None:
             return []
-        return sorted(
-            p.name.split("=", 1)[1]
-            for p in base.iterdir()
-            if p.name.startswith("batch_id=") and (p / "part.parquet").exists()
-        )
+        return sorted({a[f"partition.{PART}"] for a in delta_store.add_actions(t) if a.get(f"partition.{PART}")})
 
-    def read_table(self, table: str) -> pl.DataFrame:
-        """All partitions of a table (or the global file), typed; empty frame when nothing is written."""
-        if table in PARTITIONED_TABLES:
-            files = [self.partition_path(table, b) for b in self.partitions(table)]
-            if not files:
-                return empty_frame(table)
-            return pl.concat([read_parquet(f) for f in files], how="diagonal_relaxed")
-        path = self.global_path(table)
-        if not path.exists():
+    def read_table(self, table: str, version: int | None = None) -> pl.DataFrame:
+        """All partitions of a table (or the global table) at one version, typed; empty frame when none."""
+        t = self._table(table, version)
+        if t is None:
             return empty_frame(table) if table in ALL_TABLES else pl.DataFrame()
-        return read_parquet(path)
+        return _typed(table, pl.from_arrow(t.to_pyarrow_dataset().to_table()))
 
     # -- current state ------------------------------------------------------------------------------
     def record_versions(self) -> pl.DataFrame:
@@ -493,20 +507,45 @@ class Lake:
         )
 
     def model_tables(self) -> list[str]:
-        """Tables written by SQL models (a global ``part.parquet`` under a name no Python asset owns)."""
-        if not self.root.is_dir():
-            return []
-        return sorted(
-            p.name for p in self.root.iterdir()
-            if p.is_dir() and p.name not in ALL_TABLES and (p / "part.parquet").exists()
-        )
-
+        """Tables written by SQL models (a global table under a name no Python asset owns)."""
+        base = self.root / MODEL_TABLES_DIR
+        return sorted(p.name for p in base.iterdir() if p.name not in ALL_TABLES) if base.is_dir() else []
 
 # -- the DuckDB warehouse (views only) --------------------------------------------------------------
 
-def _scan(lake: Lake, table: str) -> str:
-    path = lake.glob(table) if table in ALL_TABLES else str(lake.global_path(table))
-    return f"SELECT * FROM read_parquet({sql_literal(path)}, union_by_name=true)"
+def _columns_first(table: str) -> str:
+    """The table's declared columns in order, then any extra ones (Delta keeps partition columns last)."""
+    schema = ALL_TABLES.get(table)
+    if not schema:
+        return "*"
+    cols = ", ".join(sql_identifier(c) for c in schema)
+    hidden = f", {PART}" if table in PARTITIONED_TABLES else ""
+    return f"{cols}, * EXCLUDE ({cols}{hidden})"
+
+
+def arrow_view_name(table: str) -> str:
+    """The name a table's Arrow dataset is registered under on a connection to an object-store lake."""
+    return f"__lake_{table}"
+
+
+def register_table_view(con: duckdb.DuckDBPyConnection, lake: Lake, table: str) -> None:
+    """(Re)create the view of one lake table (a SQL model just written) on a ``register_views`` connection."""
+    if lake.remote:
+        t = lake._table(table)
+        if t is not None:
+            con.register(arrow_view_name(table), t.to_pyarrow_dataset())
+    con.execute(_create_view(table, _scan(lake, table)))
+
+
+def _scan(lake: Lake, table: str, versions: Mapping[str, int] | None = None) -> str:
+    """The SELECT of one table: ``delta_scan`` of its current (or pinned) version; for an object-store lake,
+    the Arrow dataset ``register_views`` registered (DuckDB reads S3 only with httpfs, not shipped offline)."""
+    if lake.remote:
+        return f"SELECT {_columns_first(table)} FROM {sql_identifier(arrow_view_name(table))}"
+    args = sql_literal(lake.table_uri(table))
+    if versions is not None and table in versions:
+        args += f", version => {int(versions[table])}"
+    return f"SELECT {_columns_first(table)} FROM delta_scan({args})"
 
 
 #: Views derived from the lake tables: record versions (latest landed batch wins), the current records,
@@ -548,14 +587,14 @@ VIEW_SOURCES: dict[str, tuple[str, ...]] = {
 }
 
 
-def view_statements(lake: Lake) -> list[tuple[str, str]]:
-    """Every warehouse view as (name, SELECT), in dependency order."""
+def view_statements(lake: Lake, versions: Mapping[str, int] | None = None) -> list[tuple[str, str]]:
+    """Every warehouse view as (name, SELECT), in dependency order (tables pinned to ``versions`` if given)."""
     views: list[tuple[str, str]] = []
     for table in [*ALL_TABLES, *lake.model_tables()]:
         if table in RECORD_TABLES:
-            views.append((f"{table}_history", _scan(lake, table)))
+            views.append((f"{table}_history", _scan(lake, table, versions)))
         else:
-            views.append((table, _scan(lake, table)))
+            views.append((table, _scan(lake, table, versions)))
     views += [(name, DERIVED_VIEWS[name]) for name in ("record_versions", "current_records", "record_deletions")]
     views += [
         (t, f"SELECT h.* FROM {sql_identifier(t + '_history')} h SEMI JOIN current_records c "
@@ -570,32 +609,48 @@ def _create_view(name: str, select: str) -> str:
     return f"CREATE OR REPLACE VIEW {sql_identifier(name)} AS {select.strip()}"
 
 
-def register_views(con: duckdb.DuckDBPyConnection, lake: Lake, extra: Mapping[str, str] | None = None) -> None:
-    """Create the lake's views on any connection (an in-memory one for computing, the warehouse file for users)."""
+def register_views(con: duckdb.DuckDBPyConnection, lake: Lake, extra: Mapping[str, str] | None = None,
+                   as_of: str | None = None) -> None:
+    """Create the lake's views on any connection (an in-memory one for computing, the warehouse file for users).
+
+    ``as_of`` (a table version or an ISO timestamp) pins every table to that version (``resolve_as_of``).
+    An object-store lake's tables are registered as Arrow datasets of their snapshot (or pinned version).
+    """
     lake.ensure_initialized()
-    for name, select in view_statements(lake):
+    versions = resolve_as_of(lake, as_of) if as_of is not None else None
+    if lake.remote:
+        for table in [*ALL_TABLES, *lake.model_tables()]:
+            t = lake._table(table, (versions or {}).get(table))
+            if t is not None:
+                con.register(arrow_view_name(table), t.to_pyarrow_dataset())
+    else:
+        delta_store.load_delta_extension(con)
+    for name, select in view_statements(lake, versions):
         con.execute(_create_view(name, select))
     for name, sql in (extra or {}).items():
         con.execute(_create_view(name, sql))
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path, timeout_s: float) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"timed out waiting for lock {path}") from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def resolve_as_of(lake: Lake, as_of: str) -> dict[str, int]:
+    """Each table's version for ``as_of``: an integer is a version of every table (a table with fewer
+    versions is taken at its newest); anything else is an ISO-8601 time (UTC when no zone is given), and
+    each table is taken at its newest version committed by then (its empty version 0 if it is younger)."""
+    text = as_of.strip()
+    tables = [*ALL_TABLES, *lake.model_tables()]
+    if re.fullmatch(r"\d+", text):
+        want = int(text)
+        return {t: min(want, v) for t in tables if (v := lake.version(t)) is not None}
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"--as-of {as_of!r} is neither a version number nor an ISO-8601 time") from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    out = {}
+    for t in tables:
+        v = delta_store.version_at(lake.table_uri(t), lake.storage_options, when)
+        out[t] = 0 if v is None else v
+    return out
 
 
 class WarehouseBusy(RuntimeError):
@@ -609,6 +664,8 @@ def refresh_warehouse(lake: Lake, duckdb_path: Path, timeout_s: float = 30.0) ->
     never contend with a user holding the file). Raises ``WarehouseBusy`` after ``timeout_s`` of retries.
     """
     lake.ensure_initialized()
+    if lake.remote:  # its views read Arrow datasets registered per connection: nothing to keep in the file
+        return False
     views = view_statements(lake)
     tables = [name for name, _ in views]
     statements = [_create_view(name, select) for name, select in views]
@@ -630,6 +687,9 @@ def refresh_warehouse(lake: Lake, duckdb_path: Path, timeout_s: float = 30.0) ->
                     ) from exc
                 time.sleep(0.25)
         try:
+            delta_store.load_delta_extension(con)
+            with contextlib.suppress(duckdb.Error, OSError):  # a read-only home: users LOAD it themselves
+                delta_store.install_delta_extension(con)
             existing = {r[0] for r in con.execute(
                 "SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
             for stale in existing - set(tables):
@@ -649,8 +709,12 @@ def connect_readonly(lake: Lake, duckdb_path: Path) -> duckdb.DuckDBPyConnection
     --unsafe``, the demo). Anything that runs queries it did not write itself uses ``connect_restricted``.
     """
     try:
+        if lake.remote:
+            raise WarehouseBusy("an object-store lake's views are registered per connection")
         refresh_warehouse(lake, duckdb_path, timeout_s=5.0)
-        return duckdb.connect(str(duckdb_path), read_only=True)
+        con = duckdb.connect(str(duckdb_path), read_only=True)
+        delta_store.load_delta_extension(con)
+        return con
     except (WarehouseBusy, TimeoutError, duckdb.IOException):
         con = duckdb.connect()
         register_views(con, lake)
@@ -718,7 +782,7 @@ def restrict_connection(con: duckdb.DuckDBPyConnection, allowed_dirs: list[Path]
     return con
 
 
-def connect_restricted(lake: Lake, duckdb_path: Path | None = None) -> duckdb.DuckDBPyConnection:
+def connect_restricted(lake: Lake, duckdb_path: Path | None = None, as_of: str | None = None) -> duckdb.DuckDBPyConnection:
     """A query connection for SQL from anyone (``mm-platform sql``, the web service): the warehouse views,
     with DuckDB reading files only under the lake, nothing installed or loaded, and settings locked.
 
@@ -733,7 +797,7 @@ def connect_restricted(lake: Lake, duckdb_path: Path | None = None) -> duckdb.Du
     del duckdb_path
     con = duckdb.connect(":memory:")
     try:
-        register_views(con, lake)
+        register_views(con, lake, as_of=as_of)
         return restrict_connection(con, [lake.root])
     except BaseException:
         con.close()

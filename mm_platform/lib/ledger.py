@@ -34,10 +34,9 @@ def request_key(profile: str, clip_arch: str, clip_pretrained: str, clip_config:
 
 
 def fused_fingerprint(lake: Lake) -> str:
-    """Identifies the clustering input: the fused partitions and their files' mtimes."""
-    parts = [f"{b}:{lake.partition_path('fused_vectors', b).stat().st_mtime_ns}"
-             for b in lake.partitions("fused_vectors")]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    """Identifies the clustering input: the fused vectors table's last data-changing Delta version (a
+    compaction, which changes no row, does not count)."""
+    return hashlib.sha256(f"{lake.uri}|{lake.data_version('fused_vectors')}".encode()).hexdigest()[:16]
 
 
 def global_layer_stale(lake: Lake) -> bool:

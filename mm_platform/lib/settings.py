@@ -38,7 +38,9 @@ SETTINGS: tuple[Setting, ...] = tuple([
     *_s("paths",
         ("MM_DATA_DIR", "data", "root of everything the platform writes (relative to the working directory)"),
         ("MM_LANDING_DIR", "$MM_DATA_DIR/landing", "landing dir, one folder per batch"),
-        ("MM_LAKE_DIR", "$MM_DATA_DIR/lake", "the lake (one table per folder)"),
+        ("MM_LAKE_DIR", "$MM_DATA_DIR/lake", "the lake: its Delta tables (local lake) and its bookkeeping (stamps, models, file records)"),
+        ("MM_LAKE_URI", "", "where lake tables live: empty = MM_LAKE_DIR; a local path; or s3://bucket/prefix (AWS_* credentials)"),
+        ("MM_S3_ENDPOINT", "", "endpoint of an S3-compatible store for an s3:// MM_LAKE_URI, e.g. http://127.0.0.1:9000"),
         ("MM_DUCKDB_PATH", "$MM_DATA_DIR/warehouse.duckdb", "DuckDB warehouse file holding views over the lake"),
         ("MM_QDRANT_PATH", "$MM_DATA_DIR/qdrant", "embedded Qdrant storage"),
         ("MM_SQL_DIR", "<repo>/dbt_like_sql", "folder of the SQL models (staging/, intermediate/, marts/)")),
@@ -89,6 +91,7 @@ SETTINGS: tuple[Setting, ...] = tuple([
         ("MM_RAY_NUM_CPUS", "0", "MM_COMPUTE=ray without RAY_ADDRESS: CPUs of the local Ray instance (0: all)"),
         ("MM_RAY_OBJECT_STORE_MB", "0", "MM_COMPUTE=ray without RAY_ADDRESS: object store size of the local Ray instance in MB (0: Ray's)")),
     *_s("operations",
+        ("MM_LAKE_VACUUM_RETENTION_HOURS", "168", "vacuum retention of the weekly lake_housekeeping asset in hours (never below 1)"),
         ("MM_POOL_WAIT_S", "120", "seconds a CLI run waits for a pool slot (e.g. qdrant) before failing, naming the holder"),
         ("MM_SERVE_TOKEN", "", "token `mm-platform serve` requires (Bearer header, ?token= or cookie); needed to bind beyond 127.0.0.1"),
         ("MM_SERVE_QDRANT_IDLE_S", "2", "seconds `mm-platform serve` keeps embedded Qdrant open after a request"),
@@ -96,11 +99,16 @@ SETTINGS: tuple[Setting, ...] = tuple([
         ("MM_TEST_CRASH_AT", "", "tests only: a step key; the CLI process SIGKILLs itself at the start of that step")),
     *_s("external",
         ("DAGSTER_HOME", "$MM_DATA_DIR/dagster_home", "Dagster instance of CLI runs and `make ui`"),
+        ("AWS_ACCESS_KEY_ID", "", "S3 access key of an s3:// MM_LAKE_URI"),
+        ("AWS_SECRET_ACCESS_KEY", "", "S3 secret key of an s3:// MM_LAKE_URI"),
+        ("AWS_SESSION_TOKEN", "", "S3 session token (temporary credentials)"),
+        ("AWS_REGION", "us-east-1", "S3 region of an s3:// MM_LAKE_URI"),
+        ("AWS_S3_LOCKING_PROVIDER", "", "dynamodb: a commit lock for a lake several hosts write (else plain S3 renames)"),
         ("HF_HUB_OFFLINE", "", "set to 1 on an air-gapped machine: nothing is fetched from the Hugging Face hub")),
 ])
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 #: never printed by `mm-platform config`
-SECRETS = frozenset({"QDRANT_API_KEY", "MM_SERVE_TOKEN"})
+SECRETS = frozenset({"QDRANT_API_KEY", "MM_SERVE_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"})
 
 
 def setting(name: str, env: Mapping[str, str] | None = None) -> str:
@@ -174,6 +182,28 @@ def serve_url(env: Mapping[str, str] | None = None) -> str:
     return setting("MM_SERVE_URL", env).rstrip("/")
 
 
+#: Floor of the vacuum retention: a query that resolved a version a moment before a compaction still reads it.
+MIN_VACUUM_RETENTION_HOURS = 1.0
+
+
+def vacuum_retention_hours(env: Mapping[str, str] | None = None) -> float:
+    """``MM_LAKE_VACUUM_RETENTION_HOURS`` (default 168 = a week of time travel), never below one hour."""
+    raw = setting("MM_LAKE_VACUUM_RETENTION_HOURS", env)
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"MM_LAKE_VACUUM_RETENTION_HOURS={raw!r} is not a number of hours") from exc
+    return max(value, MIN_VACUUM_RETENTION_HOURS)
+
+
+def _local_lake_uri(env: Mapping[str, str]) -> str:
+    """``MM_LAKE_URI`` when it names a local directory (then it is the lake dir), else ""."""
+    uri = _env(env, "MM_LAKE_URI", "")
+    if uri.startswith("file://"):
+        return uri[len("file://"):]
+    return "" if "://" in uri else uri
+
+
 @dataclass(frozen=True)
 class Paths:
     """Where the platform reads and writes, resolved to absolute paths."""
@@ -191,7 +221,7 @@ class Paths:
         return cls(
             data_dir=data,
             landing_dir=Path(_env(env, "MM_LANDING_DIR", str(data / "landing"))).expanduser().resolve(),
-            lake_dir=Path(_env(env, "MM_LAKE_DIR", str(data / "lake"))).expanduser().resolve(),
+            lake_dir=Path(_env(env, "MM_LAKE_DIR", _local_lake_uri(env) or str(data / "lake"))).expanduser().resolve(),
             duckdb_path=Path(_env(env, "MM_DUCKDB_PATH", str(data / "warehouse.duckdb"))).expanduser().resolve(),
             qdrant_path=Path(_env(env, "MM_QDRANT_PATH", str(data / "qdrant"))).expanduser().resolve(),
         )

@@ -276,6 +276,11 @@ def _select_body(sql: str) -> str:
     return body
 
 
+def select_body(sql: str) -> str:
+    """The model's one SELECT, without a trailing semicolon (raises ``ValueError`` otherwise)."""
+    return _select_body(sql)
+
+
 def run_model(con: duckdb.DuckDBPyConnection, model: SqlModel, out_path: Path) -> int:
     """Run ``model``'s SELECT on ``con`` and write the result to ``out_path`` as Parquet, atomically.
 

@@ -124,11 +124,7 @@ class Services:
         return value
 
     def _mtime(self, *tables: str) -> tuple:
-        out = []
-        for t in tables:
-            d = self.lake.table_dir(t)
-            out.append(max((p.stat().st_mtime_ns for p in d.rglob("*.parquet")), default=0) if d.exists() else 0)
-        return tuple(out)
+        return tuple(self.lake.version(t) or 0 for t in tables)  # a Delta version changes with every commit
 
     @contextlib.contextmanager
     def db(self) -> Iterator[duckdb.DuckDBPyConnection]:

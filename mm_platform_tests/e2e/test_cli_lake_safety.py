@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from mm_platform.demo import make_demo_batch
+from mm_platform.lib.lake import Lake
 from mm_platform.lib.settings import Paths
 from mm_platform.lib.sqlquote import sql_literal
 from mm_platform_tests.e2e.conftest import cli_json, run_cli
@@ -22,13 +23,12 @@ ROWS = "SELECT * EXCLUDE (stream_features_json) FROM aligned_records ORDER BY re
 DISK_FULL = """
 import errno, sys
 from mm_platform.lib import lake
-real = lake._write_parquet_file
-def full(df, path):
-    if "fused_vectors" in str(path):
-        path.write_bytes(b"PAR1 partial")
+real = lake._commit_delta
+def full(uri, *args):
+    if "fused_vectors" in str(uri):
         raise OSError(errno.ENOSPC, "No space left on device")
-    return real(df, path)
-lake._write_parquet_file = full
+    return real(uri, *args)
+lake._commit_delta = full
 from mm_platform.cli import main
 sys.exit(main(["ingest"]))
 """
@@ -56,7 +56,7 @@ def test_quoted_data_dir_copy_attack_repaired_and_disk_full(odd_paths):
     original = cli_json("sql", ROWS)["rows"]
     assert len(original) == 24
 
-    part = paths.lake_dir / "aligned_records" / "batch_id=a" / "part.parquet"
+    part = Lake(paths.lake_dir).partition_path("aligned_records", "a")  # the partition's Delta data file
     attack = f"COPY (SELECT * FROM aligned_records LIMIT 0) TO {sql_literal(part)} (FORMAT PARQUET)"
     refused = run_cli("sql", attack, check=False)
     assert refused.returncode == 2 and "refused" in refused.stderr
@@ -69,7 +69,7 @@ def test_quoted_data_dir_copy_attack_repaired_and_disk_full(odd_paths):
     assert cli_json("sql", ROWS)["rows"] == original
     hits = cli_json("sql", "SELECT bool_and(cache_hit) AS all_cached FROM text_embeddings")["rows"]
     assert hits == [{"all_cached": True}]  # from the cached vectors
-    assert len(list((paths.lake_dir / "_quarantine").rglob("part.parquet.*"))) == 1
+    assert len(list((paths.lake_dir / "_quarantine").rglob("*.parquet.*"))) == 1
     assert run_cli("ingest").stdout.strip() == "nothing new to ingest"
 
     # the disk fills up while a new batch is written: a clear error, exit 1, nothing half-written
@@ -79,7 +79,7 @@ def test_quoted_data_dir_copy_attack_repaired_and_disk_full(odd_paths):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "disk full writing" in proc.stdout and "fused_vectors" in proc.stdout
     assert tmp_files(paths) == []
-    assert not (paths.lake_dir / "fused_vectors" / "batch_id=b" / "part.parquet").exists()
+    assert "b" not in Lake(paths.lake_dir).partitions("fused_vectors")  # nothing committed
     status = cli_json("status")
     assert "b" in status["pending_batches"]
     run_cli("ingest")  # space is back

@@ -17,12 +17,13 @@ import duckdb
 import polars as pl
 import pytest
 
+from mm_platform.lib.delta_store import load_delta_extension
 from mm_platform.lib.lake import (
     ALL_TABLES,
     F32_LIST,
     GLOBAL_TABLES,
     PARTITIONED_TABLES,
-    SCHEMA_DIR,
+    MODEL_TABLES_DIR,
     TS,
     Lake,
     WarehouseBusy,
@@ -204,7 +205,7 @@ def test_write_partition_with_missing_column_fails_and_writes_nothing(lake: Lake
 
 def test_write_read_partition_round_trip_preserves_declared_types(lake: Lake) -> None:
     path = lake.write_partition("raw_records", "b1", raw_records_df("b1", n=3))
-    assert path == lake.root / "raw_records" / "batch_id=b1" / "part.parquet"
+    assert path.parent == lake.root / "raw_records" / "_lake_batch=b1" and path.is_file()  # a Delta data file
     assert lake.has_partition("raw_records", "b1")
     back = lake.read_partition("raw_records", "b1")
     assert dict(back.schema) == PARTITIONED_TABLES["raw_records"]
@@ -254,7 +255,7 @@ def test_write_global_and_read_table(lake: Lake) -> None:
         "clustered_at": [dt.datetime(2024, 5, 1, tzinfo=UTC)] * 2,
     })
     path = lake.write_global("recluster_assignments", df)
-    assert path == lake.root / "recluster_assignments" / "part.parquet"
+    assert path.parent == lake.root / "recluster_assignments" and path.is_file()
     back = lake.read_table("recluster_assignments")
     assert dict(back.schema) == GLOBAL_TABLES["recluster_assignments"]
     assert back["cluster_id"].to_list() == [0, 1]
@@ -279,22 +280,17 @@ def test_every_table_reads_empty_and_typed_before_any_write(lake: Lake, table: s
     assert dict(empty_frame(table).schema) == ALL_TABLES[table]
 
 
-def test_ensure_initialized_writes_zero_row_schema_files(lake: Lake) -> None:
+def test_ensure_initialized_creates_empty_typed_delta_tables(lake: Lake) -> None:
     lake.ensure_initialized()
-    for table, schema in PARTITIONED_TABLES.items():
-        f = lake.root / table / SCHEMA_DIR / "part.parquet"
-        assert f.is_file(), f
-        df = pl.read_parquet(f)
+    for table, schema in ALL_TABLES.items():
+        assert (lake.root / table / "_delta_log").is_dir(), table
+        assert lake.version(table) == 0  # one commit: the schema, no data file
+        df = lake.read_table(table)
         assert df.height == 0 and dict(df.schema) == schema
-        assert lake.partitions(table) == []  # the _schema dir is no partition
-        assert lake.read_table(table).height == 0
-    for table, schema in GLOBAL_TABLES.items():
-        df = pl.read_parquet(lake.global_path(table))
-        assert df.height == 0 and dict(df.schema) == schema
-    # idempotent: a second call rewrites nothing
-    before = {p: p.stat().st_mtime_ns for p in lake.root.rglob("part.parquet")}
-    lake.ensure_initialized()
-    assert {p: p.stat().st_mtime_ns for p in lake.root.rglob("part.parquet")} == before
+        assert lake.partitions(table) == []
+    # idempotent, also from another Lake object (another process): nothing is committed again
+    Lake(lake.root).ensure_initialized()
+    assert {lake.version(t) for t in ALL_TABLES} == {0}
     assert temp_files(lake.root) == []
 
 
@@ -358,10 +354,11 @@ def test_view_sql_escapes_quotes_in_paths(tmp_path: Path) -> None:
 def test_partitions_ignore_schema_dir_and_incomplete_dirs(lake: Lake) -> None:
     lake.write_partition("raw_text", "b2", raw_text_df("b2", 1, 1))
     lake.write_partition("raw_text", "b1", raw_text_df("b1", 1, 1))
-    (lake.table_dir("raw_text") / "batch_id=incomplete").mkdir()  # no part.parquet yet
-    (lake.table_dir("raw_text") / "stray").mkdir()
-    assert (lake.table_dir("raw_text") / SCHEMA_DIR / "part.parquet").is_file()
-    assert lake.partitions("raw_text") == ["b1", "b2"]
+    (lake.table_dir("raw_text") / "batch_id=incomplete").mkdir()  # no file in the Delta log
+    (lake.table_dir("raw_text") / "batch_id=stray").mkdir()
+    atomic_write_parquet(raw_text_df("stray", 1, 1), lake.table_dir("raw_text") / "batch_id=stray" / "part.parquet")
+    assert lake.partitions("raw_text") == ["b1", "b2"]  # a file no commit added is not part of the table
+    assert lake.read_table("raw_text").height == 2
     assert lake.partitions("never_written") == []
 
 
@@ -370,7 +367,7 @@ def test_delete_partition(lake: Lake) -> None:
     lake.write_partition("raw_text", "b2", raw_text_df("b2", 1, 2))
     lake.delete_partition("raw_text", "b1")
     assert not lake.has_partition("raw_text", "b1")
-    assert not (lake.table_dir("raw_text") / "batch_id=b1").exists()
+    assert not lake.partition_path("raw_text", "b1").exists()
     assert lake.partitions("raw_text") == ["b2"]
     assert lake.read_partition("raw_text", "b1").height == 0
     assert lake.read_table("raw_text").height == 2
@@ -382,15 +379,17 @@ def test_delete_partition(lake: Lake) -> None:
     con.close()
 
 
-def test_model_tables_are_unowned_dirs_with_a_global_file(lake: Lake) -> None:
+def test_model_tables_are_global_tables_no_asset_owns(lake: Lake) -> None:
     assert lake.model_tables() == []  # root does not even exist yet
     lake.ensure_initialized()
     lake.write_stage_rejections("media", "b1", rejections_df("b1", 1))
     assert lake.model_tables() == []  # _rejections and owned tables are not models
-    atomic_write_parquet(pl.DataFrame({"x": [1]}), lake.root / "mart_b" / "part.parquet")
-    atomic_write_parquet(pl.DataFrame({"x": [1]}), lake.root / "mart_a" / "part.parquet")
+    lake.write_global("mart_b", pl.DataFrame({"x": [1]}))
+    lake.write_global("mart_a", pl.DataFrame({"x": [1]}))
     (lake.root / "mart_empty_dir").mkdir()
     assert lake.model_tables() == ["mart_a", "mart_b"]
+    lake.write_global("mart_a", pl.DataFrame({"y": ["other schema"]}))  # a model's columns may change
+    assert lake.read_table("mart_a").to_dict(as_series=False) == {"y": ["other schema"]}
 
 
 # -- stage rejections ------------------------------------------------------------------------------------
@@ -435,7 +434,8 @@ def test_atomic_writes_leave_no_temp_files(lake: Lake) -> None:
         lake.write_global("cluster_metrics", pl.DataFrame(schema=GLOBAL_TABLES["cluster_metrics"]))
         lake.write_stage_rejections("parse", "b1", rejections_df("b1", 1))
     assert temp_files(lake.root) == []
-    assert sorted(p.name for p in (lake.table_dir("raw_text") / "batch_id=b1").iterdir()) == ["part.parquet"]
+    assert len(lake._files_of("raw_text", "b1")) == 1  # each overwrite replaced the partition's one file
+    assert lake.read_table("raw_text").height == 3
 
 
 def test_failed_write_keeps_previous_version_and_no_temp_file(tmp_path: Path) -> None:
@@ -498,32 +498,28 @@ def overwrite_while(lake: Lake, read_once: object, versions: int) -> tuple[int, 
     return reads, seen
 
 
-def test_atomic_overwrite_a_reader_opening_the_file_once_always_gets_one_complete_version(lake: Lake) -> None:
-    """The writer side of the guarantee: at every instant ``part.parquet`` is one complete version."""
-    path = lake.partition_path("raw_text", "b1")
+def test_a_reader_pinned_to_a_version_keeps_reading_it_while_writes_land(lake: Lake) -> None:
+    """Snapshot isolation: data files are immutable, so a version once resolved reads the same forever
+    (until vacuum, after its retention period)."""
+    lake.write_partition("raw_text", "b1", raw_text_df("b1", 0, ROWS_OF_VERSION[0]))
+    pinned = lake.version("raw_text")
+    assert pinned is not None
 
-    def read_once() -> int:
-        with open(path, "rb") as fh:  # one open: pins one inode for the whole read
-            return check_version(pl.read_parquet(fh))
+    def read_pinned() -> int:
+        return check_version(lake.read_table("raw_text", version=pinned))
 
-    reads, seen = overwrite_while(lake, read_once, versions=80)
-    assert reads >= 5 and len(seen) >= 2
-    assert check_version(lake.read_partition("raw_text", "b1")) == 79
+    reads, seen = overwrite_while(lake, read_pinned, versions=40)
+    assert reads >= 5 and seen == {0}
+    assert check_version(lake.read_partition("raw_text", "b1")) == 39
 
 
 def test_read_partition_never_mixes_versions_during_overwrite(lake: Lake) -> None:
     def read_once() -> int:
         return check_version(lake.read_partition("raw_text", "b1"))
 
-    overwrite_while(lake, read_once, versions=400)
+    overwrite_while(lake, read_once, versions=150)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN LIMITATION, open (see docs/operations.md): in-place os.replace of part.parquet under glob views: DuckDB's "
-    "read_parquet reopens the path between reading the footer and the pages, so a query racing an "
-    "overwrite returns the row count of one version with the data of the next (silently wrong), or fails.",
-)
 def test_duckdb_view_never_mixes_versions_during_overwrite(lake: Lake) -> None:
     con = duckdb.connect()
     register_views(con, lake)
@@ -537,7 +533,7 @@ def test_duckdb_view_never_mixes_versions_during_overwrite(lake: Lake) -> None:
         return lo
 
     try:
-        overwrite_while(lake, read_once, versions=400)
+        overwrite_while(lake, read_once, versions=150)
     finally:
         con.close()
 
@@ -555,25 +551,28 @@ def test_refresh_warehouse_only_writes_when_views_change(lake: Lake, tmp_path: P
     lake.write_partition("raw_text", "b1", raw_text_df("b1", 1, 4))
     assert refresh_warehouse(lake, db) is False
     con = duckdb.connect(str(db), read_only=True)
+    load_delta_extension(con)  # what a plain duckdb session does first (docs/operations.md)
     try:
         assert view_names(con) == {name for name, _ in view_statements(lake)}
         assert con.execute("SELECT count(*) FROM raw_text_history").fetchone() == (4,)
     finally:
         con.close()
     # a SQL model's table appears: a new view is needed
-    atomic_write_parquet(pl.DataFrame({"k": ["a", "b"], "n": [1, 2]}), lake.root / "mart_x" / "part.parquet")
+    lake.write_global("mart_x", pl.DataFrame({"k": ["a", "b"], "n": [1, 2]}))
     assert refresh_warehouse(lake, db) is True
     assert refresh_warehouse(lake, db) is False
     con = duckdb.connect(str(db), read_only=True)
+    load_delta_extension(con)  # what a plain duckdb session does first (docs/operations.md)
     try:
         assert "mart_x" in view_names(con)
         assert con.execute("SELECT sum(n) FROM mart_x").fetchone() == (3,)
     finally:
         con.close()
     # the model table goes away: its stale view is dropped
-    (lake.root / "mart_x" / "part.parquet").unlink()
+    (lake.root / MODEL_TABLES_DIR / "mart_x").unlink()
     assert refresh_warehouse(lake, db) is True
     con = duckdb.connect(str(db), read_only=True)
+    load_delta_extension(con)  # what a plain duckdb session does first (docs/operations.md)
     try:
         assert "mart_x" not in view_names(con)
     finally:
@@ -650,7 +649,7 @@ def test_warehouse_held_read_write_by_another_process(lake: Lake, tmp_path: Path
             con.close()
 
         # a new SQL-model table needs a view: the file cannot be written
-        atomic_write_parquet(pl.DataFrame({"n": [1, 2, 3, 4]}), lake.root / "mart_y" / "part.parquet")
+        lake.write_global("mart_y", pl.DataFrame({"n": [1, 2, 3, 4]}))
         t0 = time.monotonic()
         with pytest.raises(WarehouseBusy, match="locked by another process"):
             refresh_warehouse(lake, db, timeout_s=1)
@@ -669,6 +668,7 @@ def test_warehouse_held_read_write_by_another_process(lake: Lake, tmp_path: Path
     # once the user is gone, the pending view is written
     assert refresh_warehouse(lake, db, timeout_s=5) is True
     con = duckdb.connect(str(db), read_only=True)
+    load_delta_extension(con)  # what a plain duckdb session does first (docs/operations.md)
     try:
         assert con.execute("SELECT count(*) FROM mart_y").fetchone() == (4,)
     finally:

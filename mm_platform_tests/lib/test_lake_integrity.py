@@ -1,5 +1,9 @@
-"""The lake is verified, not trusted (size/mtime/SHA-256 records, quarantine of damaged files), and a full
-disk or read-only data dir fails cleanly: a clear ``LakeWriteError``, no temp file left, old data intact."""
+"""The lake is verified, not trusted (size/mtime/SHA-256 records of each Delta data file, quarantine of
+damaged files), and a full disk or read-only data dir fails cleanly: a clear ``LakeWriteError``, nothing
+committed, old data intact.
+
+With Delta Lake some old checks are moot and are asserted as such: a stray file in a table directory is no
+part of any version; the platform's own writes never rename over a file (each commit adds new files)."""
 
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ def lake(tmp_path: Path) -> Lake:
     lk = Lake(tmp_path / "lake")
     lk.write_partition("aligned_records", "b1", frame(["a", "b", "c"]))
     lk.write_partition("aligned_records", "b2", frame(["d"], "b2"))
-    lk.write_global("cluster_summary", lake_mod.empty_frame("cluster_summary"))
+    lk.write_global("cluster_summary", pl.DataFrame({c: [None] for c in lake_mod.ALL_TABLES["cluster_summary"]}))
     return lk
 
 
@@ -53,9 +57,10 @@ def test_copy_over_a_partition_is_detected_quarantined_and_reported(lake: Lake, 
         assert repair_lake(lake, {"b1", "b2"}) == {"b1"}
     assert "will be re-ingested" in caplog.text and str(part) in caplog.text
     assert not part.exists()
-    kept = list((lake.root / lake_mod.QUARANTINE_DIR / "aligned_records" / "batch_id=b1").iterdir())
+    kept = list((lake.root / lake_mod.QUARANTINE_DIR / part.parent.relative_to(lake.root)).iterdir())
     assert len(kept) == 1  # the damaged bytes are kept for inspection
-    # still damaged (missing) until the batch is rewritten; then clean
+    # out of the current version at once (one commit), and still reported missing until rewritten
+    assert lake.partitions("aligned_records") == ["b2"]
     assert [d.problem for d in lake.verify(settle_s=0)] == ["missing"]
     lake.write_partition("aligned_records", "b1", frame(["a", "b", "c"]))
     assert lake.verify() == []
@@ -85,6 +90,7 @@ def test_damaged_global_table_marks_the_global_layer_stale(lake: Lake, caplog):
     assert "global layer marked stale" in caplog.text
     assert not (lake.root / GLOBAL_STAMP).exists()
     assert lake.read_table("cluster_summary").height == 0  # an empty, valid table until the refresh
+    assert lake.read_table("cluster_summary").columns[:2] == ["cluster_id", "name"]
     assert lake.verify(settle_s=0) == []
 
 
@@ -103,51 +109,59 @@ def test_full_or_read_only_disk_fails_cleanly(lake: Lake, monkeypatch, err: int,
     part = lake.partition_path("aligned_records", "b1")
     before = part.read_bytes()
 
-    def half_write(df: pl.DataFrame, path: Path) -> None:
-        path.write_bytes(b"PAR1 half")  # some bytes reached the temp file, then the disk filled up
+    def half_write(uri, data, opts, predicate, partition_by, schema_mode) -> None:
+        stray = part.parent / "part-00000-half.parquet"
+        stray.write_bytes(b"PAR1 half")  # a data file got some bytes, then the disk filled up: no commit
         raise OSError(err, os.strerror(err))
 
-    monkeypatch.setattr(lake_mod, "_write_parquet_file", half_write)
+    monkeypatch.setattr(lake_mod, "_commit_delta", half_write)
     with pytest.raises(LakeWriteError) as exc:
         lake.write_partition("aligned_records", "b1", frame(["z"]))
-    assert str(exc.value).startswith(f"{words}") and str(part) in str(exc.value)
+    assert str(exc.value).startswith(f"{words}") and str(part.parent) in str(exc.value)
     assert exc.value.errno == err and isinstance(exc.value, OSError)
-    assert part.read_bytes() == before and tmp_files(lake.root) == []
+    assert part.read_bytes() == before and lake.partition_path("aligned_records", "b1") == part
     assert lake.verify(settle_s=0) == []
     monkeypatch.undo()
     lake.write_partition("aligned_records", "b1", frame(["z"]))  # space is back: the write completes
     assert lake.read_partition("aligned_records", "b1")["record_id"].to_list() == ["z"]
 
 
-def test_failing_rename_and_failing_record_leave_no_temp_files(lake: Lake, monkeypatch):
+def test_deltalake_errors_naming_a_full_disk_are_lake_write_errors(lake: Lake, monkeypatch):
+    """deltalake reports I/O failures as its own exceptions whose text carries the OS message."""
+    def rust_error(*args) -> None:
+        raise RuntimeError("Generic LocalFileSystem error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(lake_mod, "_commit_delta", rust_error)
+    with pytest.raises(LakeWriteError, match="disk full writing") as exc:
+        lake.write_partition("aligned_records", "b3", frame(["q"], "b3"))
+    assert exc.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert not lake.has_partition("aligned_records", "b3")
+
+
+def test_a_failing_file_record_after_the_commit_is_reported_and_then_accepted(lake: Lake, monkeypatch):
+    """The commit is the write; the record comes after it. If the record cannot be written the run fails
+    (LakeWriteError), and the next verify records the committed file on sight, as the log sized it."""
     real_replace = os.replace
 
-    def no_rename(src, dst):
-        raise OSError(errno.EROFS, "Read-only file system")
-
-    monkeypatch.setattr(lake_mod.os, "replace", no_rename)
-    with pytest.raises(LakeWriteError, match="read-only file system writing"):
-        lake.write_partition("aligned_records", "b3", frame(["q"], "b3"))
-    monkeypatch.setattr(lake_mod.os, "replace", real_replace)
-    assert tmp_files(lake.root) == [] and not lake.has_partition("aligned_records", "b3")
-
     def fail_json(path, *a, **k):
-        if path.suffix == ".json" or ".json." in path.name:
+        if ".json." in str(path):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_replace(path, *a, **k)
 
     monkeypatch.setattr(lake_mod.os, "replace", fail_json)
-    with pytest.raises(LakeWriteError, match="disk full writing .*batch_id=b3.json"):
+    with pytest.raises(LakeWriteError, match="disk full writing .*batch_id=b3/part-.*json"):
         lake.write_partition("aligned_records", "b3", frame(["q"], "b3"))
     monkeypatch.undo()
-    assert tmp_files(lake.root) == []
+    assert tmp_files(lake.root) == [] and lake.has_partition("aligned_records", "b3")
+    assert lake.verify(settle_s=0) == []
 
 
 def test_other_os_errors_are_not_disguised(lake: Lake, monkeypatch):
-    def boom(df, path):
+    def boom(*args):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(lake_mod, "_write_parquet_file", boom)
+    monkeypatch.setattr(lake_mod, "_commit_delta", boom)
     with pytest.raises(OSError) as exc:
         lake.write_partition("aligned_records", "b1", frame(["z"]))
     assert not isinstance(exc.value, LakeWriteError) and exc.value.errno == errno.EIO

@@ -56,7 +56,8 @@ def test_a_failed_refresh_leaves_the_layer_stale_but_owes_no_recluster(tmp_path)
 def test_a_damaged_recluster_table_owes_a_recluster(tmp_path):
     lake = Lake(tmp_path / "lake")
     _fused(lake, "b1")
-    lake.write_global("classifier_metrics", lake_mod.empty_frame("classifier_metrics"))
+    one_row = pl.DataFrame({c: [None] for c in lake_mod.empty_frame("classifier_metrics").columns})
+    lake.write_global("classifier_metrics", one_row)  # an empty Delta table has no data file to damage
     mark_global_fresh(lake, "recluster_job")
     lake.global_path("classifier_metrics").write_bytes(b"not parquet")
     assert repair_lake(lake) == set()

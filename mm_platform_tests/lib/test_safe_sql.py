@@ -10,6 +10,7 @@ import duckdb
 import polars as pl
 import pytest
 
+from mm_platform.lib.delta_store import load_delta_extension
 from mm_platform.lib.lake import (
     ALL_TABLES,
     Lake,
@@ -148,6 +149,10 @@ def test_unsafe_connection_reads_any_file(env):
 
 @pytest.mark.parametrize("name", ["it's a \"lake\" ; DROP --", "glob [1]*?{a,b}", "ünï cødé \u05e9"])
 def test_views_work_with_hostile_characters_in_the_lake_path(tmp_path: Path, name: str):
+    if "[" in name:  # deltalake 1.6.6 cannot open a table location holding brackets: a clear error up front
+        with pytest.raises(ValueError, match="holds '\\[' or '\\]'"):
+            Lake(tmp_path / name / "lake")
+        name = name.replace("[", "(").replace("]", ")")
     lake = Lake(tmp_path / name / "lake")
     lake.write_partition("aligned_records", "b1", rows("aligned_records", record_id="r1", batch_id="b1"))
     lake.write_global("cluster_summary", rows("cluster_summary", cluster_id=3))
@@ -162,6 +167,7 @@ def test_views_work_with_hostile_characters_in_the_lake_path(tmp_path: Path, nam
     # the warehouse file's views too
     assert refresh_warehouse(lake, lake.root.parent / "w'h.duckdb")
     ro = duckdb.connect(str(lake.root.parent / "w'h.duckdb"), read_only=True)
+    load_delta_extension(ro)
     try:
         assert ro.execute("SELECT count(*) FROM aligned_records").fetchone() == (0,)  # no raw_records: not current
         assert ro.execute("SELECT count(*) FROM aligned_records_history").fetchone() == (1,)

@@ -528,11 +528,13 @@ def test_run_all_on_an_empty_lake(real_models: dict[str, SqlModel], tmp_path: Pa
 
 
 def test_run_all_reads_legacy_partitions(real_models: dict[str, SqlModel], tmp_path: Path) -> None:
-    """A raw_records partition written before landed_at existed still reads (union_by_name, NULL landed_at)."""
+    """A raw_records partition written (in the Parquet layout) before landed_at existed is migrated to the
+    Delta lake on first start and still reads (NULL landed_at)."""
     lake = Lake(tmp_path / "lake")
-    lake.ensure_initialized()
     legacy = _frame("raw_records", [("b0", 1, "r1", "upsert", T, "cat", True, None, None, None, "m0", T)])
-    atomic_write_parquet(legacy, lake.partition_path("raw_records", "b0"))
+    atomic_write_parquet(legacy, lake.root / "raw_records" / "batch_id=b0" / "part.parquet")
+    lake.ensure_initialized()
+    assert lake.read_table("raw_records")["landed_at"].to_list() == [None]
     _write_lake(lake, "aligned_records", [("r1", "b0", 1, T, "cat", True, False, False, False, "h", None)])
     con = duckdb.connect()
     register_views(con, lake)

@@ -3,7 +3,7 @@
 
 As dagster-dbt does for dbt projects, all models are one subsettable multi-asset: one asset per model in
 the graph and the UI, one step per run (models run in dependency order in a single in-memory DuckDB that
-sees the lake's views), each writing ``<lake>/<model>/part.parquet`` atomically and getting a view of its
+sees the lake's views), each written as a Delta table ``<lake>/<model>`` in one commit and getting a view of its
 own in the warehouse file.
 """
 
@@ -16,9 +16,9 @@ import duckdb
 from mm_platform.defs.automation import GLOBAL_AUTOMATION
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.resources import WarehouseResource
-from mm_platform.lib.lake import VIEW_SOURCES, Lake, read_parquet
-from mm_platform.lib.sql_models import SqlModel, discover_models, register_view, run_model, topo_order
+from mm_platform.lib.lake import VIEW_SOURCES, Lake, register_table_view
 from mm_platform.lib.settings import setting
+from mm_platform.lib.sql_models import SqlModel, discover_models, select_body, topo_order
 from mm_platform.lib.sqlquote import sql_identifier
 
 #: The SQL project: ``$MM_SQL_DIR``, else ``dbt_like_sql/`` beside the package.
@@ -51,7 +51,7 @@ def ensure_upstream_views(con: duckdb.DuckDBPyConnection, model: SqlModel, model
     """Upstream models that were never materialized are defined as plain views, so a model can always run."""
     for dep in sorted(model.deps):
         upstream = models.get(dep)
-        if upstream is None or lake.global_path(dep).exists():
+        if upstream is None or dep in lake.model_tables():
             continue
         ensure_upstream_views(con, upstream, models, lake)
         con.execute(f'CREATE OR REPLACE VIEW {sql_identifier(dep)} AS {upstream.sql.strip().rstrip(";")}')
@@ -75,10 +75,11 @@ def build_sql_models_asset(models: dict[str, SqlModel]) -> dg.AssetsDefinition:
                     continue
                 model = models[name]
                 ensure_upstream_views(con, model, models, lake)
-                path = lake.global_path(name)
-                rows = run_model(con, model, path)
-                register_view(con, name, path)
-                head = read_parquet(path).head(5)
+                # one Delta commit: readers see the previous result or this one, whole
+                df = con.execute(select_body(model.sql)).pl()
+                lake.write_global(name, df)
+                register_table_view(con, lake, name)
+                rows, head = df.height, df.head(5)
                 yield dg.MaterializeResult(asset_key=name, metadata={"dagster/row_count": rows,
                                                                      "preview": preview(head)})
         warehouse.refresh_views(context.log)

@@ -1,0 +1,150 @@
+"""Delta Lake plumbing for the lake: where a table lives (local path or ``s3://``), atomic writes with retry,
+snapshots at a version or a time, housekeeping, and the DuckDB ``delta`` extension.
+
+Every lake table is one Delta table (``deltalake``): each write is one commit to ``_delta_log/``, data files
+are immutable and uniquely named, so a reader that resolved a snapshot reads exactly that version however
+many writes land meanwhile. Files a newer version no longer references are removed only by ``vacuum`` after
+a retention period, never by a write.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import os
+import time
+from collections.abc import Mapping
+
+import duckdb
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
+
+#: Commits retried when another writer won the race for the same version (disjoint partitions).
+COMMIT_RETRIES = 8
+
+
+def is_remote(uri: str) -> bool:
+    """True for an object-store URI (``s3://…``); local paths (and ``file://``) are not remote."""
+    return "://" in uri and not uri.startswith("file://")
+
+
+def storage_options(uri: str, env: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """``deltalake`` storage options for ``uri``: for ``s3://`` the usual ``AWS_*`` variables plus
+    ``MM_S3_ENDPOINT`` (any S3-compatible store); ``None`` for local paths."""
+    if not uri.startswith(("s3://", "s3a://")):
+        return None
+    env = os.environ if env is None else env
+    opts = {k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+            if env.get(k, "").strip()}
+    region = env.get("AWS_REGION", "").strip() or env.get("AWS_DEFAULT_REGION", "").strip() or "us-east-1"
+    opts["AWS_REGION"] = region
+    endpoint = env.get("MM_S3_ENDPOINT", "").strip() or env.get("AWS_ENDPOINT_URL", "").strip()
+    if endpoint:
+        opts["AWS_ENDPOINT_URL"] = endpoint
+        if endpoint.startswith("http://"):
+            opts["AWS_ALLOW_HTTP"] = "true"
+    # one ingest per data dir (the ingest lock) and per-partition commits: plain S3 renames are safe enough
+    # here without a DynamoDB lock; set AWS_S3_LOCKING_PROVIDER (and its table) to share a lake between hosts
+    if not env.get("AWS_S3_LOCKING_PROVIDER", "").strip():
+        opts["AWS_S3_ALLOW_UNSAFE_RENAME"] = "true"
+    else:
+        opts["AWS_S3_LOCKING_PROVIDER"] = env["AWS_S3_LOCKING_PROVIDER"]
+    return opts
+
+
+def open_table(uri: str, opts: dict[str, str] | None, version: int | None = None) -> DeltaTable | None:
+    """The Delta table at ``uri`` (at ``version``), or None when there is none."""
+    try:
+        return DeltaTable(uri, version=version, storage_options=opts)
+    except TableNotFoundError:
+        return None
+
+
+def write_arrow(uri: str, data: pa.Table, opts: dict[str, str] | None, *, predicate: str | None = None,
+                partition_by: list[str] | None = None, schema_mode: str = "merge") -> None:
+    """One atomic commit replacing the rows that match ``predicate`` (all rows when None) with ``data``.
+
+    A commit that lost a race to another writer (a different partition of the same table) is retried.
+    """
+    for attempt in range(COMMIT_RETRIES):
+        try:
+            write_deltalake(uri, data, mode="overwrite", predicate=predicate, partition_by=partition_by,
+                            schema_mode=schema_mode, storage_options=opts)
+            return
+        except CommitFailedError:
+            if attempt == COMMIT_RETRIES - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
+def delete_where(uri: str, opts: dict[str, str] | None, predicate: str) -> None:
+    """One commit removing the rows matching ``predicate`` (a partition predicate: metadata only, the
+    files are not even read, so a damaged file can be dropped)."""
+    for attempt in range(COMMIT_RETRIES):
+        table = open_table(uri, opts)
+        if table is None:
+            return
+        try:
+            table.delete(predicate)
+            return
+        except CommitFailedError:
+            if attempt == COMMIT_RETRIES - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
+def add_actions(table: DeltaTable) -> list[dict]:
+    """The snapshot's data files: ``path`` (relative to the table), ``size_bytes``, partition values."""
+    return pa.table(table.get_add_actions(flatten=True)).to_pylist()
+
+
+def version_at(uri: str, opts: dict[str, str] | None, when: dt.datetime) -> int | None:
+    """The table's newest version committed at or before ``when``; None when the table did not exist yet."""
+    table = open_table(uri, opts)
+    if table is None:
+        return None
+    stamp_ms = when.timestamp() * 1000
+    best = None
+    for h in table.history():
+        if h.get("timestamp", 0) <= stamp_ms and (best is None or h["version"] > best):
+            best = h["version"]
+    return best
+
+
+def compact_and_vacuum(uri: str, opts: dict[str, str] | None, retention_hours: float) -> dict[str, int]:
+    """Merge small files (one commit; readers keep their snapshot) and delete files no version younger than
+    ``retention_hours`` references. Returns counts for the asset's metadata."""
+    table = open_table(uri, opts)
+    if table is None:
+        return {"files_added": 0, "files_removed": 0, "files_vacuumed": 0}
+    metrics = table.optimize.compact()
+    table = open_table(uri, opts)
+    assert table is not None
+    removed = table.vacuum(retention_hours=int(retention_hours), enforce_retention_duration=False, dry_run=False)
+    return {"files_added": int(metrics.get("numFilesAdded", 0)),
+            "files_removed": int(metrics.get("numFilesRemoved", 0)), "files_vacuumed": len(removed)}
+
+
+def delta_extension_path() -> str:
+    """The DuckDB ``delta`` extension shipped by the ``duckdb-extension-delta`` package (no download)."""
+    import duckdb_extension_delta
+
+    base = os.path.dirname(duckdb_extension_delta.__file__)
+    found = glob.glob(os.path.join(base, "extensions", f"v{duckdb.__version__}", "delta.duckdb_extension"))
+    if not found:
+        raise RuntimeError(f"no DuckDB delta extension for duckdb {duckdb.__version__} under {base}")
+    return found[0]
+
+
+def load_delta_extension(con: duckdb.DuckDBPyConnection) -> None:
+    """``LOAD`` the local delta extension on ``con`` (before any view over ``delta_scan`` is created or run)."""
+    con.execute(f"LOAD '{delta_extension_path()}'")
+
+
+def install_delta_extension(con: duckdb.DuckDBPyConnection) -> None:
+    """``INSTALL`` the shipped extension file into DuckDB's extension directory (offline: a file copy), so
+    a plain ``duckdb`` session on the warehouse file autoloads it when a view calls ``delta_scan``."""
+    installed = con.execute("SELECT installed FROM duckdb_extensions() WHERE extension_name = 'delta'").fetchone()
+    if not (installed and installed[0]):
+        con.execute(f"INSTALL '{delta_extension_path()}'")
