@@ -108,13 +108,21 @@ def quality_rows(metrics: list[dict]) -> tuple[list[dict], dict | None]:
     default = by_space.get("fused")
     spec = (default or {}).get("fusion_strategy") or ""
     chosen = re.split(r"[@:]", spec)[0]  # "early:text=1,..." / "shared_mean@v3" -> the strategy name
+    # the re-cluster's evidence-chosen candidate is named at the end: "early:text=1.25,... (early_evidence)"
+    picked = re.search(r"\(([\w+]+)\)\s*$", spec)
+    candidate_space = None
+    if picked:
+        name = picked.group(1)
+        candidate_space = {"early_uniform": "fused:early"}.get(name) or (
+            name.removeprefix("single_") if name.startswith("single_") else f"fused:{name}")
     rows = []
     for space in [*SINGLE, *sorted(s for s in by_space if s.startswith("fused:"))]:
         if space not in by_space:
             continue
         r = by_space[space]
         strategy = space.partition(":")[2]
-        rows.append({"space": space, "default": "*" if strategy and strategy == chosen else "",
+        mark = space == candidate_space if candidate_space else bool(strategy and strategy == chosen)
+        rows.append({"space": space, "default": "*" if mark else "",
                      "records": r["n_records"], "k": r["k"], "nmi": r["nmi"], "ari": r["ari"],
                      "silhouette": r["silhouette"]})
     if default is not None and not any(r["default"] for r in rows):

@@ -38,3 +38,12 @@ def test_the_margin_goal_needs_two_modalities_with_signal_and_missing_timing_fai
     goals = goals_for(*quality_rows(metrics), None)
     assert [passed for _, passed in goals] == [True, True, False]
     assert "does not apply" in goals[1][0] and "no weighting seconds" in goals[2][0]
+
+
+def test_the_evidence_chosen_candidate_is_the_marked_row() -> None:
+    metrics = [_metric("fused", 0.62, "early:text=1.25,image=1.6,audio=0,tabular=0.15 (early_evidence)"),
+               _metric("fused:early", 0.27, "early"), _metric("fused:early_evidence", 0.62, "early_evidence"),
+               _metric("text", 0.52)]
+    assert [r["space"] for r in quality_rows(metrics)[0] if r["default"]] == ["fused:early_evidence"]
+    metrics[0] = _metric("fused", 0.52, "early:text=1 (single_text)")
+    assert [r["space"] for r in quality_rows(metrics)[0] if r["default"]] == ["text"]
