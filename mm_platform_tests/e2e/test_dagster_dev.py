@@ -53,7 +53,7 @@ def test_dagster_dev_loads_code_location(paths, tmp_path):
             assert name in assets
         assert assets["raw_records"]["isPartitioned"] and not assets["clusters"]["isPartitioned"]
         assert {"landing_sensor", "global_automation_sensor"} <= {s["name"] for s in repo["sensors"]}
-        assert {s["name"] for s in repo["schedules"]} == {"nightly_recluster"}
+        assert {s["name"] for s in repo["schedules"]} == {"nightly_recluster", "weekly_lake_housekeeping"}
         assert {"batch_ingest_job", "recluster_job", "refresh_job"} <= {j["name"] for j in repo["jobs"]}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
