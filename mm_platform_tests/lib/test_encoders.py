@@ -455,3 +455,23 @@ def test_numpy_minilm_equals_the_torch_encoder_without_importing_torch(minilm: M
             "v = NumpyMiniLM().encode(['tea']); print(json.dumps([v.shape[1], 'torch' in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == [384, False]
+
+
+def test_encode_per_file_reports_a_bad_file_and_encodes_the_rest(
+    effnet: EfficientNetImageEncoder, shapes: list[Path], tmp_path: Path
+) -> None:
+    """A file that fails at the embedding step (changed after validation, or gone) is reported with its
+    reason, and every other file still gets exactly the vector it gets on its own."""
+    from mm_platform.lib.encoders.per_file import encode_per_file
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG broken after validation")
+    items = [str(shapes[0]), str(broken), str(shapes[1]), str(tmp_path / "gone.png"), str(shapes[2])]
+    vectors, failures = encode_per_file(effnet.encode_paths, items, effnet.info.dim)
+    assert sorted(failures) == [1, 3]
+    assert failures[1][0] == "corrupt_image" and "broken.png" in failures[1][1]
+    assert failures[3][0] == "missing_file"
+    np.testing.assert_allclose(vectors[[0, 2, 4]], effnet.encode_paths([str(p) for p in shapes[:3]]), atol=1e-5)
+    assert not vectors[[1, 3]].any()
+    vectors, failures = encode_per_file(effnet.encode_paths, [str(broken)], effnet.info.dim)
+    assert vectors.shape == (1, effnet.info.dim) and list(failures) == [0]

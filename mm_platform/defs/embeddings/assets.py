@@ -15,6 +15,7 @@ from mm_platform.defs.metadata import preview
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import ComputeResource, EncodersResource, LandingResource, WarehouseResource
 from mm_platform.lib.encoders.base import ModelInfo
+from mm_platform.lib.encoders.per_file import encode_per_file
 from mm_platform.lib.sqlquote import sql_identifier
 from mm_platform.lib.tabular import TABULAR_DIM, TabularEncoderState, encode_tabular, load_state
 from mm_platform.lib.vectors import matrix_series
@@ -171,6 +172,22 @@ def embed_partition(
     return _result(df, info, check, encoders.encoders.profile)
 
 
+def local_embedder(
+    encode_paths: Callable[[list[str]], np.ndarray], dim: Callable[[], int], item_col: str = "uri",
+) -> tuple[Callable[[pl.DataFrame, list[int]], np.ndarray], dict[int, tuple[str, str]]]:
+    """(encode, failures) for media in this process: a file that fails to decode here (changed since
+    validation) is left out with its reason (filled into ``failures``), as the Ray stage does, instead of
+    failing the step."""
+    failures: dict[int, tuple[str, str]] = {}
+
+    def encode(src: pl.DataFrame, rows: list[int]) -> np.ndarray:
+        vectors, bad = encode_per_file(encode_paths, [src[item_col][i] for i in rows], dim())
+        failures.update({rows[k]: why for k, why in bad.items()})
+        return vectors
+
+    return encode, failures
+
+
 def ray_embedder(
     context: dg.AssetExecutionContext, compute: ComputeResource, encoders: EncodersResource, modality: str,
     item_col: str, max_audio_seconds: float | None = None,
@@ -241,11 +258,12 @@ def image_embeddings(
                                content_col="sha256", identity=lambda: encoder.info, encode=encode,
                                failures=failures)
     es = encoders.encoders
+    encode, failures = local_embedder(
+        lambda paths: es.image().encode_paths(paths, progress=_progress(context, "images encoded")),
+        lambda: es.model_info("image").dim)
     return embed_partition(
         context, warehouse, encoders, table="image_embeddings", source="raw_images", content_col="sha256",
-        identity=lambda: es.model_info("image"),
-        encode=lambda src, rows: es.image().encode_paths([src["uri"][i] for i in rows],
-                                                         progress=_progress(context, "images encoded")),
+        identity=lambda: es.model_info("image"), encode=encode, failures=failures,
     )
 
 
@@ -272,16 +290,16 @@ def audio_embeddings(
                                failures=failures)
     es = encoders.encoders
 
-    def encode(src: pl.DataFrame, rows: list[int]) -> np.ndarray:
+    def encode_paths(paths: list[str]) -> np.ndarray:
         encoder = es.audio()
         # the clips passed raw_audio's limit; the encoder must not refuse what ingest accepted
         encoder.max_audio_seconds = max(encoder.max_audio_seconds, float(landing.max_audio_seconds))
-        return encoder.encode_paths([src["uri"][i] for i in rows],
-                                    progress=_progress(context, "audio clips encoded"))
+        return encoder.encode_paths(paths, progress=_progress(context, "audio clips encoded"))
 
+    encode, failures = local_embedder(encode_paths, lambda: es.model_info("audio").dim)
     return embed_partition(
         context, warehouse, encoders, table="audio_embeddings", source="raw_audio", content_col="sha256",
-        identity=lambda: es.model_info("audio"), encode=encode,
+        identity=lambda: es.model_info("audio"), encode=encode, failures=failures,
     )
 
 
