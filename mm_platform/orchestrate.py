@@ -172,6 +172,10 @@ def pool_wait_s() -> float:
     return float(setting("MM_POOL_WAIT_S"))
 
 
+#: error classes that mean a step was stopped by SIGINT/SIGTERM, not by a fault of its own
+INTERRUPT_ERRORS = ("KeyboardInterrupt", "DagsterExecutionInterruptedError")
+
+
 class RunInterrupted(Exception):
     """SIGTERM/SIGINT (``by_signal``), or the pool-wait deadline, stopped a run executing in process."""
 
@@ -206,6 +210,20 @@ class _Watchdog(threading.Thread):
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.main_thread().ident),
                                                    ctypes.py_object(KeyboardInterrupt))
 
+    def _step_was_interrupted(self) -> bool:
+        """Whether Dagster turned the signal into a step error itself (it does when the signal lands inside a
+        step): the job's retry policy would then re-run the step and the run would finish as if never
+        signalled, so the interrupt is raised here instead."""
+        events = self.instance.all_logs(
+            self.run_id, of_type={dg.DagsterEventType.STEP_UP_FOR_RETRY, dg.DagsterEventType.STEP_FAILURE})
+        for record in events:
+            err = getattr(record.dagster_event.event_specific_data, "error", None)
+            while err is not None:
+                if err.cls_name in INTERRUPT_ERRORS:
+                    return True
+                err = err.cause
+        return False
+
     def _waiting_on(self) -> tuple[str, set[str]] | None:
         storage = self.instance.event_log_storage
         for key in storage.get_concurrency_keys():
@@ -227,6 +245,8 @@ class _Watchdog(threading.Thread):
                 continue
             next_pool_check = now + 1.0
             try:
+                if self._step_was_interrupted():
+                    return self._fire("interrupted (SIGINT/SIGTERM)")
                 waiting = self._waiting_on()
             except Exception:  # noqa: BLE001 - storage busy: try again next tick
                 continue
@@ -322,7 +342,7 @@ def _was_interrupted(result: dg.ExecuteInProcessResult) -> bool:
             data = event.event_specific_data
             err = getattr(data, "error", None)
             while err is not None:
-                if err.cls_name in ("KeyboardInterrupt", "DagsterExecutionInterruptedError"):
+                if err.cls_name in INTERRUPT_ERRORS:
                     return True
                 err = err.cause
     return False
