@@ -52,6 +52,7 @@ from mm_platform.lib.lake_tables import (  # noqa: F401  (re-exported: the lake'
     empty_frame,
     read_parquet,
 )
+from mm_platform.lib.settings import setting
 from mm_platform.lib.sqlquote import sql_identifier, sql_literal
 
 
@@ -175,8 +176,7 @@ def glob_escape(path: str) -> str:
 
 def lake_uri_from_env(root: Path, env: Mapping[str, str] | None = None) -> str:
     """Where lake tables live: ``MM_LAKE_URI`` when it is an object-store URI, else the local ``root``."""
-    env = os.environ if env is None else env
-    uri = env.get("MM_LAKE_URI", "").strip()
+    uri = setting("MM_LAKE_URI", env)
     return uri.rstrip("/") if uri and delta_store.is_remote(uri) else str(root)
 
 
