@@ -46,9 +46,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lake", help="an existing lake dir (skips the demo ingest)")
     args = ap.parse_args()
-    from mm_platform.lib.alignment import AlignmentConfig, fit_shared_space, train_alignment
-    from mm_platform.lib.corpus import load_corpus
-    from mm_platform.lib.lake import Lake
+    from mm_platform.lib.vectors.shared_space import AlignmentConfig, fit_shared_space, train_alignment
+    from mm_platform.lib.vectors.corpus import load_corpus
+    from mm_platform.lib.storage.lake import Lake
 
     corpus = load_corpus(Lake(args.lake or ingest_demo(args.records, args.seed)))
     new = AlignmentConfig(shared_dim=128, epochs=60, seed=0, anchors=corpus.native_shared())

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import normalized_mutual_info_score
 
-from mm_platform.lib.cluster_stability import fit_projection
-from mm_platform.lib.clustering import is_missing_label, kmeans_auto
-from mm_platform.lib.corpus import load_corpus
-from mm_platform.lib.fusion import early_fusion
-from mm_platform.lib.fusion_choice import candidate_weights
-from mm_platform.lib.lake import Lake
-from mm_platform.lib.modality_weights import evidence_weights, select_partition
+from mm_platform.lib.analysis.clustering.stability import fit_projection
+from mm_platform.lib.analysis.clustering import is_missing_label, kmeans_auto
+from mm_platform.lib.vectors.corpus import load_corpus
+from mm_platform.lib.vectors.fusion import early_fusion
+from mm_platform.lib.analysis.fusion_choice import candidate_weights
+from mm_platform.lib.storage.lake import Lake
+from mm_platform.lib.analysis.modality_weights import evidence_weights, select_partition
 
 SIGNAL_NMI = 0.10
 

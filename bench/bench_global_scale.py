@@ -6,7 +6,7 @@ dimension, chunk by chunk: peak memory and time per step.
 For each size, a child process writes N synthetic unit vectors (24 clustered centres plus noise, float32) as
 ``fused_vectors`` partitions of ``--partition-rows`` rows (List(Float32) Parquet, as the lake stores them);
 then a fresh child process runs the global layer over them, reading one partition at a time with the
-zero-copy reader (``lib/vectors.py``):
+zero-copy reader (``lib/arrays.py``):
 
 1. ``sample``: a seeded 20k-row sample (one pass);
 2. ``clusters``: PCA-16 fitted on the sample (``cluster_stability.fit_projection``), every row reduced chunk
@@ -47,7 +47,7 @@ def generate(root: Path, n: int, dim: int, part_rows: int, seed: int = 0) -> Non
     import numpy as np
     import polars as pl
 
-    from mm_platform.lib.vectors import matrix_series
+    from mm_platform.lib.arrays import matrix_series
 
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((24, dim)).astype(np.float32)
@@ -66,13 +66,13 @@ def global_layer(root: Path, n: int, out: mp.Queue) -> None:
     import numpy as np
     import polars as pl
 
-    from mm_platform.lib.cluster_stability import fit_projection
-    from mm_platform.lib.clustering import kmeans_auto
+    from mm_platform.lib.analysis.clustering.stability import fit_projection
+    from mm_platform.lib.analysis.clustering import kmeans_auto
     from mm_platform.lib.device import apply_thread_policy
-    from mm_platform.lib.global_chunks import chunked_representatives, reduce_chunks, sample_rows
-    from mm_platform.lib.map_projection import fit_map_projection
-    from mm_platform.lib.qdrant_store import point_id
-    from mm_platform.lib.vectors import embedding_matrix
+    from mm_platform.lib.analysis.global_chunks import chunked_representatives, reduce_chunks, sample_rows
+    from mm_platform.lib.analysis.map_projection import fit_map_projection
+    from mm_platform.lib.storage.qdrant import point_id
+    from mm_platform.lib.arrays import embedding_matrix
 
     apply_thread_policy()
     files = sorted(root.glob("batch_id=*/part.parquet"))

@@ -20,9 +20,9 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from mm_platform.lib.lake import Lake, atomic_write_parquet, register_views
-from mm_platform.lib.lake_tables import ALL_TABLES, conform
-from mm_platform.lib.sqlquote import sql_literal
+from mm_platform.lib.storage.lake import Lake, atomic_write_parquet, register_views
+from mm_platform.lib.storage.tables import ALL_TABLES, conform
+from mm_platform.lib.storage.sqlquote import sql_literal
 
 TABLES = ("aligned_records", "raw_text", "text_embeddings")
 SCAN = "SELECT count(*), sum(line_number), count(DISTINCT record_id) FROM {aligned_records}"

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from mm_platform.lib import lake as lake_mod
-from mm_platform.lib.lake import PARTITIONED_TABLES, Lake
+from mm_platform.lib.storage import lake as lake_mod
+from mm_platform.lib.storage.lake import PARTITIONED_TABLES, Lake
 
 
 def frame(table: str, batch_id: str, rows: int, rng: np.random.Generator) -> pl.DataFrame:

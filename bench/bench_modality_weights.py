@@ -19,10 +19,10 @@ import time
 import numpy as np
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from mm_platform.lib.cluster_stability import fit_projection
-from mm_platform.lib.clustering import kmeans_auto
-from mm_platform.lib.fusion import early_fusion
-from mm_platform.lib.modality_weights import (
+from mm_platform.lib.analysis.clustering.stability import fit_projection
+from mm_platform.lib.analysis.clustering import kmeans_auto
+from mm_platform.lib.vectors.fusion import early_fusion
+from mm_platform.lib.analysis.modality_weights import (
     evidence_weights,
     select_partition,
     select_strategy,

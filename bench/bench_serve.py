@@ -155,7 +155,7 @@ def scale(n_points: int, qdrant: bool = True) -> None:
 
 
 def scale_qdrant(root: Path, vecs: np.ndarray, rng: np.random.Generator) -> None:
-    from mm_platform.lib.qdrant_store import PointData, QdrantStore
+    from mm_platform.lib.storage.qdrant import PointData, QdrantStore
 
     n_points = len(vecs)
     t0 = time.perf_counter()
@@ -179,7 +179,7 @@ def scale_qdrant(root: Path, vecs: np.ndarray, rng: np.random.Generator) -> None
 def scale_map(root: Path, n_points: int, rng: np.random.Generator) -> None:
     import polars as pl
 
-    from mm_platform.lib.lake import Lake
+    from mm_platform.lib.storage.lake import Lake
 
     # the map: a synthetic embedding_map served by a service over a lake holding only that table
     data = root / "data"

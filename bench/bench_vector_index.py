@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mm_platform.lib.qdrant_store import PointData, QdrantStore
+from mm_platform.lib.storage.qdrant import PointData, QdrantStore
 
 CHUNK = 5_000
 N_BATCHES = 10

@@ -75,7 +75,7 @@ def cmd_make_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from mm_platform.lib.ledger import nothing_to_do
+    from mm_platform.lib.landing.ledger import nothing_to_do
 
     paths = Paths.from_env()
     if not (args.batch or args.force or args.recluster) and nothing_to_do(paths):
@@ -166,7 +166,7 @@ def _search_cold(args: argparse.Namespace) -> int | None:
         return None
     from mm_platform.lib.encoders.base import EncoderUnavailable
     from mm_platform.lib.encoders.minilm_numpy import NumpyMiniLM, TextQueryEncoders
-    from mm_platform.lib.qdrant_store import QdrantBusy
+    from mm_platform.lib.storage.qdrant import QdrantBusy
     from mm_platform.lib.search import SearchError, search, stored_model
 
     try:
@@ -202,7 +202,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             state = None
             if args.fields is not None:  # only a fields query needs the ingest assets' module
                 from mm_platform.defs.ingest.assets import tabular_state_dir
-                from mm_platform.lib.tabular import load_state
+                from mm_platform.lib.features.tabular import load_state
 
                 state = load_state(tabular_state_dir(lake))
             with res.qdrant.store() as store:
@@ -220,7 +220,7 @@ def _sql_connection(lake: Any, paths: Paths, unsafe: bool, as_of: str | None) ->
     """The connection `sql` runs on: restricted unless ``unsafe``; every table pinned to ``as_of`` if given."""
     import duckdb
 
-    from mm_platform.lib.lake import connect_readonly, connect_restricted, register_views
+    from mm_platform.lib.storage.lake import connect_readonly, connect_restricted, register_views
 
     if as_of is None:
         return connect_readonly(lake, paths.duckdb_path) if unsafe else connect_restricted(lake, paths.duckdb_path)
@@ -234,7 +234,7 @@ def _sql_connection(lake: Any, paths: Paths, unsafe: bool, as_of: str | None) ->
 def cmd_sql(args: argparse.Namespace) -> int:
     import duckdb
 
-    from mm_platform.lib.lake import Lake, RestrictedSQLError, execute_restricted
+    from mm_platform.lib.storage.lake import Lake, RestrictedSQLError, execute_restricted
 
     paths = Paths.from_env()
     lake = Lake(paths.lake_dir)
@@ -267,7 +267,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 def _qdrant_store_from_env(paths: Paths):
     """The Qdrant store as `build_resources` configures it, without importing Dagster or the encoders."""
-    from mm_platform.lib.qdrant_store import QdrantStore
+    from mm_platform.lib.storage.qdrant import QdrantStore
 
     url = setting("QDRANT_URL")
     return QdrantStore(collection=setting("MM_QDRANT_COLLECTION"), path=None if url else paths.qdrant_path,
@@ -276,9 +276,9 @@ def _qdrant_store_from_env(paths: Paths):
 
 def status_report(paths: Paths, qdrant: Any = None) -> dict[str, Any]:
     """``qdrant``: a context manager factory yielding an open store (the service passes its own)."""
-    from mm_platform.lib.lake import Lake
-    from mm_platform.lib.ledger import encoder_request_key, ingested_hashes, pending_batches, table_counts
-    from mm_platform.lib.qdrant_store import QdrantBusy
+    from mm_platform.lib.storage.lake import Lake
+    from mm_platform.lib.landing.ledger import encoder_request_key, ingested_hashes, pending_batches, table_counts
+    from mm_platform.lib.storage.qdrant import QdrantBusy
 
     lake = Lake(paths.lake_dir)
     lake.ensure_initialized()
@@ -383,7 +383,7 @@ def cmd_compute(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from mm_platform.lib.lake import Lake, connect_readonly
+    from mm_platform.lib.storage.lake import Lake, connect_readonly
 
     paths = Paths.from_env()
     out = paths.landing_dir / f"demo-{args.seed}"
@@ -531,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from mm_platform.lib.lake import LakeWriteError
+    from mm_platform.lib.storage.lake import LakeWriteError
 
     try:
         return int(args.fn(args) or 0)

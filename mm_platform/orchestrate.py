@@ -21,8 +21,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from mm_platform.lib.lake import Lake
-from mm_platform.lib.ledger import (  # noqa: F401 - ingested_hashes, table_counts: re-exported
+from mm_platform.lib.storage.lake import Lake
+from mm_platform.lib.landing.ledger import (  # noqa: F401 - ingested_hashes, table_counts: re-exported
     global_layer_stale,
     ingested_hashes,
     mark_global_failed,
@@ -33,7 +33,7 @@ from mm_platform.lib.ledger import (  # noqa: F401 - ingested_hashes, table_coun
     table_counts,
 )
 from mm_platform.lib.locks import IngestLock, ProcessRef
-from mm_platform.lib.manifest import list_complete_batches
+from mm_platform.lib.landing.manifest import list_complete_batches
 from mm_platform.lib.settings import Paths, setting
 
 INSTANCE_TEMPLATE = Path(__file__).parent / "instance" / "dagster.yaml"

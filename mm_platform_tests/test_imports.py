@@ -2,6 +2,8 @@
 
 * No import cycle among ``mm_platform.lib.*`` modules, counting imports inside functions too (a lazy
   import that closes a circle is still a circle a reader has to untangle).
+* Stages in data-flow order: a module of ``mm_platform/lib/`` imports only modules of its own stage or of
+  an earlier one (:data:`STAGES`), so the folders read left to right like the pipeline.
 * Library code stays free of Dagster: nothing under ``mm_platform/lib/`` imports ``dagster`` (or a
   ``dagster_*`` package) or ``mm_platform.defs``.
 """
@@ -103,11 +105,11 @@ def test_cycle_finder_finds_a_circle_and_only_circles() -> None:
 
 def test_import_reader_sees_lazy_relative_and_from_imports() -> None:
     graph = _graph()
-    assert "mm_platform.lib.tabular.numbers" in graph["mm_platform.lib.tabular.spec"]  # from-import of a module
-    assert "mm_platform.lib.audio" in graph["mm_platform.lib.media"]  # lazy, inside inspect_audio
-    assert "mm_platform.lib.media_base" in graph["mm_platform.lib.audio"]
+    assert "mm_platform.lib.features.tabular.numbers" in graph["mm_platform.lib.features.tabular.spec"]  # from-import of a module
+    assert "mm_platform.lib.media.audio" in graph["mm_platform.lib.media.audio_header"]  # lazy, inside inspect_audio
+    assert "mm_platform.lib.media.errors" in graph["mm_platform.lib.media.audio"]
     # an `if TYPE_CHECKING:` import is for annotations only and never runs
-    assert "mm_platform.lib.lake" not in graph["mm_platform.lib.lake_migrate"]
+    assert "mm_platform.lib.storage.lake" not in graph["mm_platform.lib.storage.migrate"]
 
 
 def test_no_import_cycle_among_lib_modules() -> None:
@@ -125,4 +127,43 @@ def test_lib_imports_neither_dagster_nor_defs() -> None:
                 top = t.split(".")[0]
                 if top == "dagster" or top.startswith("dagster_") or t.startswith("mm_platform.defs"):
                     bad.append(f"{m} imports {t}")
+    assert bad == []
+
+
+#: ``mm_platform/lib/`` stages in data-flow order. The foundation (settings, device, locks, arrays) is usable by
+#: every stage; each later stage may import the ones before it, never one after it.
+STAGES: tuple[tuple[str, ...], ...] = (
+    ("settings", "device", "locks", "arrays"),
+    ("storage",),
+    ("media",),
+    ("landing",),
+    ("features",),
+    ("encoders",),
+    ("compute",),
+    ("vectors",),
+    ("analysis",),
+    ("search",),
+)
+
+
+def _stage(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[:2] != ["mm_platform", "lib"] or len(parts) < 3:
+        return None
+    for rank, names in enumerate(STAGES):
+        if parts[2] in names:
+            return rank
+    raise AssertionError(f"{module} is in no stage: add mm_platform/lib/{parts[2]} to STAGES")
+
+
+def test_lower_stages_never_import_higher_ones() -> None:
+    bad = []
+    for m, targets in sorted(_graph().items()):
+        own = _stage(m)
+        if own is None:
+            continue
+        for t in sorted(targets):
+            other = _stage(t)
+            if other is not None and other > own:
+                bad.append(f"{m} ({STAGES[own][0]}) imports {t} ({STAGES[other][0]})")
     assert bad == []

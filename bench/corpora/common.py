@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mm_platform.lib.manifest import MANIFEST_NAME
+from mm_platform.lib.landing.manifest import MANIFEST_NAME
 
 
 @dataclass

@@ -87,9 +87,9 @@ def _column_type(dtype: pl.DataType) -> str:
 
 
 def lake_column_schema(table: str) -> dg.TableSchema | None:
-    """The column schema of a lake table (``lib/lake.py``'s fixed schemas), for the asset page's Columns tab;
+    """The column schema of a lake table (``lib/storage/lake.py``'s fixed schemas), for the asset page's Columns tab;
     None for an asset that is not a lake table."""
-    from mm_platform.lib.lake import ALL_TABLES
+    from mm_platform.lib.storage.lake import ALL_TABLES
 
     columns = ALL_TABLES.get(table)
     if columns is None:

@@ -19,12 +19,12 @@ from pydantic import PrivateAttr
 
 from mm_platform.lib.device import DeviceConfig, apply_thread_policy, resolve_device
 from mm_platform.lib.encoders.registry import EncoderSet, EncoderSettings, load_encoders, resolve_profile
-from mm_platform.lib.fusion import parse_weights
-from mm_platform.lib.lake import Lake, WarehouseBusy, refresh_warehouse, register_views
-from mm_platform.lib.ledger import request_key
-from mm_platform.lib.qdrant_store import QdrantStore
+from mm_platform.lib.vectors.fusion import parse_weights
+from mm_platform.lib.storage.lake import Lake, WarehouseBusy, refresh_warehouse, register_views
+from mm_platform.lib.landing.ledger import request_key
+from mm_platform.lib.storage.qdrant import QdrantStore
 from mm_platform.lib.settings import BY_NAME, Paths, setting, setting_int
-from mm_platform.lib.streams import parse_tolerance
+from mm_platform.lib.features.streams import parse_tolerance
 
 if TYPE_CHECKING:
     from mm_platform.lib.compute.ray_pipeline import RayConfig, RayEncoder

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mm_platform.lib.manifest import MANIFEST_NAME
+from mm_platform.lib.landing.manifest import MANIFEST_NAME
 
 
 def write_bytes(path: Path, data: bytes) -> None:

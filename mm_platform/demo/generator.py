@@ -114,7 +114,7 @@ from mm_platform.demo.image import _png_bytes, make_picture
 from mm_platform.demo.sound import _ALT_AUDIO_EXTS, AUDIO_FORMATS, audio_bytes, make_sound
 from mm_platform.demo.telemetry import entity_category, entity_name, pick_entity, telemetry_stream
 from mm_platform.demo.text import make_caption
-from mm_platform.lib.manifest import is_valid_batch_id
+from mm_platform.lib.landing.manifest import is_valid_batch_id
 
 
 @dataclass(frozen=True)

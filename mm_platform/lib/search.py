@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mm_platform.lib.encoders.base import MODALITIES as ENCODER_MODALITIES
-from mm_platform.lib.fusion import early_fusion, parse_weights
-from mm_platform.lib.qdrant_store import QdrantStore, SearchHit
-from mm_platform.lib.tabular import TabularEncoderState, encode_tabular, type_rows
-from mm_platform.lib.vectors import embedding_matrix
+from mm_platform.lib.vectors.fusion import early_fusion, parse_weights
+from mm_platform.lib.storage.qdrant import QdrantStore, SearchHit
+from mm_platform.lib.features.tabular import TabularEncoderState, encode_tabular, type_rows
+from mm_platform.lib.arrays import embedding_matrix
 
 
 if TYPE_CHECKING:  # torch-free at run time: a cold text search never imports the encoders' registry
@@ -41,14 +41,14 @@ class SearchError(ValueError):
 class SharedSpace:
     """The current alignment heads and every current record's projections (``shared_embeddings``)."""
 
-    model: object  # mm_platform.lib.alignment.AlignmentModel
+    model: object  # mm_platform.lib.vectors.shared_space.AlignmentModel
     record_ids: dict[str, list[str]]  # modality -> record ids
     vectors: dict[str, np.ndarray]  # modality -> (n, shared_dim) unit rows
 
     @classmethod
     def from_lake(cls, lake) -> SharedSpace | None:
-        """The shared space of ``lake`` (a :class:`mm_platform.lib.lake.Lake`), None without a trained model."""
-        from mm_platform.lib.corpus import load_alignment
+        """The shared space of ``lake`` (a :class:`mm_platform.lib.storage.lake.Lake`), None without a trained model."""
+        from mm_platform.lib.vectors.corpus import load_alignment
 
         model = load_alignment(lake)
         if model is None:

@@ -32,8 +32,8 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
-from mm_platform.lib.lake import Lake, connect_restricted, execute_restricted
-from mm_platform.lib.qdrant_store import QdrantBusy, QdrantStore
+from mm_platform.lib.storage.lake import Lake, connect_restricted, execute_restricted
+from mm_platform.lib.storage.qdrant import QdrantBusy, QdrantStore
 from mm_platform.lib.settings import Paths, setting_float
 
 STATIC = Path(__file__).parent / "static"
@@ -147,7 +147,7 @@ class Services:
 
     def tabular_state(self):
         from mm_platform.defs.ingest.assets import tabular_state_dir
-        from mm_platform.lib.tabular import load_state
+        from mm_platform.lib.features.tabular import load_state
 
         d = tabular_state_dir(self.lake)
         key = max((p.stat().st_mtime_ns for p in d.rglob("*")), default=0) if d.exists() else 0

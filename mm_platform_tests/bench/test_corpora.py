@@ -11,7 +11,7 @@ from PIL import Image
 from bench.corpora import asterisk, emoji, tuxpaint
 from bench.corpora.common import Item, stratified_subsample, write_batch
 from mm_platform.demo.generator import audio_bytes
-from mm_platform.lib.manifest import validate_batch
+from mm_platform.lib.landing.manifest import validate_batch
 
 
 def _png(path: Path, colour: tuple[int, int, int]) -> Path:

@@ -3,8 +3,8 @@
 import dagster as dg
 
 from mm_platform.defs.alignment.assets import _recall_table, gating_table, loss_gap_check
-from mm_platform.lib.alignment import AlignmentConfig, fit_shared_space
-from mm_platform_tests.lib.test_shared_space import _linear
+from mm_platform.lib.vectors.shared_space import AlignmentConfig, fit_shared_space
+from mm_platform_tests.lib.vectors.test_shared_space import _linear
 
 
 def test_gating_table_and_recall_table_show_heads_and_baseline():

@@ -8,8 +8,8 @@ import numpy as np
 import polars as pl
 
 from mm_platform.demo import make_demo_batch
-from mm_platform.lib.fusion_choice import WEIGHTS_FILE, load_choice
-from mm_platform.lib.lake import Lake
+from mm_platform.lib.analysis.fusion_choice import WEIGHTS_FILE, load_choice
+from mm_platform.lib.storage.lake import Lake
 from mm_platform_tests.conftest import make_resources
 from mm_platform_tests.defs.test_pipeline import BATCH_ASSETS, GLOBAL_ASSETS, run_batch
 

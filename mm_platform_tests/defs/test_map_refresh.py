@@ -5,8 +5,8 @@ import dagster as dg
 import polars as pl
 
 from mm_platform.demo import make_demo_batch
-from mm_platform.lib.lake import Lake
-from mm_platform.lib.map_projection import load_projection
+from mm_platform.lib.storage.lake import Lake
+from mm_platform.lib.analysis.map_projection import load_projection
 from mm_platform_tests.conftest import make_resources
 from mm_platform_tests.defs.test_pipeline import BATCH_ASSETS, GLOBAL_ASSETS, run_batch, run_global
 

@@ -10,7 +10,7 @@ import dagster as dg
 import polars as pl
 
 from mm_platform.demo import make_demo_batch
-from mm_platform.lib.lake import Lake
+from mm_platform.lib.storage.lake import Lake
 from mm_platform_tests.conftest import make_resources
 from mm_platform_tests.defs.test_pipeline import BATCH_ASSETS
 

@@ -79,8 +79,8 @@ def test_alignment_records_loss_curves_and_warns_on_a_large_gap():
     from dataclasses import replace
 
     from mm_platform.defs.alignment.assets import loss_curve_table, loss_gap_check
-    from mm_platform.lib.alignment import train_alignment
-    from mm_platform_tests.lib.test_alignment import FAST, _planted
+    from mm_platform.lib.vectors.shared_space import train_alignment
+    from mm_platform_tests.lib.vectors.test_alignment import FAST, _planted
 
     blocks, present, labels = _planted(n=200)
     _, metrics = train_alignment(blocks, present, replace(FAST, epochs=4), labels=labels)
@@ -128,7 +128,7 @@ def test_table_metadata_has_a_schema_rounds_floats_and_keeps_text_whole():
 
 def test_every_lake_table_asset_has_its_column_schema():
     from mm_platform.definitions import defs
-    from mm_platform.lib.lake import ALL_TABLES
+    from mm_platform.lib.storage.lake import ALL_TABLES
 
     graph = defs.resolve_asset_graph()
     seen = 0

@@ -10,8 +10,8 @@ import polars as pl
 from mm_platform import definitions as definitions_module
 from mm_platform import orchestrate
 from mm_platform.demo import make_demo_batch
-from mm_platform.lib.lake import ALL_TABLES, Lake
-from mm_platform.lib.ledger import nothing_to_do, recluster_owed
+from mm_platform.lib.storage.lake import ALL_TABLES, Lake
+from mm_platform.lib.landing.ledger import nothing_to_do, recluster_owed
 from mm_platform_tests.conftest import make_resources
 from mm_platform_tests.defs.test_pipeline import run_batch, run_global
 
@@ -71,7 +71,7 @@ def test_hostile_batch_end_to_end_then_tiny_text_only_corpus(paths, instance, ti
     from outside the batch), then the global layer on the two text-only records that survive."""
     import os
 
-    from mm_platform_tests.lib.test_fuzz_manifest import SECRET, _make_media
+    from mm_platform_tests.lib.landing.test_fuzz_manifest import SECRET, _make_media
 
     outside = tmp_path / "outside"
     outside.mkdir()

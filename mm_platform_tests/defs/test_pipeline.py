@@ -22,8 +22,8 @@ from mm_platform.defs.vector_index import assets as vector_assets
 from mm_platform.defs.resources import PipelineConfigResource
 from mm_platform.demo import make_demo_batch
 from mm_platform.lib.encoders.registry import load_encoders
-from mm_platform.lib.lake import Lake, refresh_warehouse
-from mm_platform.lib.qdrant_store import QdrantStore, point_id
+from mm_platform.lib.storage.lake import Lake, refresh_warehouse
+from mm_platform.lib.storage.qdrant import QdrantStore, point_id
 from mm_platform.lib.search import SearchError, search
 from mm_platform_tests.conftest import make_resources
 
@@ -253,7 +253,7 @@ def test_search_across_modalities_in_a_shared_space(ingested, paths, tiny_clip):
 def test_search_by_audio_clip_and_by_fields(ingested, paths, tiny_clip):
     _, resources, _ = ingested
     from mm_platform.defs.ingest.assets import tabular_state_dir
-    from mm_platform.lib.tabular import load_state
+    from mm_platform.lib.features.tabular import load_state
 
     encoders = load_encoders(resources["encoders"].settings(), resources["device"].config())
     lake = Lake(paths.lake_dir)
@@ -284,7 +284,7 @@ def test_alignment_shared_space_map_and_classifiers(ingested, paths, instance):
     _, resources, _ = ingested
     assert run_global(instance, resources).success
     lake = Lake(paths.lake_dir)
-    from mm_platform.lib.corpus import load_alignment
+    from mm_platform.lib.vectors.corpus import load_alignment
 
     model = load_alignment(lake)
     assert model is not None and set(model.modalities) == {"text", "image", "audio", "tabular"}

@@ -22,7 +22,7 @@ from mm_platform.defs.ingest.sensors import (
 )
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import LandingResource
-from mm_platform.lib.manifest import MANIFEST_NAME, list_complete_batches
+from mm_platform.lib.landing.manifest import MANIFEST_NAME, list_complete_batches
 
 BASE_MTIME = 1_700_000_000.0
 

@@ -8,7 +8,7 @@ from deltalake import write_deltalake
 
 from mm_platform.defs.resources import WarehouseResource
 from mm_platform.defs.storage.assets import lake_housekeeping
-from mm_platform.lib.lake import Lake
+from mm_platform.lib.storage.lake import Lake
 
 
 def test_lake_housekeeping_compacts_and_reports(tmp_path: Path, monkeypatch) -> None:

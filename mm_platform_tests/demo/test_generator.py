@@ -2,7 +2,7 @@
 
 Everything is real: batches are written into ``tmp_path`` and run through the platform's own manifest
 parser and media validation (``parse_manifest`` / ``validate_batch`` / ``check_record_media``), and the
-audio/field reasons found only when decoding through ``mm_platform.lib.audio`` / ``mm_platform.lib.tabular``.
+audio/field reasons found only when decoding through ``mm_platform.lib.media.audio`` / ``mm_platform.lib.features.tabular``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from mm_platform.demo.generator import (
     make_picture,
     make_sound,
 )
-from mm_platform.lib.manifest import (
+from mm_platform.lib.landing.manifest import (
     MANIFEST_NAME,
     check_record_media,
     list_complete_batches,
@@ -74,8 +74,8 @@ def json_lines(batch: DemoBatch) -> dict[int, dict]:
     return out
 
 
-#: Reasons the platform reports only when it decodes the audio (``mm_platform.lib.audio.load_audio``) or
-#: types the fields against the batch (``mm_platform.lib.tabular``): manifest validation
+#: Reasons the platform reports only when it decodes the audio (``mm_platform.lib.media.audio.load_audio``) or
+#: types the fields against the batch (``mm_platform.lib.features.tabular``): manifest validation
 #: (``validate_batch``) still yields a record for those lines, without a rejection.
 DECODE_KINDS = frozenset({"silent_audio", "invalid_field_value"})
 #: Reasons found by ``check_record_media`` (file checks) rather than by ``parse_manifest``.
@@ -564,7 +564,7 @@ def test_audio_share_and_formats(big: DemoBatch) -> None:
 
 
 def test_audio_decodes_through_the_platform(demo: DemoBatch) -> None:
-    audio = pytest.importorskip("mm_platform.lib.audio")
+    audio = pytest.importorskip("mm_platform.lib.media.audio")
     for o in good_objs(demo):
         if "audio" in o:
             dec = audio.load_audio(demo.batch_dir / o["audio"], AUDIO_SAMPLE_RATE)
@@ -747,8 +747,8 @@ def test_new_broken_lines_content(all_broken: DemoBatch) -> None:
 def test_decode_level_reasons(all_broken: DemoBatch) -> None:
     """silent_audio and invalid_field_value are reported when the platform decodes the clip / types the
     fields against the batch; nothing else in the batch trips them."""
-    audio = pytest.importorskip("mm_platform.lib.audio")
-    tabular = pytest.importorskip("mm_platform.lib.tabular")
+    audio = pytest.importorskip("mm_platform.lib.media.audio")
+    tabular = pytest.importorskip("mm_platform.lib.features.tabular")
     from mm_platform.lib.media import MediaError
 
     b = all_broken

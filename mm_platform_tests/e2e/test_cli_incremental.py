@@ -9,7 +9,7 @@ import duckdb
 import pytest
 
 from mm_platform.demo import make_demo_batch
-from mm_platform.lib.qdrant_store import QdrantStore
+from mm_platform.lib.storage.qdrant import QdrantStore
 from mm_platform_tests.e2e.conftest import cli_json, run_cli
 
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,7 @@ import sys
 import duckdb
 import pytest
 
-from mm_platform.lib.qdrant_store import QdrantStore
+from mm_platform.lib.storage.qdrant import QdrantStore
 from mm_platform_tests.e2e.conftest import cli_json, run_cli
 
 pytestmark = pytest.mark.e2e

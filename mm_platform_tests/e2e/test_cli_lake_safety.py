@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from mm_platform.demo import make_demo_batch
-from mm_platform.lib.lake import Lake
+from mm_platform.lib.storage.lake import Lake
 from mm_platform.lib.settings import Paths
-from mm_platform.lib.sqlquote import sql_literal
+from mm_platform.lib.storage.sqlquote import sql_literal
 from mm_platform_tests.e2e.conftest import cli_json, run_cli
 
 pytestmark = pytest.mark.e2e
@@ -22,7 +22,7 @@ ROWS = "SELECT * EXCLUDE (stream_features_json) FROM aligned_records ORDER BY re
 #: `mm-platform ingest` with lake writes of the fused vectors failing as on a full disk.
 DISK_FULL = """
 import errno, sys
-from mm_platform.lib import lake
+from mm_platform.lib.storage import lake
 real = lake._commit_delta
 def full(uri, *args):
     if "fused_vectors" in str(uri):

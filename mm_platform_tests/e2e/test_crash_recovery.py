@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mm_platform.demo.generator import make_demo_batch
-from mm_platform.lib.qdrant_store import QdrantStore
+from mm_platform.lib.storage.qdrant import QdrantStore
 from mm_platform.lib.settings import Paths
 
 pytestmark = pytest.mark.e2e

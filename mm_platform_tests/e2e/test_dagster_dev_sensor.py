@@ -23,8 +23,8 @@ import duckdb
 import pytest
 
 from mm_platform.demo.generator import make_demo_batch
-from mm_platform.lib.lake import Lake, connect_readonly
-from mm_platform.lib.qdrant_store import QdrantStore
+from mm_platform.lib.storage.lake import Lake, connect_readonly
+from mm_platform.lib.storage.qdrant import QdrantStore
 from mm_platform.orchestrate import INSTANCE_TEMPLATE
 from mm_platform_tests.e2e.conftest import free_port, graphql
 

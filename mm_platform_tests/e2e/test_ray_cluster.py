@@ -14,7 +14,7 @@ import pytest
 from mm_platform.defs.resources import ComputeResource
 from mm_platform.demo import make_demo_batch
 from mm_platform.lib.compute.warm_actors import list_actors, namespace_for, stop_actors
-from mm_platform.lib.lake import Lake
+from mm_platform.lib.storage.lake import Lake
 from mm_platform.lib.settings import Paths
 from mm_platform_tests.conftest import make_resources
 from mm_platform_tests.defs.test_pipeline import BATCH_ASSETS, run_batch

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from mm_platform.lib.qdrant_store import QdrantStore
+from mm_platform.lib.storage.qdrant import QdrantStore
 from mm_platform.serve.app import check_bind, create_app, open_services
 from mm_platform.serve.discovery import running_service, write_discovery
 from mm_platform_tests.serve.corpus import build_corpus, corpus_environ

@@ -19,9 +19,9 @@ from mm_platform.defs.fusion.assets import fused_vectors
 from mm_platform.defs.ingest.assets import aligned_records, raw_records
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.resources import PipelineConfigResource, WarehouseResource
-from mm_platform.lib.alignment import AlignmentConfig, AlignmentModel, fit_shared_space
-from mm_platform.lib.corpus import Corpus, load_alignment, load_corpus, save_alignment, shared_mean_matrix
-from mm_platform.lib.vectors import matrix_series
+from mm_platform.lib.vectors.shared_space import AlignmentConfig, AlignmentModel, fit_shared_space
+from mm_platform.lib.vectors.corpus import Corpus, load_alignment, load_corpus, save_alignment, shared_mean_matrix
+from mm_platform.lib.arrays import matrix_series
 
 #: Fewer records with two or more modalities than this: no model is trained (the metadata says why).
 MIN_ALIGNMENT_ROWS = 20

@@ -25,8 +25,8 @@ from mm_platform.defs.ingest.assets import aligned_records, raw_records, raw_tex
 from mm_platform.defs.metadata import md_escape, preview, table
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import EncodersResource, PipelineConfigResource, WarehouseResource
-from mm_platform.lib.cluster_stability import ClusterModel, apply_mapping, build_model, fit_projection, match_cluster_ids
-from mm_platform.lib.clustering import (
+from mm_platform.lib.analysis.clustering.stability import ClusterModel, apply_mapping, build_model, fit_projection, match_cluster_ids
+from mm_platform.lib.analysis.clustering import (
     ClusterResult,
     apply_outlier_policy,
     dbscan_cluster,
@@ -38,14 +38,14 @@ from mm_platform.lib.clustering import (
     representatives,
     top_terms,
 )
-from mm_platform.lib.cluster_names import cluster_names
-from mm_platform.lib.embedding_map import png_markdown, scatter_png
-from mm_platform.lib.map_projection import load_projection, save_projection, update_map
-from mm_platform.lib.corpus import Corpus, early_matrix, load_alignment, load_corpus, shared_mean_matrix
-from mm_platform.lib.lake import Lake
+from mm_platform.lib.analysis.clustering.names import cluster_names
+from mm_platform.lib.analysis.embedding_map import png_markdown, scatter_png
+from mm_platform.lib.analysis.map_projection import load_projection, save_projection, update_map
+from mm_platform.lib.vectors.corpus import Corpus, early_matrix, load_alignment, load_corpus, shared_mean_matrix
+from mm_platform.lib.storage.lake import Lake
 from mm_platform.lib.settings import serve_url
-from mm_platform.lib.ledger import fused_fingerprint
-from mm_platform.lib.fusion_choice import (
+from mm_platform.lib.landing.ledger import fused_fingerprint
+from mm_platform.lib.analysis.fusion_choice import (
     FusionChoice,
     candidate_weights,
     layout_matrix,
@@ -53,8 +53,8 @@ from mm_platform.lib.fusion_choice import (
     save_choice,
     zeroed,
 )
-from mm_platform.lib.modality_weights import ModalityWeights, StrategyChoice, evidence_weights, select_partition
-from mm_platform.lib.vectors import embedding_matrix
+from mm_platform.lib.analysis.modality_weights import ModalityWeights, StrategyChoice, evidence_weights, select_partition
+from mm_platform.lib.arrays import embedding_matrix
 
 CLUSTER_MODEL_FILE = "_models/cluster_model.npz"
 #: New records further than this quantile of the members' distances are outliers under HDBSCAN.
@@ -507,7 +507,7 @@ def name_by_prompts(lake: Lake, encoders: EncodersResource, pipeline: PipelineCo
 
 def mmr_cluster_names(context, lake: Lake, encoders: EncodersResource, texts_by_cluster: dict[int, list[str]],
                       labels_by_id: dict[str, int], skip: set[int]) -> dict[int, list[str]]:
-    """cluster -> name terms by maximal marginal relevance (:mod:`mm_platform.lib.cluster_names`): candidates
+    """cluster -> name terms by maximal marginal relevance (:mod:`mm_platform.lib.analysis.clustering.names`): candidates
     from c-TF-IDF without stop words and corpus-frequent words, ranked against the cluster's centre in the text
     encoder's space (the mean of its members' stored text embeddings) and kept apart from each other. Without a
     usable text encoder, the ranking uses the c-TF-IDF scores and word overlap alone."""

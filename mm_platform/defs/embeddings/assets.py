@@ -16,9 +16,9 @@ from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import ComputeResource, EncodersResource, LandingResource, WarehouseResource
 from mm_platform.lib.encoders.base import ModelInfo
 from mm_platform.lib.encoders.per_file import encode_per_file
-from mm_platform.lib.sqlquote import sql_identifier
-from mm_platform.lib.tabular import TABULAR_DIM, TabularEncoderState, encode_tabular, load_state
-from mm_platform.lib.vectors import matrix_series
+from mm_platform.lib.storage.sqlquote import sql_identifier
+from mm_platform.lib.features.tabular import TABULAR_DIM, TabularEncoderState, encode_tabular, load_state
+from mm_platform.lib.arrays import matrix_series
 
 #: Identity of the tabular encoder; its version is the fitted state's version.
 TABULAR_MODEL_ID = "mm_platform/tabular-standardise-onehot"

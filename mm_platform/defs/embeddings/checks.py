@@ -6,7 +6,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from mm_platform.lib.vectors import VectorColumnError, embedding_matrix
+from mm_platform.lib.arrays import VectorColumnError, embedding_matrix
 
 VECTORS_VALID = "vectors_valid"
 VECTORS_VALID_DESCRIPTION = (

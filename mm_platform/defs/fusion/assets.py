@@ -16,13 +16,13 @@ from mm_platform.defs.ingest.assets import aligned_records
 from mm_platform.defs.metadata import counts, preview
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import EncodersResource, PipelineConfigResource, WarehouseResource
-from mm_platform.lib.fusion import fuse
-from mm_platform.lib.fusion_choice import load_choice, save_layout, zeroed
-from mm_platform.lib.corpus import EMBEDDING_TABLES
-from mm_platform.lib.lake import Lake
-from mm_platform.lib.tabular import TABULAR_DIM
-from mm_platform.lib.vectors import embedding_matrix as vector_matrix
-from mm_platform.lib.vectors import matrix_series
+from mm_platform.lib.vectors.fusion import fuse
+from mm_platform.lib.analysis.fusion_choice import load_choice, save_layout, zeroed
+from mm_platform.lib.vectors.corpus import EMBEDDING_TABLES
+from mm_platform.lib.storage.lake import Lake
+from mm_platform.lib.features.tabular import TABULAR_DIM
+from mm_platform.lib.arrays import embedding_matrix as vector_matrix
+from mm_platform.lib.arrays import matrix_series
 
 __all__ = ["EMBEDDING_TABLES", "embedding_matrix", "fused_vectors", "modality_dims"]
 

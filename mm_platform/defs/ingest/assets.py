@@ -18,11 +18,11 @@ from mm_platform.defs.ingest.checks import EVERY_LINE_ACCOUNTED, EVERY_LINE_ACCO
 from mm_platform.defs.metadata import counts, preview
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import LandingResource, WarehouseResource
-from mm_platform.lib.audio import load_audio
-from mm_platform.lib.lake import ALL_TABLES
-from mm_platform.lib.manifest import MANIFEST_NAME, Rejection, parse_manifest
+from mm_platform.lib.media.audio import load_audio
+from mm_platform.lib.storage.lake import ALL_TABLES
+from mm_platform.lib.landing.manifest import MANIFEST_NAME, Rejection, parse_manifest
 from mm_platform.lib.media import MediaError, inspect_image, resolve_media_path, text_sha256
-from mm_platform.lib.tabular import fit_or_load, type_rows, typed_frame
+from mm_platform.lib.features.tabular import fit_or_load, type_rows, typed_frame
 
 #: Fitted tabular encoder states, under the lake root.
 TABULAR_STATE_DIR = "_models/tabular"

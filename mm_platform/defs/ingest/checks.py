@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from mm_platform.lib.manifest import MANIFEST_NAME
+from mm_platform.lib.landing.manifest import MANIFEST_NAME
 
 EVERY_LINE_ACCOUNTED = "every_line_accounted"
 EVERY_LINE_ACCOUNTED_DESCRIPTION = (

@@ -10,7 +10,7 @@ import dagster as dg
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import LandingResource
 from mm_platform.lib.locks import IngestLock
-from mm_platform.lib.manifest import BatchInfo, list_complete_batches
+from mm_platform.lib.landing.manifest import BatchInfo, list_complete_batches
 from mm_platform.lib.settings import BY_NAME, Paths
 
 BATCH_JOB_NAME = "batch_ingest_job"

@@ -16,10 +16,10 @@ import duckdb
 from mm_platform.defs.automation import GLOBAL_AUTOMATION
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.resources import WarehouseResource
-from mm_platform.lib.lake import VIEW_SOURCES, Lake, register_table_view
+from mm_platform.lib.storage.lake import VIEW_SOURCES, Lake, register_table_view
 from mm_platform.lib.settings import setting
-from mm_platform.lib.sql_models import SqlModel, discover_models, select_body, topo_order
-from mm_platform.lib.sqlquote import sql_identifier
+from mm_platform.lib.storage.sql_models import SqlModel, discover_models, select_body, topo_order
+from mm_platform.lib.storage.sqlquote import sql_identifier
 
 #: The SQL project: ``$MM_SQL_DIR``, else ``dbt_like_sql/`` beside the package.
 SQL_DIR = Path(setting("MM_SQL_DIR") or Path(__file__).resolve().parents[3] / "dbt_like_sql")

@@ -16,8 +16,8 @@ import polars as pl
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import LandingResource, PipelineConfigResource, WarehouseResource
-from mm_platform.lib.lake import ALL_TABLES
-from mm_platform.lib.streams import (
+from mm_platform.lib.storage.lake import ALL_TABLES
+from mm_platform.lib.features.streams import (
     StreamError,
     StreamTable,
     align_stream,

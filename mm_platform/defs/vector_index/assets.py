@@ -21,9 +21,9 @@ from mm_platform.defs.ingest.checks import manifest_line_numbers
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import EncodersResource, LandingResource, QdrantResource, WarehouseResource
-from mm_platform.lib.lake import Lake
-from mm_platform.lib.qdrant_store import PointData, point_id
-from mm_platform.lib.vectors import embedding_matrix
+from mm_platform.lib.storage.lake import Lake
+from mm_platform.lib.storage.qdrant import PointData, point_id
+from mm_platform.lib.arrays import embedding_matrix
 
 QDRANT_POOL = "qdrant"
 TEXT_PREVIEW_CHARS = 300

@@ -112,7 +112,7 @@ def decode_images(batch: dict[str, np.ndarray], transform: Any, draft_size: int 
 def decode_audio(batch: dict[str, np.ndarray], sample_rate: int, max_bytes: int,
                  max_seconds: float) -> dict[str, Any]:
     """Decode each clip to a mono float32 waveform at ``sample_rate`` (the encoder's own ``decode``)."""
-    from mm_platform.lib.audio import load_audio
+    from mm_platform.lib.media.audio import load_audio
     from mm_platform.lib.media import MediaError
 
     waves, reasons, errors = [], [], []
@@ -191,7 +191,7 @@ class RayEncoder:
             shape = tuple(self.spec["transform"](Image.new("RGB", (32, 32))).shape)
             return decode_images, {"transform": self.spec["transform"], "draft_size": self.spec["draft_size"],
                                    "shape": shape}
-        from mm_platform.lib.audio import DEFAULT_MAX_AUDIO_SECONDS
+        from mm_platform.lib.media.audio import DEFAULT_MAX_AUDIO_SECONDS
         from mm_platform.lib.media import DEFAULT_MAX_AUDIO_BYTES
 
         return decode_audio, {"sample_rate": self.spec["sample_rate"],

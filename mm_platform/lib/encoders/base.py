@@ -139,7 +139,7 @@ class AudioEncoder(Protocol):
     def encode_paths(
         self, paths: Sequence[str | os.PathLike[str]], progress: ProgressFn | None = None
     ) -> np.ndarray:
-        """Decode audio files with :func:`mm_platform.lib.audio.load_audio` (``target_sr=sample_rate``) and
+        """Decode audio files with :func:`mm_platform.lib.media.audio.load_audio` (``target_sr=sample_rate``) and
         encode them; ``(len(paths), info.dim)`` float32. Raises :class:`AudioDecodeError` naming the first
         file that cannot be decoded."""
         ...

@@ -1,7 +1,7 @@
 """Audio encoders: an offline log-mel/MFCC statistics embedding (torch only) and the CLAP audio tower.
 
 Both take mono float32 waveforms at their own ``sample_rate`` (:meth:`encode_waveforms`) or audio files
-(:meth:`encode_paths`, decoded and resampled by :func:`mm_platform.lib.audio.load_audio` in a small thread
+(:meth:`encode_paths`, decoded and resampled by :func:`mm_platform.lib.media.audio.load_audio` in a small thread
 pool that runs one batch ahead of inference).
 
 :class:`LogMelAudioEncoder` needs no weights: 16 kHz, STFT (512-point Hann, hop 10 ms), 64 HTK mel bands

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mm_platform.lib.audio import DEFAULT_MAX_AUDIO_SECONDS
+from mm_platform.lib.media.audio import DEFAULT_MAX_AUDIO_SECONDS
 from mm_platform.lib.device import DeviceConfig, OOMBackoff, resolve_device
 from mm_platform.lib.encoders.audio.waveform import WaveformAudioEncoder, check_waveforms
 from mm_platform.lib.encoders.base import (

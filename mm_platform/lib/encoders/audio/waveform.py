@@ -8,7 +8,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from mm_platform.lib.audio import DEFAULT_MAX_AUDIO_SECONDS, load_audio
+from mm_platform.lib.media.audio import DEFAULT_MAX_AUDIO_SECONDS, load_audio
 from mm_platform.lib.device import DeviceConfig
 from mm_platform.lib.encoders.base import (
     AudioDecodeError,
@@ -52,7 +52,7 @@ class WaveformAudioEncoder:
     Subclasses set ``info``, ``sample_rate``, ``config`` and implement :meth:`encode_waveforms`.
 
     Attributes:
-        max_audio_bytes / max_audio_seconds: limits passed to :func:`~mm_platform.lib.audio.load_audio`.
+        max_audio_bytes / max_audio_seconds: limits passed to :func:`~mm_platform.lib.media.audio.load_audio`.
     """
 
     info: ModelInfo
@@ -68,7 +68,7 @@ class WaveformAudioEncoder:
         """Decode one file to a mono float32 waveform at ``sample_rate``.
 
         Raises:
-            AudioDecodeError: the file fails :func:`~mm_platform.lib.audio.load_audio` (message names the
+            AudioDecodeError: the file fails :func:`~mm_platform.lib.media.audio.load_audio` (message names the
                 file; ``reason`` is the media reason code).
         """
         try:
