@@ -8,9 +8,9 @@ import hashlib
 import logging
 from collections.abc import Mapping
 
-from mm_platform.lib.storage.lake import Lake
 from mm_platform.lib.landing.manifest import BatchInfo, list_complete_batches
 from mm_platform.lib.settings import Paths, setting
+from mm_platform.lib.storage.lake import Lake
 
 GLOBAL_STAMP = "_global_refresh.fingerprint"
 #: Present while a full re-cluster is owed: the last one failed, or a table only it writes was damaged.

@@ -15,36 +15,33 @@ pipeline step ever needs DuckDB's single write lock while computing.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import errno
-import hashlib
 import json
 import os
 import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import polars as pl
-import pyarrow as pa
 
+from mm_platform.lib.settings import setting
 from mm_platform.lib.storage import delta as delta_store
+from mm_platform.lib.storage.sqlquote import sql_literal
 from mm_platform.lib.storage.tables import (  # noqa: F401  (re-exported: the lake's public schema names)
     ALL_TABLES,
     CLUSTER_ASSIGNMENT_SCHEMA,
     EMBEDDING_SCHEMA,
     F32_LIST,
     GLOBAL_TABLES,
-    PARTITIONED_TABLES,
-    RECORD_TABLES,
-    SCHEMA_DIR,
     LEGACY_DIR,
     MODEL_TABLES_DIR,
     PART,
+    PARTITIONED_TABLES,
+    RECORD_TABLES,
+    SCHEMA_DIR,
     TS,
     _arrow_for,
     _file_lock,
@@ -52,96 +49,16 @@ from mm_platform.lib.storage.tables import (  # noqa: F401  (re-exported: the la
     empty_frame,
     read_parquet,
 )
-from mm_platform.lib.settings import setting
-from mm_platform.lib.storage.sqlquote import sql_identifier, sql_literal
-
-
-#: errno values that mean "the data dir cannot take this write" (not a bug): reported as ``LakeWriteError``.
-_WRITE_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
-                 errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EFBIG: "file too large"}
-
-
-class LakeWriteError(OSError):
-    """A lake write failed for lack of space or permission; nothing half-written is left visible."""
-
-    def __init__(self, what: str, path: Path | str, cause: OSError):
-        super().__init__(cause.errno, f"{what} writing {path}: {cause.strerror or cause} "
-                                      "(nothing was half-written; free space or fix permissions, then run again)")
-        self.path = path
-
-    def __str__(self) -> str:
-        return str(self.strerror)
-
-
-def _write_parquet_file(df: pl.DataFrame, path: Path) -> None:
-    """The one place side-file Parquet bytes hit the disk (tests replace it to simulate a full disk)."""
-    df.write_parquet(path, compression="zstd", statistics=True)
-
-
-def _commit_delta(uri: str, data: pa.Table, opts: dict[str, str] | None, predicate: str | None,
-                  partition_by: list[str] | None, schema_mode: str) -> None:
-    """The one place lake table bytes are written: one Delta commit (tests replace it to simulate a full disk)."""
-    delta_store.write_arrow(uri, data, opts, predicate=predicate, partition_by=partition_by, schema_mode=schema_mode)
-
-
-def _as_os_error(exc: BaseException) -> OSError | None:
-    """The OSError behind a failed write: itself, or one named in a ``deltalake`` error's message."""
-    if isinstance(exc, OSError):
-        return exc
-    text = str(exc)
-    for code in _WRITE_ERRNOS:
-        if os.strerror(code) in text:
-            return OSError(code, os.strerror(code))
-    return None
-
-
-def _guard_write(path: Path | str) -> contextlib.AbstractContextManager[None]:
-    @contextlib.contextmanager
-    def guard() -> Iterator[None]:
-        try:
-            yield
-        except LakeWriteError:
-            raise
-        except Exception as exc:
-            cause = _as_os_error(exc)
-            what = _WRITE_ERRNOS.get(cause.errno or 0) if cause is not None else None
-            if what is None or cause is None:
-                raise
-            raise LakeWriteError(what, path, cause) from exc
-    return guard()
-
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """``write(tmp)`` into a temp file beside ``path``, then an atomic rename onto ``path``. The temp file is
-    removed whatever happens; a full disk or read-only data dir raises ``LakeWriteError``."""
-    with _guard_write(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            write(tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-
-def atomic_write_parquet(df: pl.DataFrame, path: Path) -> Path:
-    """Write ``df`` to ``path`` through a temp file in the same directory and an atomic rename (side files:
-    per-stage rejections, SQL model scratch). A full disk raises ``LakeWriteError`` and leaves the old file."""
-    _atomic_write(path, lambda tmp: _write_parquet_file(df, tmp))
-    return path
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
+from mm_platform.lib.storage.writes import (  # noqa: F401  (LakeWriteError, atomic_write_parquet: public)
+    LakeWriteError,
+    _atomic_write,
+    _atomic_write_text,
+    _commit_delta,
+    _guard_write,
+    _sha256,
+    _write_parquet_file,
+    atomic_write_parquet,
+)
 
 #: The lake's record of what it wrote: ``<root>/_files/<table>/<batch_id=…|_global>/<data file>.json`` holds
 #: the size, mtime and SHA-256 of each data file of the current snapshot as written. Delta's log already
@@ -169,9 +86,6 @@ class LakeDamage:
         return f"lake file {self.path} ({self.table}, {where}) is {self.problem}"
 
 
-def glob_escape(path: str) -> str:
-    """``path`` as a DuckDB glob matching only itself: ``[``, ``]``, ``*``, ``?`` become one-character classes."""
-    return re.sub(r"([\[\]*?])", r"[\1]", path)
 
 
 def lake_uri_from_env(root: Path, env: Mapping[str, str] | None = None) -> str:
@@ -511,300 +425,26 @@ class Lake:
         base = self.root / MODEL_TABLES_DIR
         return sorted(p.name for p in base.iterdir() if p.name not in ALL_TABLES) if base.is_dir() else []
 
-# -- the DuckDB warehouse (views only) --------------------------------------------------------------
-
-def _columns_first(table: str) -> str:
-    """The table's declared columns in order, then any extra ones (Delta keeps partition columns last)."""
-    schema = ALL_TABLES.get(table)
-    if not schema:
-        return "*"
-    cols = ", ".join(sql_identifier(c) for c in schema)
-    hidden = f", {PART}" if table in PARTITIONED_TABLES else ""
-    return f"{cols}, * EXCLUDE ({cols}{hidden})"
 
 
-def arrow_view_name(table: str) -> str:
-    """The name a table's Arrow dataset is registered under on a connection to an object-store lake."""
-    return f"__lake_{table}"
-
-
-def register_table_view(con: duckdb.DuckDBPyConnection, lake: Lake, table: str) -> None:
-    """(Re)create the view of one lake table (a SQL model just written) on a ``register_views`` connection."""
-    if lake.remote:
-        t = lake._table(table)
-        if t is not None:
-            con.register(arrow_view_name(table), t.to_pyarrow_dataset())
-    con.execute(_create_view(table, _scan(lake, table)))
-
-
-def _scan(lake: Lake, table: str, versions: Mapping[str, int] | None = None) -> str:
-    """The SELECT of one table: ``delta_scan`` of its current (or pinned) version; for an object-store lake,
-    the Arrow dataset ``register_views`` registered (DuckDB reads S3 only with httpfs, not shipped offline)."""
-    if lake.remote:
-        return f"SELECT {_columns_first(table)} FROM {sql_identifier(arrow_view_name(table))}"
-    args = sql_literal(lake.table_uri(table))
-    if versions is not None and table in versions:
-        args += f", version => {int(versions[table])}"
-    return f"SELECT {_columns_first(table)} FROM delta_scan({args})"
-
-
-#: Views derived from the lake tables: record versions (latest landed batch wins), the current records,
-#: the audit of deletes, and the current cluster of each current record (the latest of the full
-#: re-cluster and the eager per-batch assignment).
-DERIVED_VIEWS: dict[str, str] = {
-    "record_versions": """
-        SELECT record_id, batch_id, line_number, op, landed_at, label,
-               row_number() OVER w = 1 AS is_current,
-               lead(batch_id) OVER w AS previous_batch_id
-        FROM raw_records r
-        WHERE op = 'delete' OR EXISTS (
-            SELECT 1 FROM aligned_records_history a WHERE a.record_id = r.record_id AND a.batch_id = r.batch_id)
-        WINDOW w AS (PARTITION BY record_id ORDER BY landed_at DESC, batch_id DESC)""",
-    "current_records": """
-        SELECT record_id, batch_id, landed_at, label FROM record_versions WHERE is_current AND op = 'upsert'""",
-    "record_deletions": """
-        SELECT record_id, batch_id, line_number, landed_at, is_current AS in_effect,
-               previous_batch_id AS deleted_version_batch_id
-        FROM record_versions WHERE op = 'delete'""",
-    "clusters": """
-        SELECT c.* FROM (
-            SELECT *, 'recluster' AS source FROM recluster_assignments
-            UNION ALL BY NAME
-            SELECT *, 'incremental' AS source FROM cluster_assignments
-        ) c
-        SEMI JOIN current_records r ON c.record_id = r.record_id AND c.batch_id = r.batch_id
-        QUALIFY row_number() OVER (PARTITION BY c.record_id ORDER BY c.clustered_at DESC, c.source) = 1""",
-}
-
-#: Which lake tables each derived name reads (SQL models depending on a view depend on these assets).
-VIEW_SOURCES: dict[str, tuple[str, ...]] = {
-    "record_versions": ("raw_records", "aligned_records"),
-    "current_records": ("raw_records", "aligned_records"),
-    "record_deletions": ("raw_records", "aligned_records"),
-    "clusters": ("recluster_assignments", "cluster_assignments", "raw_records", "aligned_records"),
-    **{f"{t}_history": (t,) for t in RECORD_TABLES},
-    **{t: (t, "raw_records", "aligned_records") for t in RECORD_TABLES},
-}
-
-
-def view_statements(lake: Lake, versions: Mapping[str, int] | None = None) -> list[tuple[str, str]]:
-    """Every warehouse view as (name, SELECT), in dependency order (tables pinned to ``versions`` if given)."""
-    views: list[tuple[str, str]] = []
-    for table in [*ALL_TABLES, *lake.model_tables()]:
-        if table in RECORD_TABLES:
-            views.append((f"{table}_history", _scan(lake, table, versions)))
-        else:
-            views.append((table, _scan(lake, table, versions)))
-    views += [(name, DERIVED_VIEWS[name]) for name in ("record_versions", "current_records", "record_deletions")]
-    views += [
-        (t, f"SELECT h.* FROM {sql_identifier(t + '_history')} h SEMI JOIN current_records c "
-            "ON h.record_id = c.record_id AND h.batch_id = c.batch_id")
-        for t in RECORD_TABLES
-    ]
-    views.append(("clusters", DERIVED_VIEWS["clusters"]))
-    return views
-
-
-def _create_view(name: str, select: str) -> str:
-    return f"CREATE OR REPLACE VIEW {sql_identifier(name)} AS {select.strip()}"
-
-
-def register_views(con: duckdb.DuckDBPyConnection, lake: Lake, extra: Mapping[str, str] | None = None,
-                   as_of: str | None = None) -> None:
-    """Create the lake's views on any connection (an in-memory one for computing, the warehouse file for users).
-
-    ``as_of`` (a table version or an ISO timestamp) pins every table to that version (``resolve_as_of``).
-    An object-store lake's tables are registered as Arrow datasets of their snapshot (or pinned version).
-    """
-    lake.ensure_initialized()
-    versions = resolve_as_of(lake, as_of) if as_of is not None else None
-    if lake.remote:
-        for table in [*ALL_TABLES, *lake.model_tables()]:
-            t = lake._table(table, (versions or {}).get(table))
-            if t is not None:
-                con.register(arrow_view_name(table), t.to_pyarrow_dataset())
-    else:
-        delta_store.load_delta_extension(con)
-    for name, select in view_statements(lake, versions):
-        con.execute(_create_view(name, select))
-    for name, sql in (extra or {}).items():
-        con.execute(_create_view(name, sql))
-
-
-def resolve_as_of(lake: Lake, as_of: str) -> dict[str, int]:
-    """Each table's version for ``as_of``: an integer is a version of every table (a table with fewer
-    versions is taken at its newest); anything else is an ISO-8601 time (UTC when no zone is given), and
-    each table is taken at its newest version committed by then (its empty version 0 if it is younger)."""
-    text = as_of.strip()
-    tables = [*ALL_TABLES, *lake.model_tables()]
-    if re.fullmatch(r"\d+", text):
-        want = int(text)
-        return {t: min(want, v) for t in tables if (v := lake.version(t)) is not None}
-    try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ValueError(f"--as-of {as_of!r} is neither a version number nor an ISO-8601 time") from exc
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    out = {}
-    for t in tables:
-        v = delta_store.version_at(lake.table_uri(t), lake.storage_options, when)
-        out[t] = 0 if v is None else v
-    return out
-
-
-class WarehouseBusy(RuntimeError):
-    """The DuckDB file is held by another process (e.g. a user's open read-write session)."""
-
-
-def refresh_warehouse(lake: Lake, duckdb_path: Path, timeout_s: float = 30.0) -> bool:
-    """(Re)create the views in the warehouse file when the set of tables changed. Returns True if written.
-
-    A fingerprint of the view definitions is kept next to the file so unchanged views cost no write (and
-    never contend with a user holding the file). Raises ``WarehouseBusy`` after ``timeout_s`` of retries.
-    """
-    lake.ensure_initialized()
-    if lake.remote:  # its views read Arrow datasets registered per connection: nothing to keep in the file
-        return False
-    views = view_statements(lake)
-    tables = [name for name, _ in views]
-    statements = [_create_view(name, select) for name, select in views]
-    fingerprint = hashlib.sha256("\n".join(statements).encode()).hexdigest()
-    stamp = duckdb_path.with_name(duckdb_path.name + ".views")
-    if duckdb_path.exists() and stamp.exists() and stamp.read_text() == fingerprint:
-        return False
-    deadline = time.monotonic() + timeout_s
-    with _file_lock(duckdb_path.with_name(duckdb_path.name + ".lock"), timeout_s):
-        while True:
-            try:
-                con = duckdb.connect(str(duckdb_path))
-                break
-            except duckdb.IOException as exc:  # another process holds the write lock
-                if time.monotonic() > deadline:
-                    raise WarehouseBusy(
-                        f"DuckDB file {duckdb_path} is locked by another process ({exc}); "
-                        "close other read-write sessions (open it read-only: duckdb -readonly)"
-                    ) from exc
-                time.sleep(0.25)
-        try:
-            delta_store.load_delta_extension(con)
-            with contextlib.suppress(duckdb.Error, OSError):  # a read-only home: users LOAD it themselves
-                delta_store.install_delta_extension(con)
-            existing = {r[0] for r in con.execute(
-                "SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
-            for stale in existing - set(tables):
-                con.execute(f"DROP VIEW IF EXISTS {sql_identifier(stale)} CASCADE")
-            for sql in statements:
-                con.execute(sql)
-        finally:
-            con.close()
-        stamp.write_text(fingerprint)
-    return True
-
-
-def connect_readonly(lake: Lake, duckdb_path: Path) -> duckdb.DuckDBPyConnection:
-    """A connection for queries: the warehouse file read-only when it can be had, else in-memory views.
-
-    Full DuckDB (any file on the machine can be read): for trusted local use only (``mm-platform sql
-    --unsafe``, the demo). Anything that runs queries it did not write itself uses ``connect_restricted``.
-    """
-    try:
-        if lake.remote:
-            raise WarehouseBusy("an object-store lake's views are registered per connection")
-        refresh_warehouse(lake, duckdb_path, timeout_s=5.0)
-        con = duckdb.connect(str(duckdb_path), read_only=True)
-        delta_store.load_delta_extension(con)
-        return con
-    except (WarehouseBusy, TimeoutError, duckdb.IOException):
-        con = duckdb.connect()
-        register_views(con, lake)
-        return con
-
-
-class RestrictedSQLError(ValueError):
-    """A statement that a restricted connection does not run (it writes, attaches, loads, configures …)."""
-
-
-#: Statement types a restricted connection runs: queries only (``DESCRIBE``/``SHOW``/``SUMMARIZE`` parse as
-#: SELECT). ``EXPLAIN [ANALYZE]`` is allowed when what it explains is itself allowed.
-RESTRICTED_STATEMENT_TYPES = frozenset({duckdb.StatementType.SELECT})
-_EXPLAIN = re.compile(r"^\s*explain(\s+analyze)?\s+", re.IGNORECASE)
-
-
-def check_restricted_sql(sql: str) -> None:
-    """Raise ``RestrictedSQLError`` unless every statement in ``sql`` is a plain query.
-
-    Defense in depth: DuckDB itself (``connect_restricted``) already refuses files outside the lake,
-    extensions and configuration changes; this also refuses what the lake's own allowance would let
-    through (``COPY … TO`` a lake file, ``CREATE``, ``PRAGMA``, ``CALL``, ``SET``, ``ATTACH``, ``EXPORT`` …).
-    """
-    try:
-        statements = duckdb.extract_statements(sql)
-    except duckdb.Error as exc:
-        raise RestrictedSQLError(f"SQL does not parse: {exc}") from exc
-    if not statements:
-        raise RestrictedSQLError("no SQL statement given")
-    for stmt in statements:
-        if stmt.type in RESTRICTED_STATEMENT_TYPES:
-            continue
-        inner = _EXPLAIN.sub("", stmt.query, count=1)
-        if stmt.type == duckdb.StatementType.EXPLAIN and inner != stmt.query:
-            check_restricted_sql(inner)
-            continue
-        raise RestrictedSQLError(
-            f"only read-only queries (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN) are allowed here; "
-            f"refused a {stmt.type.name} statement"
-        )
-
-
-def _dir_prefixes(root: Path) -> list[str]:
-    """The lake root as DuckDB allowed-directory prefixes: as given, with symlinks resolved, and each as the
-    glob-escaped spelling the views use (DuckDB checks a glob pattern's text before expanding it)."""
-    out: list[str] = []
-    for p in (Path(os.path.abspath(root)), root.resolve()):
-        prefix = str(p).rstrip(os.sep) + os.sep
-        for spelling in (prefix, glob_escape(prefix)):
-            if spelling not in out:
-                out.append(spelling)
-    return out
-
-
-def restrict_connection(con: duckdb.DuckDBPyConnection, allowed_dirs: list[Path]) -> duckdb.DuckDBPyConnection:
-    """Lock ``con`` down: files only under ``allowed_dirs``, no extension install/auto-load, no external
-    access otherwise, and the configuration locked so no later ``SET``/``RESET`` can undo it."""
-    prefixes = [p for d in allowed_dirs for p in _dir_prefixes(Path(d))]
-    con.execute("SET autoinstall_known_extensions = false")
-    con.execute("SET autoload_known_extensions = false")
-    con.execute("SET allow_community_extensions = false")
-    con.execute("SET allowed_directories = ?", [prefixes])
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
-    return con
-
-
-def connect_restricted(lake: Lake, duckdb_path: Path | None = None, as_of: str | None = None) -> duckdb.DuckDBPyConnection:
-    """A query connection for SQL from anyone (``mm-platform sql``, the web service): the warehouse views,
-    with DuckDB reading files only under the lake, nothing installed or loaded, and settings locked.
-
-    The views live in a private in-memory database, never the warehouse file (``duckdb_path`` is accepted
-    for symmetry with ``connect_readonly`` and not opened): DuckDB's access settings belong to a database
-    instance, and a process shares one instance per file, so locking the file's instance would also lock
-    every other connection to it in the process (and the file's writer could not reopen it).
-    Run the caller's SQL through ``execute_restricted`` (or call ``check_restricted_sql`` first): DuckDB
-    still lets a query write *inside* the lake (``COPY … TO``), which only the statement check refuses.
-    Cursors (``con.cursor()``) share the restrictions, for one connection per thread.
-    """
-    del duckdb_path
-    con = duckdb.connect(":memory:")
-    try:
-        register_views(con, lake, as_of=as_of)
-        return restrict_connection(con, [lake.root])
-    except BaseException:
-        con.close()
-        raise
-
-
-def execute_restricted(con: duckdb.DuckDBPyConnection, sql: str, params: object = None) -> duckdb.DuckDBPyConnection:
-    """``check_restricted_sql(sql)`` then ``con.execute(sql, params)`` (a ``connect_restricted`` connection)."""
-    check_restricted_sql(sql)
-    return con.execute(sql, params) if params is not None else con.execute(sql)
+# The warehouse views and restricted SQL live in their own modules; their names stay importable from here.
+from mm_platform.lib.storage.safe_sql import (  # noqa: E402, F401
+    RESTRICTED_STATEMENT_TYPES,
+    RestrictedSQLError,
+    check_restricted_sql,
+    connect_restricted,
+    execute_restricted,
+    restrict_connection,
+)
+from mm_platform.lib.storage.views import (  # noqa: E402, F401
+    DERIVED_VIEWS,
+    VIEW_SOURCES,
+    WarehouseBusy,
+    arrow_view_name,
+    connect_readonly,
+    refresh_warehouse,
+    register_table_view,
+    register_views,
+    resolve_as_of,
+    view_statements,
+)

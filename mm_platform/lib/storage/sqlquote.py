@@ -7,6 +7,7 @@ places DuckDB does not take a parameter (file paths inside ``CREATE VIEW``/``COP
 from __future__ import annotations
 
 import os
+import re
 
 
 def sql_literal(value: str | os.PathLike[str]) -> str:
@@ -22,3 +23,7 @@ def sql_identifier(name: str) -> str:
     if not name or "\x00" in name:
         raise ValueError(f"not a usable SQL identifier: {name!r}")
     return '"' + name.replace('"', '""') + '"'
+
+def glob_escape(path: str) -> str:
+    """``path`` as a DuckDB glob matching only itself: ``[``, ``]``, ``*``, ``?`` become one-character classes."""
+    return re.sub(r"([\[\]*?])", r"[\1]", path)

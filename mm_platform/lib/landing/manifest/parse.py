@@ -1,54 +1,20 @@
-"""Landing-zone contract: batch discovery and ``records.jsonl`` manifest parsing.
-
-Layout: ``$MM_LANDING_DIR/<batch_id>/`` with ``batch_id`` matching :data:`BATCH_ID_RE` (and not
-``.``/``..``). Producers write media first and the manifest :data:`MANIFEST_NAME` last, so a
-batch is *complete* exactly when its manifest exists.
-
-Each manifest line is one JSON object::
-
-    {"record_id": str,                      # required
-     "op": "upsert" | "delete",             # optional, default "upsert"
-     "timestamp": ISO-8601 str,             # optional; naive = UTC; stored as aware UTC
-     "text": str, "image": rel path, "audio": rel path,
-     "fields": {name: number | string | null},
-     "entity_id": str,                      # optional: the device/store/patient the record is about;
-                                            # stream readings of that entity are joined to it
-     "label": str}                          # optional ground-truth / business label
-
-Accounting rules (bad input never crashes and never disappears):
-
-* Blank (whitespace-only) lines are skipped: they are neither records nor rejections and are not
-  counted in :attr:`ParsedManifest.n_lines`. Line numbers still count them (1-based, physical).
-* Every non-blank line yields a :class:`ManifestRecord`, or at least one :class:`Rejection`, or
-  both (a record kept with its valid modalities while a broken optional part is rejected).
-* Record-level problems (``modality="record"``) reject the whole line: ``invalid_encoding``,
-  ``malformed_json`` (also: not an object, duplicate keys, NaN/Infinity), ``missing_record_id``,
-  ``invalid_record_id``, ``invalid_op``, ``no_modality`` (an upsert without any of text/image/
-  audio/fields), ``duplicate_record_id`` (the first *accepted* line with an id wins).
-* A broken optional part rejects only that part (modality = ``"text"``, ``"image"``, ``"audio"``,
-  ``"fields"``, ``"timestamp"``, ``"entity_id"`` or ``"label"``). If every modality the line carried is rejected,
-  no record is produced and those modality rejections account for the line.
-* ``delete`` lines need only ``record_id`` (a timestamp is still parsed); payload keys are ignored.
-* Unknown top-level keys are ignored (forward compatibility).
-* Path checks here are syntactic only; :func:`check_record_media` / :func:`validate_batch` do the
-  file checks through :mod:`mm_platform.lib.media`.
-"""
+"""Parsing ``records.jsonl``: one :class:`ManifestRecord` or :class:`Rejection` per line (the rules are in
+:mod:`mm_platform.lib.landing.manifest`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-import os
 import re
 import unicodedata
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from mm_platform.lib import media
-from mm_platform.lib.media import AudioInfo, ImageInfo, MediaError
+from mm_platform.lib.media import MediaError
 
 BATCH_ID_RE: re.Pattern[str] = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 MANIFEST_NAME = "records.jsonl"
@@ -446,159 +412,3 @@ def parse_manifest(batch_dir: Path, batch_id: str | None = None) -> ParsedManife
             out.rejections.extend(rejs)
     out.manifest_sha256 = h.hexdigest()
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# media checks on parsed records
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class MediaCheck:
-    """Result of :func:`check_record_media` for one record."""
-
-    record: ManifestRecord | None  # broken modalities set to None; None if nothing remains
-    image: ImageInfo | None
-    audio: AudioInfo | None
-    rejections: list[Rejection]
-
-
-def check_record_media(
-    batch_dir: Path,
-    record: ManifestRecord,
-    *,
-    max_image_pixels: int = media.DEFAULT_MAX_IMAGE_PIXELS,
-    max_image_bytes: int = media.DEFAULT_MAX_IMAGE_BYTES,
-    max_audio_bytes: int = media.DEFAULT_MAX_AUDIO_BYTES,
-) -> MediaCheck:
-    """Check the image/audio files of a parsed record (path resolution + full image decode).
-
-    A broken image/audio yields a Rejection with modality ``"image"``/``"audio"`` and the media
-    reason (``missing_file``, ``path_outside_batch`` via symlinks, ``truncated_image``, ...); the
-    record is kept with that modality cleared, or becomes ``None`` if no modality remains (the
-    rejections then account for the line). Delete records pass through unchanged.
-    """
-    if record.op == "delete":
-        return MediaCheck(record, None, None, [])
-    rejs: list[Rejection] = []
-    img: ImageInfo | None = None
-    aud: AudioInfo | None = None
-    image_rel, audio_rel = record.image, record.audio
-    if record.image is not None:
-        try:
-            p = media.resolve_media_path(batch_dir, record.image)
-            img = media.inspect_image(p, max_pixels=max_image_pixels, max_bytes=max_image_bytes)
-        except MediaError as exc:
-            rejs.append(
-                Rejection(record.batch_id, record.line_number, record.record_id, "image", exc.reason,
-                          f"image {record.image!r}: {exc.detail}")
-            )
-            image_rel = None
-    if record.audio is not None:
-        try:
-            p = media.resolve_media_path(batch_dir, record.audio)
-            aud = media.inspect_audio(p, max_bytes=max_audio_bytes)
-        except MediaError as exc:
-            rejs.append(
-                Rejection(record.batch_id, record.line_number, record.record_id, "audio", exc.reason,
-                          f"audio {record.audio!r}: {exc.detail}")
-            )
-            audio_rel = None
-    new = replace(record, image=image_rel, audio=audio_rel)
-    if not new.modalities:
-        return MediaCheck(None, None, None, rejs)
-    return MediaCheck(new, img, aud, rejs)
-
-
-@dataclass
-class ValidatedBatch:
-    """Result of :func:`validate_batch`: manifest parse + media checks."""
-
-    batch_id: str
-    manifest_sha256: str
-    n_lines: int
-    records: list[ManifestRecord]
-    images: dict[str, ImageInfo]  # record_id -> info, for records with a valid image
-    audio: dict[str, AudioInfo]
-    rejections: list[Rejection]
-
-
-def validate_batch(batch_dir: Path, batch_id: str | None = None, **limits: int) -> ValidatedBatch:
-    """:func:`parse_manifest` followed by :func:`check_record_media` on every record.
-
-    ``limits`` are passed through to :func:`check_record_media`. Rejections are ordered by line.
-    """
-    parsed = parse_manifest(batch_dir, batch_id)
-    records: list[ManifestRecord] = []
-    images: dict[str, ImageInfo] = {}
-    audio: dict[str, AudioInfo] = {}
-    rejections = list(parsed.rejections)
-    for rec in parsed.records:
-        chk = check_record_media(batch_dir, rec, **limits)
-        rejections.extend(chk.rejections)
-        if chk.record is not None:
-            records.append(chk.record)
-            if chk.image is not None:
-                images[rec.record_id] = chk.image
-            if chk.audio is not None:
-                audio[rec.record_id] = chk.audio
-    rejections.sort(key=lambda r: r.line_number)
-    return ValidatedBatch(parsed.batch_id, parsed.manifest_sha256, parsed.n_lines, records, images, audio, rejections)
-
-
-# --------------------------------------------------------------------------------------------------
-# batch discovery
-# --------------------------------------------------------------------------------------------------
-
-
-def list_complete_batches(landing_dir: Path) -> list[BatchInfo]:
-    """List complete batches under ``landing_dir``, sorted by ``(manifest_mtime, batch_id)``.
-
-    Skips: non-directories, hidden/dot entries, names failing :func:`is_valid_batch_id`, folders
-    without a regular-file manifest, and entries that vanish or become unreadable while scanning.
-    A missing ``landing_dir`` yields ``[]``.
-    """
-    landing_dir = Path(landing_dir)
-    out: list[BatchInfo] = []
-    try:
-        entries = list(os.scandir(landing_dir))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    for entry in entries:
-        name = entry.name
-        if name.startswith(".") or not is_valid_batch_id(name):
-            continue
-        try:
-            if not entry.is_dir():
-                continue
-            mpath = Path(entry.path) / MANIFEST_NAME
-            if not mpath.is_file():
-                continue
-            mtime = mpath.stat().st_mtime
-            sha = file_sha256(mpath)
-        except OSError:
-            continue
-        out.append(BatchInfo(name, Path(entry.path), mpath, mtime, sha))
-    out.sort(key=lambda b: (b.manifest_mtime, b.batch_id))
-    return out
-
-
-__all__ = [
-    "BATCH_ID_RE",
-    "MANIFEST_NAME",
-    "MODALITIES",
-    "OPS",
-    "BatchInfo",
-    "ManifestRecord",
-    "MediaCheck",
-    "ParsedManifest",
-    "Rejection",
-    "ValidatedBatch",
-    "check_record_media",
-    "file_sha256",
-    "is_valid_batch_id",
-    "list_complete_batches",
-    "parse_manifest",
-    "parse_timestamp",
-    "validate_batch",
-]
