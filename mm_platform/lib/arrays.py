@@ -11,7 +11,7 @@ has no nulls, one cast otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -125,3 +125,20 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     safe = np.where(norms > eps, norms, 1.0)
     out = np.where(norms > eps, arr / safe, 0.0).astype(np.float32)
     return out[0] if one_d else out
+
+
+def presence_mask(name: str, present: Mapping[str, Any], n: int, *, rows: str = "blocks") -> np.ndarray:
+    """``present[name]`` as a boolean vector of ``n`` rows: the one check of a modality's presence mask used by
+    fusion, the shared space and the classifiers (``rows`` names what ``n`` counts in the error)."""
+    if name not in present:
+        raise ValueError(f"no presence mask for modality {name!r}")
+    mask = np.asarray(present[name], dtype=bool).reshape(-1)
+    if mask.shape[0] != n:
+        raise ValueError(f"{name}: presence mask has {mask.shape[0]} rows, {rows} have {n}")
+    return mask
+
+
+def zero_nonfinite_rows(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``block`` (2-D) with every row that holds a NaN or an infinity set to 0 (same dtype), and the finite-row mask."""
+    finite = np.isfinite(block).all(axis=1)
+    return np.where(finite[:, None], block, 0).astype(block.dtype, copy=False), finite

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import polars as pl
 
 
 from mm_platform.defs.automation import GLOBAL_AUTOMATION
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.resources import WarehouseResource
-from mm_platform.lib.storage.lake import VIEW_SOURCES, Lake, register_table_view
+from mm_platform.lib.storage.lake import VIEW_SOURCES, register_table_view
 from mm_platform.lib.settings import setting
-from mm_platform.lib.storage.sql_models import SqlModel, discover_models, select_body, topo_order
-from mm_platform.lib.storage.sqlquote import sql_identifier
+from mm_platform.lib.storage.sql_models import SqlModel, discover_models, run_models, topo_order
 
 #: The SQL project: ``$MM_SQL_DIR``, else ``dbt_like_sql/`` beside the package.
 SQL_DIR = Path(setting("MM_SQL_DIR") or Path(__file__).resolve().parents[3] / "dbt_like_sql")
@@ -46,17 +46,6 @@ def model_spec(model: SqlModel) -> dg.AssetSpec:
     )
 
 
-def ensure_upstream_views(con: duckdb.DuckDBPyConnection, model: SqlModel, models: dict[str, SqlModel],
-                          lake: Lake) -> None:
-    """Upstream models that were never materialized are defined as plain views, so a model can always run."""
-    for dep in sorted(model.deps):
-        upstream = models.get(dep)
-        if upstream is None or dep in lake.model_tables():
-            continue
-        ensure_upstream_views(con, upstream, models, lake)
-        con.execute(f'CREATE OR REPLACE VIEW {sql_identifier(dep)} AS {upstream.sql.strip().rstrip(";")}')
-
-
 def build_sql_models_asset(models: dict[str, SqlModel]) -> dg.AssetsDefinition:
     order = topo_order(models)
 
@@ -70,18 +59,15 @@ def build_sql_models_asset(models: dict[str, SqlModel]) -> dg.AssetsDefinition:
         lake = warehouse.lake
         selected = {k.to_user_string() for k in context.selected_asset_keys}
         with warehouse.compute_connection() as con:
-            for name in order:
-                if name not in selected:
-                    continue
-                model = models[name]
-                ensure_upstream_views(con, model, models, lake)
-                # one Delta commit: readers see the previous result or this one, whole
-                df = con.execute(select_body(model.sql)).pl()
-                lake.write_global(name, df)
+
+            def write(con: duckdb.DuckDBPyConnection, name: str, df: pl.DataFrame) -> None:
+                lake.write_global(name, df)  # one Delta commit: readers see the previous result or this one, whole
                 register_table_view(con, lake, name)
-                rows, head = df.height, df.head(5)
-                yield dg.MaterializeResult(asset_key=name, metadata={"dagster/row_count": rows,
-                                                                     "preview": preview(head)})
+
+            for name, df in run_models(con, models, write, select=selected,
+                                       materialized=lambda dep: dep in lake.model_tables()):
+                yield dg.MaterializeResult(asset_key=name, metadata={"dagster/row_count": df.height,
+                                                                     "preview": preview(df.head(5))})
         warehouse.refresh_views(context.log)
 
     return _sql_models

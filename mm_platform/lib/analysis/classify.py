@@ -50,6 +50,7 @@ from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from mm_platform.lib.analysis.clustering import is_missing_label
+from mm_platform.lib.arrays import presence_mask, zero_nonfinite_rows
 from mm_platform.lib.vectors.fusion import modality_order
 
 #: Fusion strategies scored besides the single modalities.
@@ -224,16 +225,11 @@ def _prepare(
     X: dict[str, np.ndarray] = {}
     P: dict[str, np.ndarray] = {}
     for m in order:
-        if m not in present:
-            raise ValueError(f"no presence mask for modality {m!r}")
+        mask = presence_mask(m, present, n_labels, rows="labels")
         block = np.asarray(blocks[m], dtype=np.float64)
         if block.ndim != 2 or block.shape[0] != n_labels:
             raise ValueError(f"{m}: block must be ({n_labels}, d) like the labels, got shape {block.shape}")
-        mask = np.asarray(present[m], dtype=bool).reshape(-1)
-        if mask.shape[0] != n_labels:
-            raise ValueError(f"{m}: presence mask has {mask.shape[0]} rows, labels have {n_labels}")
-        finite = np.isfinite(block).all(axis=1)
-        block = np.where(finite[:, None], block, 0.0)
+        block, finite = zero_nonfinite_rows(block)
         usable = mask & finite & (np.linalg.norm(block, axis=1) > 1e-12)
         X[m] = block
         P[m] = usable

@@ -179,6 +179,17 @@ _HASH_LOCK = threading.Lock()
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
+def state_dict_hash(model: Any) -> str:
+    """Hex sha256 over a torch module's state dict (names and raw bytes, in order): the weights' identity."""
+    import torch  # lazy: importing the encoder base stays torch-free
+
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file's content, memoised per (real path, size, mtime) for this process.
 

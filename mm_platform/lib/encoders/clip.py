@@ -33,6 +33,7 @@ from mm_platform.lib.encoders.base import (
     content_version,
     empty_vectors,
     hub_offline,
+    state_dict_hash,
 )
 from mm_platform.lib.encoders.image import TorchImageEncoder
 
@@ -207,14 +208,6 @@ def _image_size(model: Any) -> int:
     return int(max(size) if isinstance(size, (tuple, list)) else size)
 
 
-def _state_dict_hash(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 @dataclass
 class ClipBundle:
     """A loaded open_clip model with its preprocessing and tokenizer, shared by both encoders."""
@@ -335,7 +328,7 @@ def load_clip(
         weights_file = after.path if after.local else None
     model_id, version, dim = _clip_identity(arch, pretrained, where, weights_file, model_cfg)
     if version is None:
-        h = hashlib.sha256(_state_dict_hash(model).encode())
+        h = hashlib.sha256(state_dict_hash(model).encode())
         h.update(json.dumps({"arch": arch, "model_cfg": model_cfg}, sort_keys=True, default=str).encode())
         version = h.hexdigest()[:12]
     text_cfg = model_cfg.get("text_cfg", {})

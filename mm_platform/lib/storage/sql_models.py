@@ -21,19 +21,19 @@ A SQL syntax error raises ``ValueError`` with DuckDB's message.
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
-import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import polars as pl
 
 from mm_platform.lib.storage import lake as _lake
 from mm_platform.lib.storage.sqlquote import sql_identifier, sql_literal
+from mm_platform.lib.storage.writes import atomic_write_parquet
 
 LAYERS: tuple[str, ...] = ("staging", "intermediate", "marts")
 
@@ -281,24 +281,54 @@ def select_body(sql: str) -> str:
     return _select_body(sql)
 
 
-def run_model(con: duckdb.DuckDBPyConnection, model: SqlModel, out_path: Path) -> int:
-    """Run ``model``'s SELECT on ``con`` and write the result to ``out_path`` as Parquet, atomically.
+#: Persists one model's result and makes it visible to the models after it: ``write(con, name, frame)``.
+ModelWriter = Callable[[duckdb.DuckDBPyConnection, str, pl.DataFrame], None]
 
-    Sources and upstream models must already be visible on ``con`` (views or tables). The result goes
-    to a temporary file in the same directory, then ``os.replace`` moves it into place, so readers never
-    see a partial file. Returns the number of rows written.
+
+def ensure_upstream_views(con: duckdb.DuckDBPyConnection, model: SqlModel, models: Mapping[str, SqlModel],
+                          materialized: Callable[[str], bool]) -> None:
+    """Upstream models that were never materialized are defined as plain views, so a model can always run."""
+    for dep in sorted(model.deps):
+        upstream = models.get(dep)
+        if upstream is None or materialized(dep):
+            continue
+        ensure_upstream_views(con, upstream, models, materialized)
+        con.execute(f"CREATE OR REPLACE VIEW {sql_identifier(dep)} AS {select_body(upstream.sql)}")
+
+
+def run_models(
+    con: duckdb.DuckDBPyConnection,
+    models: Mapping[str, SqlModel],
+    write: ModelWriter,
+    select: Iterable[str] | None = None,
+    materialized: Callable[[str], bool] | None = None,
+) -> Iterator[tuple[str, pl.DataFrame]]:
+    """The one SQL model runner (the Dagster asset and the tests both use it).
+
+    Models run in topological order; ``select`` limits which (an upstream model outside it is defined as a
+    plain view unless ``materialized(name)`` says its result already exists). Each model's single SELECT runs
+    on ``con``, ``write`` persists the frame and re-registers the name, and ``(name, frame)`` is yielded.
     """
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    body = _select_body(model.sql)
-    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        con.execute(f"COPY (\n{body}\n) TO {sql_literal(str(tmp))} (FORMAT PARQUET, COMPRESSION ZSTD)")
-        rows = con.execute(f"SELECT count(*) FROM read_parquet({sql_literal(str(tmp))})").fetchone()
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return int(rows[0]) if rows else 0
+    wanted = set(select) if select is not None else None
+    done: set[str] = set()
+    exists = materialized or (lambda name: False)
+    for name in topo_order(models):
+        if wanted is not None and name not in wanted:
+            continue
+        model = models[name]
+        ensure_upstream_views(con, model, models, lambda dep: dep in done or exists(dep))
+        df = con.execute(select_body(model.sql)).pl()
+        write(con, name, df)
+        done.add(name)
+        yield name, df
+
+
+def run_model(con: duckdb.DuckDBPyConnection, model: SqlModel, out_path: Path) -> int:
+    """Run one model to ``out_path`` (Parquet, written atomically: on any error the previous file stays and no
+    temp file is left). Returns the row count."""
+    df = con.execute(select_body(model.sql)).pl()
+    atomic_write_parquet(df, Path(out_path))
+    return df.height
 
 
 def register_view(con: duckdb.DuckDBPyConnection, name: str, parquet_path: Path) -> None:
@@ -308,22 +338,22 @@ def register_view(con: duckdb.DuckDBPyConnection, name: str, parquet_path: Path)
     )
 
 
+def parquet_writer(out_dir: Path) -> ModelWriter:
+    """A :data:`ModelWriter` writing ``out_dir/<name>.parquet`` atomically and registering it as a view."""
+
+    def write(con: duckdb.DuckDBPyConnection, name: str, df: pl.DataFrame) -> None:
+        path = atomic_write_parquet(df, Path(out_dir) / f"{name}.parquet")
+        register_view(con, name, path)
+
+    return write
+
+
 def run_all(
     con: duckdb.DuckDBPyConnection,
     models: Mapping[str, SqlModel],
     out_dir: Path,
     select: Iterable[str] | None = None,
 ) -> dict[str, int]:
-    """Run models in topological order, each to ``out_dir/<name>.parquet``, registering each output as a
-    view on ``con`` so downstream models see it. ``select`` limits which models run (their upstream
-    models must then already be visible). Returns rows written per model.
-    """
-    wanted = set(select) if select is not None else None
-    counts: dict[str, int] = {}
-    for name in topo_order(models):
-        if wanted is not None and name not in wanted:
-            continue
-        path = Path(out_dir) / f"{name}.parquet"
-        counts[name] = run_model(con, models[name], path)
-        register_view(con, name, path)
-    return counts
+    """Run models (see :func:`run_models`) each to ``out_dir/<name>.parquet``, registered as views on ``con``.
+    Returns rows written per model."""
+    return {name: df.height for name, df in run_models(con, models, parquet_writer(out_dir), select)}

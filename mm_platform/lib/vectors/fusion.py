@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mm_platform.lib.arrays import l2_normalize
+from mm_platform.lib.arrays import l2_normalize, presence_mask, zero_nonfinite_rows
 
 MODALITIES: tuple[str, ...] = ("text", "image", "audio", "tabular")
 
@@ -242,16 +242,11 @@ def early_fusion(
     normed: list[np.ndarray] = []
     masks: list[np.ndarray] = []
     for m in kept:
-        if m not in present:
-            raise ValueError(f"no presence mask for modality {m!r}")
+        mask = presence_mask(m, present, n)
         block = np.asarray(blocks[m], dtype=np.float64)
         if block.ndim != 2:
             raise ValueError(f"{m}: block must be 2-D, got shape {block.shape}")
-        mask = np.asarray(present[m], dtype=bool).reshape(-1)
-        if mask.shape[0] != n:
-            raise ValueError(f"{m}: presence mask has {mask.shape[0]} rows, blocks have {n}")
-        finite = np.isfinite(block).all(axis=1)
-        block = np.where(finite[:, None], block, 0.0)
+        block, finite = zero_nonfinite_rows(block)
         unit = l2_normalize(block).astype(np.float64)
         usable = mask & finite & (np.linalg.norm(unit, axis=1) > 0.5)
         normed.append(np.where(usable[:, None], unit, 0.0))

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from mm_platform.lib.media.audio import DEFAULT_MAX_AUDIO_SECONDS
 from mm_platform.lib.device import DeviceConfig, OOMBackoff, autocast_context, resolve_device
 from mm_platform.lib.encoders.audio.waveform import WaveformAudioEncoder, check_waveforms
 from mm_platform.lib.encoders.audio.weights import (
@@ -34,18 +33,12 @@ from mm_platform.lib.encoders.base import (
     empty_vectors,
     hub_offline,
     l2_normalise,
+    state_dict_hash,
 )
 from mm_platform.lib.media import DEFAULT_MAX_AUDIO_BYTES
+from mm_platform.lib.media.audio import DEFAULT_MAX_AUDIO_SECONDS
 
 logger = logging.getLogger(__name__)
-
-
-def _state_dict_hash(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _fp32_kwargs() -> dict[str, Any]:
@@ -169,7 +162,7 @@ class ClapAudioEncoder(WaveformAudioEncoder):
             self.info = _clap_info(where, files, max_windows, int(self.model.config.projection_dim))
         else:
             extra = _clap_version_extra(max_windows)
-            h = hashlib.sha256(_state_dict_hash(self.model).encode())
+            h = hashlib.sha256(state_dict_hash(self.model).encode())
             h.update(json.dumps({**extra, "fe": fe.to_dict()}, sort_keys=True, default=str).encode())
             label = _clap_label(where)
             self.info = ModelInfo(model_id=label, model_version=h.hexdigest()[:12],

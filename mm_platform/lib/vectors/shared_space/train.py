@@ -20,9 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mm_platform.lib.arrays import presence_mask, zero_nonfinite_rows
 from mm_platform.lib.device import step_threads
 from mm_platform.lib.vectors.fusion import modality_order
-from mm_platform.lib.vectors.shared_space.heads import AUTO_HIDDEN, AlignmentConfig, AlignmentModel, _forward, _make_head
+from mm_platform.lib.vectors.shared_space.heads import (
+    AUTO_HIDDEN,
+    AlignmentConfig,
+    AlignmentModel,
+    _forward,
+    _make_head,
+)
 from mm_platform.lib.vectors.shared_space.recall import RECALL_KS, retrieval_recall
 
 #: Upper bound of torch intra-op threads while training (a fixed count keeps results reproducible).
@@ -94,16 +101,11 @@ def _prepare(
     X: dict[str, np.ndarray] = {}
     P: dict[str, np.ndarray] = {}
     for m in order:
-        if m not in present:
-            raise ValueError(f"no presence mask for modality {m!r}")
+        mask = presence_mask(m, present, n)
         block = np.asarray(blocks[m], dtype=np.float32)
         if block.ndim != 2 or block.shape[1] < 1:
             raise ValueError(f"{m}: block must be 2-D with at least one column, got shape {block.shape}")
-        mask = np.asarray(present[m], dtype=bool).reshape(-1)
-        if mask.shape[0] != n:
-            raise ValueError(f"{m}: presence mask has {mask.shape[0]} rows, blocks have {n}")
-        finite = np.isfinite(block).all(axis=1)
-        block = np.where(finite[:, None], block, 0.0).astype(np.float32)
+        block, finite = zero_nonfinite_rows(block)
         usable = mask & finite & (np.linalg.norm(block, axis=1) > 1e-12)
         X[m] = np.ascontiguousarray(np.where(usable[:, None], block, 0.0).astype(np.float32))
         P[m] = usable
