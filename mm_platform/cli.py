@@ -348,7 +348,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    """Every setting in effect and where it came from (or the generated `.env.example` / docs table)."""
+    """Every setting in effect and where it came from (or the generated `.env.example` / docs table); exit 2
+    when a value does not fit its setting's type."""
+    import os
+
     from mm_platform.lib import settings
 
     if args.env_example:
@@ -357,12 +360,17 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.table:
         print(settings.config_table(), end="")
         return 0
-    rows = [{"variable": s.name, "value": value, "source": source, "group": s.group}
+    rows = [{"variable": s.name, "value": value, "source": source, "group": s.group,
+             "problem": s.problem(os.environ.get(s.name, "")) or ""}
             for s, value, source in settings.resolved()]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(_table(rows, ["variable", "value", "source"], width=70))
+        print(_table(rows, ["variable", "value", "source", "problem"], width=70))
+    bad = [r["problem"] for r in rows if r["problem"]]
+    if bad:
+        print("invalid settings:\n  " + "\n  ".join(bad), file=sys.stderr)
+        return 2
     return 0
 
 

@@ -14,12 +14,34 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Setting:
-    """One environment variable: its default (as text; empty = unset), what it means, and its group."""
+    """One environment variable: its default (as text; empty = unset), what it means, its group, and its type
+    (:data:`KINDS`: ``str`` unless declared ``int``, ``float`` or one of a fixed set of choices)."""
 
     name: str
     default: str
     doc: str
     group: str
+
+    @property
+    def kind(self) -> str | tuple[str, ...]:
+        """``"str"``, ``"int"``, ``"float"``, or the tuple of accepted values."""
+        return KINDS.get(self.name, "str")
+
+    def problem(self, value: str) -> str | None:
+        """Why ``value`` is not a valid value of this setting, or None (blank = the default: always valid)."""
+        value = value.strip()
+        kind = self.kind
+        if not value or kind == "str":
+            return None
+        if kind in ("int", "float"):
+            try:
+                int(value) if kind == "int" else float(value)
+            except ValueError:
+                return f"{self.name}={value!r} is not {'an integer' if kind == 'int' else 'a number'}"
+            return None
+        if isinstance(kind, tuple) and value not in kind and not _matches_pattern(self.name, value):
+            return f"{self.name}={value!r} is not one of {' | '.join(kind)}"
+        return None
 
     @property
     def computed(self) -> bool:
@@ -107,6 +129,35 @@ SETTINGS: tuple[Setting, ...] = tuple([
         ("HF_HUB_OFFLINE", "", "set to 1 on an air-gapped machine: nothing is fetched from the Hugging Face hub")),
 ])
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+#: The type of every setting that is not free text: ``int``, ``float``, or its accepted values.
+KINDS: dict[str, str | tuple[str, ...]] = {
+    **dict.fromkeys(("MM_BATCH_SIZE", "MM_NUM_WORKERS", "MM_CONCURRENT_STEPS", "MM_MAX_AUDIO_SECONDS",
+                     "MM_SENSOR_MAX_BATCHES", "MM_CLUSTER_K", "MM_CLUSTER_K_MAX", "MM_CLUSTER_REDUCE_DIM",
+                     "MM_HDBSCAN_MIN_CLUSTER_SIZE", "MM_DBSCAN_MIN_SAMPLES", "MM_MAP_FIT_SAMPLE", "MM_SHARED_DIM",
+                     "MM_ALIGNMENT_EPOCHS", "MM_RAY_NUM_CPUS", "MM_RAY_OBJECT_STORE_MB", "MM_POOL_WAIT_S"), "int"),
+    **dict.fromkeys(("MM_LAKE_VACUUM_RETENTION_HOURS", "MM_SERVE_QDRANT_IDLE_S", "MM_DBSCAN_EPS"), "float"),
+    "MM_QDRANT_BACKEND": ("edge", "local"),
+    "MM_MODEL_PROFILE": ("auto", "offline", "clip"),
+    "MM_DEVICE": ("auto", "cpu", "cuda", "cuda:N"),
+    "MM_PRECISION": ("fp32", "fp16", "bf16"),
+    "MM_STEP_THREADS": ("auto", "N"),
+    "MM_STREAM_STRATEGY": ("backward", "forward", "nearest"),
+    "MM_FUSION_STRATEGY": ("early", "shared_mean"),
+    "MM_FUSION_SELECT": ("auto", "unsupervised", "fixed"),
+    "MM_CLUSTER_ALGORITHM": ("kmeans", "hdbscan", "dbscan"),
+    "MM_OUTLIER_POLICY": ("keep", "nearest"),
+    "MM_MAP_METHOD": ("pca", "tsne"),
+    "MM_COMPUTE": ("local", "ray"),
+}
+
+
+def _matches_pattern(name: str, value: str) -> bool:
+    """The choices written with ``N`` (``cuda:N``, ``N``) accept a non-negative integer there."""
+    if name == "MM_DEVICE":
+        head, _, idx = value.partition(":")
+        return head == "cuda" and idx.isdigit()
+    return name == "MM_STEP_THREADS" and value.isdigit() and int(value) > 0
 #: never printed by `mm-platform config`
 SECRETS = frozenset({"QDRANT_API_KEY", "MM_SERVE_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"})
 
@@ -123,11 +174,27 @@ def setting(name: str, env: Mapping[str, str] | None = None) -> str:
 
 
 def setting_int(name: str, env: Mapping[str, str] | None = None) -> int:
-    return int(setting(name, env))
+    """``name`` as an integer; a value that is not one raises ``ValueError`` naming the variable."""
+    value = setting(name, env)
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not an integer") from None
 
 
 def setting_float(name: str, env: Mapping[str, str] | None = None) -> float:
-    return float(setting(name, env))
+    """``name`` as a number; a value that is not one raises ``ValueError`` naming the variable."""
+    value = setting(name, env)
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a number") from None
+
+
+def problems(env: Mapping[str, str] | None = None) -> list[str]:
+    """Every setting whose value in ``env`` does not fit its type (see :data:`KINDS`)."""
+    env = os.environ if env is None else env
+    return [p for s in SETTINGS if (p := s.problem(env.get(s.name, ""))) is not None]
 
 
 def resolved(env: Mapping[str, str] | None = None) -> list[tuple[Setting, str, str]]:
@@ -164,11 +231,12 @@ def env_example() -> str:
 
 def config_table() -> str:
     """The configuration table of docs/operations.md (markdown), generated from :data:`SETTINGS`."""
-    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    rows = ["| variable | type | default | meaning |", "|---|---|---|---|"]
     for s in SETTINGS:
         default = f"`{s.default}`" if s.default else ""
         meaning = s.doc.replace("|", "\\|")
-        rows.append(f"| `{s.name}` | {default} | {meaning} |")
+        kind = s.kind if isinstance(s.kind, str) else " \\| ".join(s.kind)
+        rows.append(f"| `{s.name}` | {kind} | {default} | {meaning} |")
     return "\n".join(rows) + "\n"
 
 

@@ -68,3 +68,24 @@ def test_config_command_prints_values_and_their_source(tmp_path: Path) -> None:
     assert (rows["MM_BATCH_SIZE"]["value"], rows["MM_BATCH_SIZE"]["source"]) == ("64", "default")
     assert rows["MM_LAKE_DIR"]["value"] == str((tmp_path / "d" / "lake").resolve())
     assert "s3cret" not in out and rows["QDRANT_API_KEY"]["source"] == "environment"
+
+
+def test_settings_are_typed_and_every_default_fits_its_type() -> None:
+    for s in SETTINGS:
+        assert s.problem(s.default if not s.computed else "") is None, s.name
+    assert BY_NAME["MM_BATCH_SIZE"].kind == "int" and BY_NAME["MM_COMPUTE"].kind == ("local", "ray")
+    assert settings.problems({"MM_BATCH_SIZE": "sixty", "MM_COMPUTE": "spark", "MM_DEVICE": "cuda:1",
+                              "MM_STEP_THREADS": "3", "MM_LAKE_VACUUM_RETENTION_HOURS": "1.5"}) == [
+        "MM_BATCH_SIZE='sixty' is not an integer", "MM_COMPUTE='spark' is not one of local | ray"]
+    assert settings.problems({"MM_DEVICE": "cuda:x", "MM_STEP_THREADS": "0"}) == [
+        "MM_DEVICE='cuda:x' is not one of auto | cpu | cuda | cuda:N", "MM_STEP_THREADS='0' is not one of auto | N"]
+    with pytest.raises(ValueError, match="MM_CLUSTER_K_MAX='many' is not an integer"):
+        setting_int("MM_CLUSTER_K_MAX", {"MM_CLUSTER_K_MAX": "many"})
+
+
+def test_config_command_names_an_invalid_setting(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "MM_DATA_DIR": str(tmp_path / "d"), "MM_MAP_METHOD": "umap"}
+    done = subprocess.run([sys.executable, "-m", "mm_platform.cli", "config"], env=env, capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 2
+    assert "MM_MAP_METHOD='umap' is not one of pca | tsne" in done.stderr
