@@ -233,6 +233,69 @@ def _check_fields(value: object) -> dict[str, FieldValue]:
 # --------------------------------------------------------------------------------------------------
 
 
+def _decode_object(line_number: int, raw: bytes) -> dict[str, Any] | tuple[str, str]:
+    """The line's JSON object, or ``(reason, detail)`` of the record-level rejection."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return ("invalid_encoding",
+                f"line is not valid UTF-8: byte {raw[exc.start:exc.start + 1].hex()} at offset {exc.start}")
+    if line_number == 1 and line.startswith("\ufeff"):
+        line = line[1:]
+    try:
+        obj = json.loads(line, object_pairs_hook=_pairs_no_dupes, parse_constant=_reject_constant)
+    except _JsonProblem as exc:
+        return "malformed_json", str(exc)
+    except (ValueError, RecursionError) as exc:
+        return "malformed_json", f"invalid JSON: {exc}; line starts {_short(line, 60)}"
+    if not isinstance(obj, dict):
+        return "malformed_json", f"expected a JSON object, got {type(obj).__name__}"
+    return obj
+
+
+def _record_id_problem(rid: object) -> tuple[str, str] | None:
+    """``(reason, detail)`` when ``rid`` is not a usable record id."""
+    if rid is None:
+        return "missing_record_id", "record_id is missing or null"
+    if not isinstance(rid, str):
+        return "invalid_record_id", f"record_id must be a string, got {type(rid).__name__} {_short(rid)}"
+    if not rid.strip():
+        return "invalid_record_id", "record_id is empty or whitespace"
+    if not _is_clean_str(rid) or _has_control(rid):
+        return "invalid_record_id", f"record_id contains surrogates/control characters: {_short(rid)}"
+    if rid != rid.strip():
+        return "invalid_record_id", f"record_id has leading/trailing whitespace: {_short(rid)}"
+    if len(rid) > MAX_RECORD_ID_CHARS:
+        return "invalid_record_id", f"record_id longer than {MAX_RECORD_ID_CHARS} characters"
+    problem = id_display_problem(rid)
+    return ("invalid_record_id", f"record_id {problem}: {_short(rid)}") if problem else None
+
+
+def _check_label(lab: object) -> str:
+    """The stripped label; ``ValueError`` with the detail of an ``invalid_label`` rejection otherwise."""
+    if not isinstance(lab, str):
+        raise ValueError(f"label must be a string, got {type(lab).__name__} {_short(lab)}")
+    if not _is_clean_str(lab) or _has_control(lab):
+        raise ValueError(f"label contains surrogates/control characters: {_short(lab)}")
+    if not lab.strip():
+        raise ValueError("label is empty or whitespace")
+    if len(lab.strip()) > MAX_LABEL_CHARS:
+        raise ValueError(f"label longer than {MAX_LABEL_CHARS} characters")
+    return lab.strip()
+
+
+def _check_entity(raw: object) -> str:
+    """The stripped entity id; ``ValueError`` with the detail of an ``invalid_entity_id`` rejection otherwise."""
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+        raise ValueError(f"entity_id must be a string (or integer), got {type(raw).__name__} {_short(raw)}")
+    ent = str(raw).strip()
+    if not ent or not _is_clean_str(ent) or _has_control(ent) or len(ent) > MAX_ENTITY_ID_CHARS:
+        raise ValueError(f"entity_id must be 1-{MAX_ENTITY_ID_CHARS} printable characters: {_short(raw)}")
+    if problem := id_display_problem(ent):
+        raise ValueError(f"entity_id {problem}: {_short(ent)}")
+    return ent
+
+
 def _parse_line(
     batch_id: str, line_number: int, raw: bytes
 ) -> tuple[ManifestRecord | None, list[Rejection]]:
@@ -241,43 +304,12 @@ def _parse_line(
     def rec_reject(reason: str, detail: str, rid: str | None = None) -> tuple[None, list[Rejection]]:
         return None, [Rejection(batch_id, line_number, rid, "record", reason, detail)]
 
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return rec_reject(
-            "invalid_encoding",
-            f"line is not valid UTF-8: byte {raw[exc.start:exc.start + 1].hex()} at offset {exc.start}",
-        )
-    if line_number == 1 and line.startswith("\ufeff"):
-        line = line[1:]
-    try:
-        obj = json.loads(line, object_pairs_hook=_pairs_no_dupes, parse_constant=_reject_constant)
-    except _JsonProblem as exc:
-        return rec_reject("malformed_json", str(exc))
-    except (ValueError, RecursionError) as exc:
-        return rec_reject("malformed_json", f"invalid JSON: {exc}; line starts {_short(line, 60)}")
-    if not isinstance(obj, dict):
-        return rec_reject("malformed_json", f"expected a JSON object, got {type(obj).__name__}")
-
-    # record_id
+    obj = _decode_object(line_number, raw)
+    if isinstance(obj, tuple):
+        return rec_reject(*obj)
     rid = obj.get("record_id")
-    if rid is None:
-        return rec_reject("missing_record_id", "record_id is missing or null")
-    if not isinstance(rid, str):
-        return rec_reject("invalid_record_id", f"record_id must be a string, got {type(rid).__name__} {_short(rid)}")
-    if not rid.strip():
-        return rec_reject("invalid_record_id", "record_id is empty or whitespace")
-    if not _is_clean_str(rid) or _has_control(rid):
-        return rec_reject("invalid_record_id", f"record_id contains surrogates/control characters: {_short(rid)}")
-    if rid != rid.strip():
-        return rec_reject("invalid_record_id", f"record_id has leading/trailing whitespace: {_short(rid)}")
-    if len(rid) > MAX_RECORD_ID_CHARS:
-        return rec_reject("invalid_record_id", f"record_id longer than {MAX_RECORD_ID_CHARS} characters", None)
-    problem = id_display_problem(rid)
-    if problem:
-        return rec_reject("invalid_record_id", f"record_id {problem}: {_short(rid)}")
-
-    # op
+    if (id_problem := _record_id_problem(rid)) is not None:
+        return rec_reject(*id_problem)
     op = obj.get("op", None)
     if op is None:
         op = "upsert"
@@ -286,74 +318,32 @@ def _parse_line(
 
     rejections: list[Rejection] = []
 
-    def part_reject(modality: str, reason: str, detail: str) -> None:
-        rejections.append(Rejection(batch_id, line_number, rid, modality, reason, detail))
+    def part(modality: str, reason: str, check: Any, value: Any, prefix: str = "") -> Any:
+        """``check(value)``, or None with a rejection of that part of the line."""
+        try:
+            return check(value)
+        except MediaError as exc:
+            rejections.append(Rejection(batch_id, line_number, rid, modality, exc.reason, prefix + exc.detail))
+        except ValueError as exc:
+            rejections.append(Rejection(batch_id, line_number, rid, modality, reason, str(exc)))
+        return None
 
     ts: datetime | None = None
     if obj.get("timestamp") is not None:
-        try:
-            ts = parse_timestamp(obj["timestamp"])
-        except ValueError as exc:
-            part_reject("timestamp", "invalid_timestamp", str(exc))
-
+        ts = part("timestamp", "invalid_timestamp", parse_timestamp, obj["timestamp"])
     if op == "delete":
         return ManifestRecord(batch_id, line_number, rid, "delete", ts, None, None, None, None, None), rejections
 
-    present = [m for m in MODALITIES if obj.get(m) is not None]
-    if not present:
+    if not any(obj.get(m) is not None for m in MODALITIES):
         return rec_reject("no_modality", f"upsert has none of {', '.join(MODALITIES)} (all missing or null)", rid)
-
-    text: str | None = None
-    if obj.get("text") is not None:
-        try:
-            text = media.normalize_text(obj["text"])
-        except MediaError as exc:
-            part_reject("text", exc.reason, exc.detail)
-
-    paths: dict[str, str | None] = {"image": None, "audio": None}
-    for m in ("image", "audio"):
-        if obj.get(m) is not None:
-            try:
-                paths[m] = media.check_relative_path(obj[m])
-            except MediaError as exc:
-                part_reject(m, exc.reason, f"{m} {exc.detail}")
-
-    fields: dict[str, FieldValue] | None = None
-    if obj.get("fields") is not None:
-        try:
-            fields = _check_fields(obj["fields"])
-        except ValueError as exc:
-            part_reject("fields", "invalid_fields", str(exc))
-
-    label: str | None = None
-    lab = obj.get("label")
-    if lab is not None:
-        if not isinstance(lab, str):
-            part_reject("label", "invalid_label", f"label must be a string, got {type(lab).__name__} {_short(lab)}")
-        elif not _is_clean_str(lab) or _has_control(lab):
-            part_reject("label", "invalid_label", f"label contains surrogates/control characters: {_short(lab)}")
-        elif not lab.strip():
-            part_reject("label", "invalid_label", "label is empty or whitespace")
-        elif len(lab.strip()) > MAX_LABEL_CHARS:
-            part_reject("label", "invalid_label", f"label longer than {MAX_LABEL_CHARS} characters")
-        else:
-            label = lab.strip()
-
-    entity: str | None = None
-    ent = obj.get("entity_id")
-    if ent is not None:
-        if isinstance(ent, bool) or not isinstance(ent, (str, int)):
-            part_reject("entity_id", "invalid_entity_id",
-                        f"entity_id must be a string (or integer), got {type(ent).__name__} {_short(ent)}")
-        else:
-            ent = str(ent).strip()
-            if not ent or not _is_clean_str(ent) or _has_control(ent) or len(ent) > MAX_ENTITY_ID_CHARS:
-                part_reject("entity_id", "invalid_entity_id",
-                            f"entity_id must be 1-{MAX_ENTITY_ID_CHARS} printable characters: {_short(obj['entity_id'])}")
-            elif problem := id_display_problem(ent):
-                part_reject("entity_id", "invalid_entity_id", f"entity_id {problem}: {_short(ent)}")
-            else:
-                entity = ent
+    present = {k: obj[k] for k in (*MODALITIES, "label", "entity_id") if obj.get(k) is not None}
+    text = part("text", "invalid_text", media.normalize_text, present["text"]) if "text" in present else None
+    paths: dict[str, str | None] = {
+        m: part(m, "invalid_path", media.check_relative_path, present[m], f"{m} ") if m in present else None
+        for m in ("image", "audio")}
+    fields = part("fields", "invalid_fields", _check_fields, present["fields"]) if "fields" in present else None
+    label = part("label", "invalid_label", _check_label, present["label"]) if "label" in present else None
+    entity = part("entity_id", "invalid_entity_id", _check_entity, present["entity_id"]) if "entity_id" in present else None
 
     if text is None and paths["image"] is None and paths["audio"] is None and fields is None:
         # every modality the line carried was rejected: the modality rejections account for it
