@@ -201,7 +201,8 @@ def test_effnet_decode_errors_name_the_file(tmp_path: Path, shapes: list[Path]) 
     # the loader shuts down at once (no worker-exception stall) and the encoder stays usable
     assert enc.encode_paths(shapes[:4]).shape == (4, 1280)
     assert enc.last_num_workers == 2
-    assert time.monotonic() - t0 < 5
+    # a hang guard, not a speed goal: a stalled loader waits forever; under a loaded CI box this takes ~1-6 s
+    assert time.monotonic() - t0 < 60
     with pytest.raises(ImageDecodeError, match="missing.png"):
         EfficientNetImageEncoder(CPU).encode_paths([tmp_path / "missing.png"])
 
@@ -314,13 +315,19 @@ def test_clip_config_name_must_match_arch(tiny_clip: TinyClip) -> None:
         load_encoders(tiny_clip.settings(clip_arch="other-arch"), CPU)
 
 
-def test_auto_resolution() -> None:
+def test_auto_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"offline resolution tried the network: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)  # fail fast offline: never a hub request
     t0 = time.monotonic()
     profile, reason = resolve_profile(EncoderSettings(profile="auto"))
     assert profile == "offline" and "HF_HUB_OFFLINE" in reason
     es = load_encoders(EncoderSettings(profile="auto"), CPU)
     assert es.profile == "offline"
-    assert time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 < 60  # a hang guard, not a speed goal (a hub timeout would be minutes)
     assert resolve_profile(EncoderSettings(profile="clip"))[0] == "clip"
     assert resolve_profile(EncoderSettings(profile="offline"))[0] == "offline"
     with pytest.raises(ValueError, match="invalid encoder profile"):
