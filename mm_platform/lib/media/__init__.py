@@ -7,16 +7,9 @@ Everything here turns bad input into a :class:`MediaError` carrying a stable sna
 code and a specific human-readable ``detail``; nothing here lets an exception from PIL, the OS or
 the codec layer escape untranslated.
 
-Image safety:
-
-* The pixel count is read from the file header by a small built-in sniffer (PNG, JPEG, GIF, BMP,
-  WebP) and checked against ``max_pixels`` *before* PIL is involved, so oversized images are
-  rejected as ``decompression_bomb`` without touching ``PIL.Image.MAX_IMAGE_PIXELS`` or the
-  process-wide ``warnings`` filters (both are global state shared with other threads).
-* Only those formats are accepted (``ALLOWED_IMAGE_FORMATS``); PIL is told to try exactly the
-  sniffed format, so no other plugin can claim the bytes.
-* The image is fully decoded (``Image.load()``) to catch truncation and corrupt data.
+Image safety (header sniffing before PIL, an allow-list of formats, full decode) is described in :mod:`.image`.
 """
+
 from __future__ import annotations
 
 from mm_platform.lib.media.audio_header import AudioInfo, inspect_audio
