@@ -53,6 +53,8 @@ from mm_platform.lib.fusion_choice import (
     save_choice,
     zeroed,
 )
+from mm_platform.lib.fusion_reuse import reuse_compared_fit, space_of
+from mm_platform.lib.supervised_weights import CANDIDATE as LABELS_CANDIDATE, labels_candidate
 from mm_platform.lib.modality_weights import ModalityWeights, StrategyChoice, evidence_weights, select_partition
 from mm_platform.lib.vectors import embedding_matrix
 
@@ -252,20 +254,24 @@ def _select_fusion(lake: Lake, corpus: Corpus, alignment, pipeline: PipelineConf
             lab[[row_of[r] for r in s_ids]] = s_res.labels
             partitions[cand] = lab
     use_labels = pipeline.fusion_select == "auto"
+    sup = (labels_candidate(corpus, partitions, evidence.cosine_sd, layout, lambda A: run_clustering(A, pipeline))
+           if by_evidence and use_labels else None)  # supervised candidate: weights from the singles' label NMI
+    if sup is not None:
+        cands[LABELS_CANDIDATE], partitions[LABELS_CANDIDATE] = sup.weights, sup.partition
+        compared[space_of(LABELS_CANDIDATE)], full_fits[space_of(LABELS_CANDIDATE)] = (sup.ids, sup.X), sup.fit
     choice = (select_partition(partitions, evidence, labels=corpus.labels if use_labels else None) if partitions
               else StrategyChoice("early_uniform", {}, "nothing to compare"))
     sel = FusionSelection(evidence, choice, cands, fitted, by_evidence, evidence_s=evidence_s,
                           cluster_seconds=cluster_s, note=note)
-    sel.seconds = evidence_s + time.perf_counter() - t1
     if by_evidence:
         sel.weights = cands.get(choice.best, cands["early_uniform"])
         X = layout_matrix(corpus.blocks, corpus.present, layout, sel.weights)
         keep = np.flatnonzero(np.linalg.norm(X, axis=1) > 0)
         sel.ids, sel.batch_ids, sel.X = [corpus.record_ids[i] for i in keep], [corpus.batch_ids[i] for i in keep], X[keep]
         sel.spec = "early:" + ",".join(f"{m}={w:g}" for m, w in sel.weights.items()) + f" ({choice.best})"
-        reused = {"early_uniform": "fused:early", "early_evidence": "fused:early_evidence"}.get(choice.best)
-        if reused in full_fits and len(compared[reused][0]) == len(sel.ids):
-            sel.fitted_main = full_fits[reused]
+        # the compared space's clustering when it is the chosen fusion (single modalities lifted into the layout)
+        sel.fitted_main = reuse_compared_fit(choice.best, sel.ids, sel.X, layout, compared, full_fits)
+    sel.seconds = evidence_s + time.perf_counter() - t1
     return sel
 
 
