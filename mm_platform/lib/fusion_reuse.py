@@ -20,7 +20,7 @@ import numpy as np
 
 #: the comparison space whose clustering a candidate can reuse
 CANDIDATE_SPACE = {"early_uniform": "fused:early", "early_evidence": "fused:early_evidence",
-                   "early_labels": "fused:early_labels", "text+image": "fused:text+image"}
+                   "text+image": "fused:text+image"}
 
 
 def space_of(candidate: str) -> str:
@@ -68,7 +68,7 @@ def reuse_compared_fit(candidate: str, ids: Sequence[str], layout_X: np.ndarray,
     space = space_of(candidate)
     if layout is None or space not in fits or space not in compared or list(compared[space][0]) != list(ids):
         return None
-    if space in ("fused:early", "fused:early_evidence", "fused:early_labels"):
+    if space in ("fused:early", "fused:early_evidence"):
         blocks = list(layout)  # the full layout matrix (modalities the corpus lacks are zero columns of it)
     elif space == "fused:text+image":
         blocks = ["text", "image"]

@@ -20,16 +20,14 @@ among every candidate, so it is taken only where it clusters the labels better.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from mm_platform.lib.corpus import Corpus
 from mm_platform.lib.fusion_choice import layout_matrix
-
-CANDIDATE = "early_labels"
-
 
 def single_modality_nmi(partitions: Mapping[str, np.ndarray], labels: Sequence[str | None],
                         min_labelled: int = 20) -> dict[str, float]:
@@ -67,32 +65,38 @@ def label_weights(names: Sequence[str], single_nmi: Mapping[str, float],
 
 
 @dataclass
-class LabelsCandidate:
-    """The supervised candidate, fused in the layout and clustered: its weights, rows, matrix and clustering."""
+class SupervisedEvidence:
+    """Weights from the labels, fused in the layout: the matrix the ``fused:early_evidence`` space clusters."""
 
     weights: dict[str, float]
     single_nmi: dict[str, float]
     ids: list[str]
     X: np.ndarray
-    fit: tuple  # (ClusterResult, Z, (mean, components)) as the re-cluster's clustering returns it
-    partition: np.ndarray  # (corpus rows,) cluster per record, -1 = not fused
+
+    def note(self) -> str:
+        return ("labels: early_evidence weighted by each modality's own label NMI^2 / cosine sd (NMI "
+                + ", ".join(f"{m} {v:.3f}" for m, v in self.single_nmi.items()) + ")")
 
 
-def labels_candidate(corpus: Corpus, partitions: Mapping[str, np.ndarray], cosine_sd: Mapping[str, float],
-                     layout: Mapping[str, int], cluster: Callable[[np.ndarray], tuple],
-                     min_labelled: int = 20) -> LabelsCandidate | None:
-    """Weights from the single modalities' label NMI (:func:`label_weights`), fused in the fixed ``layout`` and
-    clustered by ``cluster``; None without enough labels or without two modalities that cluster them."""
+def supervised_evidence(corpus: Corpus, fitted: Mapping[str, tuple[Sequence[str], Any]],
+                        cosine_sd: Mapping[str, float], layout: Mapping[str, int],
+                        min_labelled: int = 20) -> SupervisedEvidence | None:
+    """Label weights (:func:`label_weights`) from the single modalities' clusterings in ``fitted`` (space ->
+    ``(record ids, ClusterResult)``; spaces named after a modality), fused in the fixed ``layout``; None without
+    enough labels or without two modalities that cluster them."""
+    row_of = {r: i for i, r in enumerate(corpus.record_ids)}
+    partitions = {}
+    for m in corpus.modalities():
+        if m in fitted:
+            ids, res = fitted[m]
+            part = np.full(corpus.n, -1, dtype=np.int64)
+            part[[row_of[r] for r in ids]] = res.labels
+            partitions[f"single_{m}"] = part
     single = single_modality_nmi(partitions, corpus.labels, min_labelled)
     weights = label_weights(corpus.modalities(), single, cosine_sd)
     if weights is None:
         return None
     X = layout_matrix(corpus.blocks, corpus.present, layout, weights)
     keep = np.flatnonzero(np.linalg.norm(X, axis=1) > 0)
-    if keep.size < 3:
-        return None
-    fit = cluster(X[keep])
-    part = np.full(corpus.n, -1, dtype=np.int64)
-    part[keep] = fit[0].labels
-    return LabelsCandidate(weights, {m: round(v, 4) for m, v in single.items()},
-                           [corpus.record_ids[i] for i in keep], X[keep], fit, part)
+    return SupervisedEvidence(weights, {m: round(v, 4) for m, v in single.items()},
+                              [corpus.record_ids[i] for i in keep], X[keep])

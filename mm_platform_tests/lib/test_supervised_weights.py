@@ -8,7 +8,7 @@ from mm_platform.lib.clustering import kmeans_auto
 from mm_platform.lib.corpus import Corpus
 from mm_platform.lib.fusion import l2_normalize
 from mm_platform.lib.modality_weights import evidence_weights
-from mm_platform.lib.supervised_weights import label_weights, labels_candidate, single_modality_nmi
+from mm_platform.lib.supervised_weights import label_weights, single_modality_nmi, supervised_evidence
 
 
 def test_weights_follow_the_square_of_each_modalitys_label_nmi_over_its_cosine_spread():
@@ -48,25 +48,26 @@ def _corpus(seed: int = 0, n: int = 120) -> tuple[Corpus, np.ndarray]:
 
 def _cluster(X):
     mean, comps, Z = fit_projection(X, 6, seed=0)
-    return kmeans_auto(Z, k_max=6, seed=0), Z, (mean, comps)
+    return kmeans_auto(Z, k_max=6, seed=0)
 
 
-def test_the_candidate_drops_the_noise_modality_and_clusters_the_labels_at_least_as_well_as_uniform():
+def test_supervised_evidence_drops_the_noise_modality_and_clusters_the_labels_at_least_as_well_as_uniform():
     from sklearn.metrics import normalized_mutual_info_score as nmi
 
     from mm_platform.lib.fusion_choice import layout_matrix
 
     corpus, y = _corpus()
     layout = {"text": 16, "image": 24, "tabular": 6}
-    parts = {f"single_{m}": _cluster(corpus.blocks[m])[0].labels for m in corpus.modalities()}
+    fitted = {m: (corpus.record_ids, _cluster(corpus.blocks[m])) for m in corpus.modalities()}
+    fitted["fused:early"] = (corpus.record_ids, _cluster(corpus.blocks["text"]))  # not a modality: ignored
     ev = evidence_weights(corpus.blocks)
-    cand = labels_candidate(corpus, parts, ev.cosine_sd, layout, _cluster)
-    expected = label_weights(corpus.modalities(), cand.single_nmi, ev.cosine_sd)
-    assert cand is not None and cand.weights == pytest.approx(expected, abs=2e-3)
-    assert min(cand.weights["text"], cand.weights["image"]) > 10 * cand.weights["tabular"]
-    assert len(cand.ids) == corpus.n and cand.X.shape == (corpus.n, 46)
-    assert np.array_equal(cand.partition, cand.fit[0].labels)
-    uniform = _cluster(layout_matrix(corpus.blocks, corpus.present, layout, {m: 1.0 for m in layout}))[0].labels
-    assert nmi(y, cand.partition) >= nmi(y, uniform) - 1e-9
+    sup = supervised_evidence(corpus, fitted, ev.cosine_sd, layout)
+    expected = label_weights(corpus.modalities(), sup.single_nmi, ev.cosine_sd)
+    assert sup is not None and sup.weights == pytest.approx(expected, abs=2e-3)
+    assert set(sup.single_nmi) == {"text", "image", "tabular"} and "NMI text" in sup.note()
+    assert min(sup.weights["text"], sup.weights["image"]) > 10 * sup.weights["tabular"]
+    assert sup.ids == corpus.record_ids and sup.X.shape == (corpus.n, 46)
+    uniform = layout_matrix(corpus.blocks, corpus.present, layout, {m: 1.0 for m in layout})
+    assert nmi(y, _cluster(sup.X).labels) >= nmi(y, _cluster(uniform).labels) - 1e-9
     unlabelled = Corpus(corpus.record_ids, corpus.batch_ids, [None] * corpus.n, corpus.blocks, corpus.present)
-    assert labels_candidate(unlabelled, parts, ev.cosine_sd, layout, _cluster) is None
+    assert supervised_evidence(unlabelled, fitted, ev.cosine_sd, layout) is None

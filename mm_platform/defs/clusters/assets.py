@@ -53,8 +53,8 @@ from mm_platform.lib.fusion_choice import (
     save_choice,
     zeroed,
 )
-from mm_platform.lib.fusion_reuse import reuse_compared_fit, space_of
-from mm_platform.lib.supervised_weights import CANDIDATE as LABELS_CANDIDATE, labels_candidate
+from mm_platform.lib.fusion_reuse import reuse_compared_fit
+from mm_platform.lib.supervised_weights import supervised_evidence
 from mm_platform.lib.modality_weights import ModalityWeights, StrategyChoice, evidence_weights, select_partition
 from mm_platform.lib.vectors import embedding_matrix
 
@@ -237,7 +237,15 @@ def _select_fusion(lake: Lake, corpus: Corpus, alignment, pipeline: PipelineConf
     cands = candidate_weights(corpus.modalities(), evidence, pipeline.weights())
     compared = _comparison_spaces(corpus, alignment, pipeline, evidence, cands, layout)
     fitted, full_fits, cluster_s = {}, {}, {}
-    for space, (s_ids, s_X) in compared.items():
+    use_labels, label_s = pipeline.fusion_select == "auto", 0.0
+    for space in sorted(compared, key=lambda s: s.startswith("fused:")):  # single modalities first
+        if space == "fused:early_evidence" and by_evidence and use_labels:  # with labels: weights from them
+            t2 = time.perf_counter()
+            sup = supervised_evidence(corpus, fitted, evidence.cosine_sd, layout)
+            if sup is not None:
+                cands["early_evidence"], compared[space], note = sup.weights, (sup.ids, sup.X), sup.note()
+            label_s = time.perf_counter() - t2
+        s_ids, s_X = compared[space]
         if len(s_ids) < 3:
             continue
         t1 = time.perf_counter()
@@ -253,12 +261,6 @@ def _select_fusion(lake: Lake, corpus: Corpus, alignment, pipeline: PipelineConf
             lab = np.full(corpus.n, -1, dtype=np.int64)
             lab[[row_of[r] for r in s_ids]] = s_res.labels
             partitions[cand] = lab
-    use_labels = pipeline.fusion_select == "auto"
-    sup = (labels_candidate(corpus, partitions, evidence.cosine_sd, layout, lambda A: run_clustering(A, pipeline))
-           if by_evidence and use_labels else None)  # supervised candidate: weights from the singles' label NMI
-    if sup is not None:
-        cands[LABELS_CANDIDATE], partitions[LABELS_CANDIDATE] = sup.weights, sup.partition
-        compared[space_of(LABELS_CANDIDATE)], full_fits[space_of(LABELS_CANDIDATE)] = (sup.ids, sup.X), sup.fit
     choice = (select_partition(partitions, evidence, labels=corpus.labels if use_labels else None) if partitions
               else StrategyChoice("early_uniform", {}, "nothing to compare"))
     sel = FusionSelection(evidence, choice, cands, fitted, by_evidence, evidence_s=evidence_s,
@@ -271,7 +273,7 @@ def _select_fusion(lake: Lake, corpus: Corpus, alignment, pipeline: PipelineConf
         sel.spec = "early:" + ",".join(f"{m}={w:g}" for m, w in sel.weights.items()) + f" ({choice.best})"
         # the compared space's clustering when it is the chosen fusion (single modalities lifted into the layout)
         sel.fitted_main = reuse_compared_fit(choice.best, sel.ids, sel.X, layout, compared, full_fits)
-    sel.seconds = evidence_s + time.perf_counter() - t1
+    sel.seconds = evidence_s + label_s + time.perf_counter() - t1
     return sel
 
 
