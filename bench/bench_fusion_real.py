@@ -3,7 +3,7 @@ uniform early fusion, evidence-weighted fusion, the unsupervised choice and the 
 the weighting + selection adds to the re-cluster. Every space is clustered as the ``clusters`` asset does it
 (PCA-16, K-Means with k by silhouette up to 12, seed 0); single modalities on the records that have them.
 
-    python bench/bench_fusion_real.py LAKE_DIR [LAKE_DIR ...] [--ties]
+    python bench/bench_fusion_real.py LAKE_DIR [LAKE_DIR ...] [--no-ties]
 
 With labels the supervised weights (single-modality label NMI^2 / cosine sd, ``lib/supervised_weights.py``; the
 re-cluster uses them for ``fused:early_evidence`` when labels are present) are shown as the extra candidate
@@ -43,7 +43,7 @@ def nmi(labels: np.ndarray, truth: list, rows: np.ndarray) -> float:
     return float(normalized_mutual_info_score([str(truth[i]) for i in keep], labels[keep]))
 
 
-def evaluate(lake_dir: Path, ties: bool = False) -> None:
+def evaluate(lake_dir: Path, ties: bool = True) -> None:
     corpus = load_corpus(Lake(lake_dir))
     mods = corpus.modalities()
     t0 = time.perf_counter()
@@ -108,10 +108,10 @@ def evaluate(lake_dir: Path, ties: bool = False) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("lakes", nargs="+", type=Path)
-    ap.add_argument("--ties", action="store_true", help="tie-aware kNN agreement (lib/knn_ties.py)")
+    ap.add_argument("--no-ties", action="store_true", help="plain kNN agreement (the default counts ties: lib/knn_ties.py)")
     args = ap.parse_args()
     for lake in args.lakes:
-        evaluate(lake, ties=args.ties)
+        evaluate(lake, ties=not args.no_ties)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ bounded whatever the corpus size (``O(max_rows^2 * d)`` per modality).
 **Agreement.** For every modality we build each sampled record's ``k`` nearest neighbours (cosine). For a pair of
 modalities ``(a, b)``, on the records that have both, the mean overlap ``|N_a(i) & N_b(i)| / k`` is compared with
 chance ``k / (n - 1)``: ``gain_ab = overlap - chance``. A gain is *significant* when it exceeds three standard
-errors of the chance overlap (``margin``).
+errors of the chance overlap (``margin``). Neighbours tied with the ``k``-th count too (``ties``, default on:
+:mod:`mm_platform.lib.knn_ties`): a block of a few discrete fields has groups of identical rows, among which a plain
+kNN picks arbitrarily and so under-counts the agreement.
 
 **Reliability.** Pairwise gains are symmetric, so with two informative views they cannot say which is cleaner. With
 three or more views they can: if every view is a noisy copy of one latent structure, ``gain_ab ~ r_a * r_b`` (as in
@@ -170,7 +172,7 @@ def evidence_weights(
     max_rows: int = 1000,
     seed: int = 0,
     z: float = 3.0,
-    ties: bool = False,
+    ties: bool = True,
 ) -> ModalityWeights:
     """Unsupervised weights from kNN agreement between modalities (see the module doc).
 
@@ -183,7 +185,8 @@ def evidence_weights(
         z: standard errors of the chance overlap a gain must exceed when ``margin`` is None (3; 5 and 8 were
             tried on the real corpora and changed nothing for the better).
         ties: neighbours tied with the ``k``-th count too (:mod:`mm_platform.lib.knn_ties`): a block of discrete
-            fields has groups of identical rows, among which a plain kNN picks arbitrarily.
+            fields has groups of identical rows, among which a plain kNN picks arbitrarily. On the real corpora
+            it moved the unsupervised choice on asterisk from evidence fusion (NMI 0.447) to text (0.520).
     """
     names = list(modality_order(list(blocks)))
     if len(names) == 0:
