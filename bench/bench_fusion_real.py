@@ -30,7 +30,8 @@ from mm_platform.lib.lake import Lake
 from mm_platform.lib.modality_weights import evidence_weights, select_partition
 from mm_platform.lib.supervised_weights import label_weights, single_modality_nmi
 
-SIGNAL_NMI = 0.10
+SIGNAL_NMI = 0.10  # a modality carries signal when its own NMI is >= 0.10 and >= half the best single's
+SIGNAL_SHARE = 0.5
 
 
 def cluster(X: np.ndarray) -> np.ndarray:
@@ -87,7 +88,7 @@ def evaluate(lake_dir: Path, ties: bool = True) -> None:
     sup = select_partition(parts, ev, labels=corpus.labels)
     singles = {n: v for n, v in scores.items() if n.startswith("single_")}
     best_single = max(singles.values())
-    carrying = [n for n, v in singles.items() if v >= SIGNAL_NMI]
+    carrying = [n for n, v in singles.items() if v >= max(SIGNAL_NMI, SIGNAL_SHARE * best_single)]
     print(f"\n== {lake_dir} : {corpus.n} records, modalities "
           + ", ".join(f"{m} {int(corpus.present[m].sum())}" for m in mods))
     print(f"evidence weights {ev.weights}\nreliability {ev.reliability}; pair overlaps {ev.pair_overlap}")
