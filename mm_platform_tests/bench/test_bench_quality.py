@@ -47,3 +47,23 @@ def test_the_evidence_chosen_candidate_is_the_marked_row() -> None:
     assert [r["space"] for r in quality_rows(metrics)[0] if r["default"]] == ["fused:early_evidence"]
     metrics[0] = _metric("fused", 0.52, "early:text=1 (single_text)")
     assert [r["space"] for r in quality_rows(metrics)[0] if r["default"]] == ["text"]
+
+
+def test_a_modality_carries_signal_only_at_half_the_best_single_nmi() -> None:
+    # asterisk-like: text 0.52, a duration field 0.158 (k 2), audio 0.06: only text carries signal
+    metrics = [_metric("fused", 0.53, "early:text=1 (single_text)"), _metric("text", 0.52),
+               _metric("tabular", 0.158), _metric("audio", 0.06)]
+    goals = goals_for(*quality_rows(metrics), {"weighting_s": 0.1, "step_s": 2.0, "ratio": 0.05})
+    assert [passed for _, passed in goals] == [True, True, True] and "does not apply" in goals[1][0]
+    metrics[2] = _metric("tabular", 0.30)  # above half of text's: two carry signal, the margin applies
+    goals = goals_for(*quality_rows(metrics), {"weighting_s": 0.1, "step_s": 2.0, "ratio": 0.05})
+    assert [passed for _, passed in goals] == [True, False, True]
+
+
+def test_weighting_seconds_are_not_counted_twice() -> None:
+    from bench.bench_quality import weighting_seconds
+
+    md = {"evidence_weights": {"weights": {}, "seconds": 0.04}, "weighting_seconds": 0.05, "fusion_weights": "{}"}
+    assert weighting_seconds(md) == 0.05  # the total already holds the evidence's 0.04 s
+    assert weighting_seconds({"evidence_weights": {"seconds": 0.04}, "fusion_weights": "{}"}) == 0.04
+    assert weighting_seconds({"k": 3}) is None

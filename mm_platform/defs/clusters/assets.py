@@ -53,6 +53,8 @@ from mm_platform.lib.analysis.fusion_choice import (
     save_choice,
     zeroed,
 )
+from mm_platform.lib.analysis.fusion_reuse import reuse_compared_fit
+from mm_platform.lib.analysis.supervised_weights import supervised_evidence
 from mm_platform.lib.analysis.modality_weights import ModalityWeights, StrategyChoice, evidence_weights, select_partition
 from mm_platform.lib.arrays import embedding_matrix
 
@@ -235,7 +237,15 @@ def _select_fusion(lake: Lake, corpus: Corpus, alignment, pipeline: PipelineConf
     cands = candidate_weights(corpus.modalities(), evidence, pipeline.weights())
     compared = _comparison_spaces(corpus, alignment, pipeline, evidence, cands, layout)
     fitted, full_fits, cluster_s = {}, {}, {}
-    for space, (s_ids, s_X) in compared.items():
+    use_labels, label_s = pipeline.fusion_select == "auto", 0.0
+    for space in sorted(compared, key=lambda s: s.startswith("fused:")):  # single modalities first
+        if space == "fused:early_evidence" and by_evidence and use_labels:  # with labels: weights from them
+            t2 = time.perf_counter()
+            sup = supervised_evidence(corpus, fitted, evidence.cosine_sd, layout)
+            if sup is not None:
+                cands["early_evidence"], compared[space], note = sup.weights, (sup.ids, sup.X), sup.note()
+            label_s = time.perf_counter() - t2
+        s_ids, s_X = compared[space]
         if len(s_ids) < 3:
             continue
         t1 = time.perf_counter()
@@ -251,21 +261,19 @@ def _select_fusion(lake: Lake, corpus: Corpus, alignment, pipeline: PipelineConf
             lab = np.full(corpus.n, -1, dtype=np.int64)
             lab[[row_of[r] for r in s_ids]] = s_res.labels
             partitions[cand] = lab
-    use_labels = pipeline.fusion_select == "auto"
     choice = (select_partition(partitions, evidence, labels=corpus.labels if use_labels else None) if partitions
               else StrategyChoice("early_uniform", {}, "nothing to compare"))
     sel = FusionSelection(evidence, choice, cands, fitted, by_evidence, evidence_s=evidence_s,
                           cluster_seconds=cluster_s, note=note)
-    sel.seconds = evidence_s + time.perf_counter() - t1
     if by_evidence:
         sel.weights = cands.get(choice.best, cands["early_uniform"])
         X = layout_matrix(corpus.blocks, corpus.present, layout, sel.weights)
         keep = np.flatnonzero(np.linalg.norm(X, axis=1) > 0)
         sel.ids, sel.batch_ids, sel.X = [corpus.record_ids[i] for i in keep], [corpus.batch_ids[i] for i in keep], X[keep]
         sel.spec = "early:" + ",".join(f"{m}={w:g}" for m, w in sel.weights.items()) + f" ({choice.best})"
-        reused = {"early_uniform": "fused:early", "early_evidence": "fused:early_evidence"}.get(choice.best)
-        if reused in full_fits and len(compared[reused][0]) == len(sel.ids):
-            sel.fitted_main = full_fits[reused]
+        # the compared space's clustering when it is the chosen fusion (single modalities lifted into the layout)
+        sel.fitted_main = reuse_compared_fit(choice.best, sel.ids, sel.X, layout, compared, full_fits)
+    sel.seconds = evidence_s + label_s + time.perf_counter() - t1
     return sel
 
 
