@@ -225,10 +225,10 @@ def _prepare(
     X: dict[str, np.ndarray] = {}
     P: dict[str, np.ndarray] = {}
     for m in order:
-        mask = presence_mask(m, present, n_labels, rows="labels")
         block = np.asarray(blocks[m], dtype=np.float64)
         if block.ndim != 2 or block.shape[0] != n_labels:
             raise ValueError(f"{m}: block must be ({n_labels}, d) like the labels, got shape {block.shape}")
+        mask = presence_mask(m, present, n_labels, rows="labels")
         block, finite = zero_nonfinite_rows(block)
         usable = mask & finite & (np.linalg.norm(block, axis=1) > 1e-12)
         X[m] = block

@@ -242,10 +242,10 @@ def early_fusion(
     normed: list[np.ndarray] = []
     masks: list[np.ndarray] = []
     for m in kept:
-        mask = presence_mask(m, present, n)
         block = np.asarray(blocks[m], dtype=np.float64)
         if block.ndim != 2:
             raise ValueError(f"{m}: block must be 2-D, got shape {block.shape}")
+        mask = presence_mask(m, present, n)
         block, finite = zero_nonfinite_rows(block)
         unit = l2_normalize(block).astype(np.float64)
         usable = mask & finite & (np.linalg.norm(unit, axis=1) > 0.5)

@@ -101,10 +101,10 @@ def _prepare(
     X: dict[str, np.ndarray] = {}
     P: dict[str, np.ndarray] = {}
     for m in order:
-        mask = presence_mask(m, present, n)
         block = np.asarray(blocks[m], dtype=np.float32)
         if block.ndim != 2 or block.shape[1] < 1:
             raise ValueError(f"{m}: block must be 2-D with at least one column, got shape {block.shape}")
+        mask = presence_mask(m, present, n)
         block, finite = zero_nonfinite_rows(block)
         usable = mask & finite & (np.linalg.norm(block, axis=1) > 1e-12)
         X[m] = np.ascontiguousarray(np.where(usable[:, None], block, 0.0).astype(np.float32))
