@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,8 +199,13 @@ class _Watchdog(threading.Thread):
         self._stop_event = threading.Event()
 
     def stop(self) -> None:
+        """Stop watching; an interrupt fired but not yet delivered to the main thread is withdrawn."""
+        import ctypes
+
         self._stop_event.set()
         self.join(timeout=5)
+        if self.reason:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.main_thread().ident), None)
 
     def _fire(self, reason: str) -> None:
         """Raise KeyboardInterrupt in the main thread. Not by a signal: during execution Dagster maps SIGINT and
@@ -238,15 +244,19 @@ class _Watchdog(threading.Thread):
         since = None
         next_pool_check = 0.0
         while not self._stop_event.wait(self.interval):
-            if check_captured_interrupt():
-                return self._fire("interrupted (SIGINT/SIGTERM)")
+            if check_captured_interrupt() or SIGNALLED.is_set():
+                # fired again every tick until the run stops: an interrupt raised inside a garbage-collector
+                # callback is swallowed ("Exception ignored in …"), and the run would go on as if never signalled
+                self._fire("interrupted (SIGINT/SIGTERM)")
+                continue
             now = time.monotonic()
             if now < next_pool_check:
                 continue
             next_pool_check = now + 1.0
             try:
                 if self._step_was_interrupted():
-                    return self._fire("interrupted (SIGINT/SIGTERM)")
+                    SIGNALLED.set()
+                    continue
                 waiting = self._waiting_on()
             except Exception:  # noqa: BLE001 - storage busy: try again next tick
                 continue
@@ -263,6 +273,45 @@ class _Watchdog(threading.Thread):
                     "Dagster UI (Runs) or raise MM_POOL_WAIT_S")
 
 
+#: Set by every SIGINT/SIGTERM the CLI process receives while it runs jobs, whatever handler is installed
+#: (ours or Dagster's): a signal whose exception is swallowed (raised inside a garbage-collector callback,
+#: "Exception ignored in …") still stops the ingest.
+SIGNALLED = threading.Event()
+
+
+def _recording(handler: Any) -> Any:
+    if not callable(handler) or getattr(handler, "_mm_records", False):
+        return handler
+
+    def wrapped(signo: int, frame: Any) -> Any:
+        SIGNALLED.set()
+        return handler(signo, frame)
+
+    wrapped._mm_records = True  # type: ignore[attr-defined]
+    return wrapped
+
+
+@contextmanager
+def _signals_recorded() -> Iterator[None]:
+    """While active (main thread only), every SIGINT/SIGTERM handler, including the ones Dagster installs
+    during a run, first sets :data:`SIGNALLED`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    original = signal.signal
+
+    def install(signo: int, handler: Any) -> Any:
+        return original(signo, _recording(handler) if signo in (signal.SIGINT, signal.SIGTERM) else handler)
+
+    for signo in (signal.SIGINT, signal.SIGTERM):
+        original(signo, _recording(signal.getsignal(signo)))
+    signal.signal = install  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        signal.signal = original
+
+
 @contextmanager
 def _terminate_raises() -> Iterator[dict]:
     """SIGTERM raises KeyboardInterrupt in the main thread for the duration (no-op off the main thread);
@@ -274,6 +323,7 @@ def _terminate_raises() -> Iterator[dict]:
 
     def handler(signo, frame):
         state["signalled"] = True
+        SIGNALLED.set()
         raise KeyboardInterrupt(f"signal {signo}")
 
     previous = signal.signal(signal.SIGTERM, handler)
@@ -281,6 +331,12 @@ def _terminate_raises() -> Iterator[dict]:
         yield state
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def check_not_signalled(what: str) -> None:
+    """Raise ``RunInterrupted`` when a signal arrived (even one whose exception was swallowed) before ``what``."""
+    if SIGNALLED.is_set():
+        raise RunInterrupted(f"interrupted (SIGTERM/SIGINT) before {what}", by_signal=True)
 
 
 def _crash_hook(instance: dg.DagsterInstance) -> None:
@@ -315,7 +371,7 @@ def execute_job(job_name: str | dg.JobDefinition, instance: dg.DagsterInstance, 
     run_id = make_new_run_id()
     watchdog = _Watchdog(instance, run_id, pool_wait_s(), echo)
     interrupted = False
-    with _terminate_raises() as state:
+    with _signals_recorded(), _terminate_raises() as state:
         watchdog.start()
         try:
             job = defs.resolve_job_def(job_name) if isinstance(job_name, str) else job_name
@@ -325,8 +381,14 @@ def execute_job(job_name: str | dg.JobDefinition, instance: dg.DagsterInstance, 
         except KeyboardInterrupt:
             interrupted, result = True, None
         finally:
-            watchdog.stop()
-    if watchdog.reason or interrupted or state["signalled"] or (result is not None and _was_interrupted(result)):
+            while True:  # an interrupt the watchdog fired may land here: it stops the run all the same
+                try:
+                    watchdog.stop()
+                    break
+                except KeyboardInterrupt:
+                    interrupted = True
+    if (watchdog.reason or interrupted or state["signalled"] or SIGNALLED.is_set()
+            or (result is not None and _was_interrupted(result))):
         reason = watchdog.reason or "interrupted (SIGTERM/SIGINT)"
         run = instance.get_run_by_id(run_id)
         if run is not None and not run.is_finished:
@@ -402,6 +464,7 @@ def _run_global(job_name: str, instance: dg.DagsterInstance, lake: Lake, log_lev
                 echo: Callable[[str], None], report: IngestReport) -> None:
     what = "full re-cluster, summaries, Qdrant payloads, SQL marts" if job_name == "recluster_job" else \
         "cluster summaries, Qdrant payloads, SQL marts"
+    check_not_signalled("the global layer")
     echo(f"{what}: refreshing …")
     t0 = time.monotonic()
     result = execute_job(job_name, instance, echo, run_config=run_config(log_level), tags={"mm/source": "cli"})
@@ -433,6 +496,7 @@ def ingest(
     instance = get_instance(paths)
     lock = IngestLock(paths.data_dir)
     lock.acquire(echo=echo)
+    SIGNALLED.clear()
     try:
         with _terminate_raises():
             reap_dead_runs(instance, echo)
@@ -467,6 +531,7 @@ def _ingest_locked(paths: Paths, instance: dg.DagsterInstance, batch_ids: list[s
     if new:
         instance.add_dynamic_partitions(batches_partitions.name, new)
     for i, batch in enumerate(todo, start=1):
+        check_not_signalled(f"batch {batch.batch_id}")
         echo(f"[{i}/{len(todo)}] batch {batch.batch_id}: ingesting …")
         t0 = time.monotonic()
         result = execute_job(

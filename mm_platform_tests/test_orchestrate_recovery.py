@@ -142,3 +142,44 @@ def test_pool_wait_has_a_deadline_naming_the_holder(instance, monkeypatch):
         alive.kill()
         alive.wait()
     assert Path(os.environ["DAGSTER_HOME"]).exists()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed interrupt
+def test_a_signal_whose_interrupt_is_swallowed_still_stops_the_ingest() -> None:
+    """Dagster's handler raises KeyboardInterrupt where the signal lands; inside a garbage-collector callback
+    Python prints "Exception ignored" and goes on. The recorded flag still stops the ingest before its next run."""
+    import os
+    import signal
+    import weakref
+
+    from mm_platform import orchestrate as orch
+
+    class Thing:
+        pass
+
+    orch.SIGNALLED.clear()
+    with orch._signals_recorded():
+        def raising(signo, frame):  # what dagster's raise_interrupts_as installs
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, raising)
+        try:
+            thing = Thing()
+            fired = []
+
+            def callback(ref):  # the signal is delivered inside this GC callback: the exception is swallowed
+                fired.append(True)
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):  # give the interpreter a bytecode boundary to run the handler at
+                    pass
+
+            ref = weakref.ref(thing, callback)
+            del thing
+            assert fired == [True] and ref() is None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    assert orch.SIGNALLED.is_set()
+    with pytest.raises(orch.RunInterrupted, match="before the global layer") as info:
+        orch.check_not_signalled("the global layer")
+    assert info.value.by_signal
+    orch.SIGNALLED.clear()
