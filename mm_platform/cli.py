@@ -201,7 +201,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             lake = res.warehouse.lake
             state = None
             if args.fields is not None:  # only a fields query needs the ingest assets' module
-                from mm_platform.defs.ingest.assets import tabular_state_dir
+                from mm_platform.lib.model_files import tabular_state_dir
                 from mm_platform.lib.tabular import load_state
 
                 state = load_state(tabular_state_dir(lake))

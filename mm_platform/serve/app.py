@@ -146,7 +146,7 @@ class Services:
                             lambda: SharedSpace.from_lake(self.lake))
 
     def tabular_state(self):
-        from mm_platform.defs.ingest.assets import tabular_state_dir
+        from mm_platform.lib.model_files import tabular_state_dir
         from mm_platform.lib.tabular import load_state
 
         d = tabular_state_dir(self.lake)

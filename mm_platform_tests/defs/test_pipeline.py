@@ -252,7 +252,7 @@ def test_search_across_modalities_in_a_shared_space(ingested, paths, tiny_clip):
 
 def test_search_by_audio_clip_and_by_fields(ingested, paths, tiny_clip):
     _, resources, _ = ingested
-    from mm_platform.defs.ingest.assets import tabular_state_dir
+    from mm_platform.lib.model_files import tabular_state_dir
     from mm_platform.lib.tabular import load_state
 
     encoders = load_encoders(resources["encoders"].settings(), resources["device"].config())

@@ -14,9 +14,6 @@ import numpy as np
 import polars as pl
 
 from mm_platform.defs.automation import GLOBAL_AUTOMATION, RECLUSTER_AUTOMATION
-from mm_platform.defs.embeddings.assets import audio_embeddings, image_embeddings, tabular_embeddings, text_embeddings
-from mm_platform.defs.fusion.assets import fused_vectors
-from mm_platform.defs.ingest.assets import aligned_records, raw_records
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.resources import PipelineConfigResource, WarehouseResource
 from mm_platform.lib.alignment import AlignmentConfig, AlignmentModel, fit_shared_space
@@ -103,8 +100,8 @@ def gating_table(gating: dict) -> dg.MetadataValue:
 
 
 @dg.asset(
-    deps=[text_embeddings, image_embeddings, audio_embeddings, tabular_embeddings, fused_vectors, aligned_records,
-          raw_records],
+    deps=["text_embeddings", "image_embeddings", "audio_embeddings", "tabular_embeddings", "fused_vectors",
+          "aligned_records", "raw_records"],
     group_name="alignment",
     kinds={"pytorch", "safetensors"},
     tags={"layer": "alignment"},
@@ -202,7 +199,8 @@ def shared_frame(corpus: Corpus, model: AlignmentModel, weights: dict[str, float
 
 
 @dg.asset(
-    deps=[alignment_model, text_embeddings, image_embeddings, audio_embeddings, tabular_embeddings, fused_vectors],
+    deps=["alignment_model", "text_embeddings", "image_embeddings", "audio_embeddings", "tabular_embeddings",
+          "fused_vectors"],
     group_name="alignment",
     kinds={"numpy", "parquet"},
     tags={"layer": "alignment"},

@@ -14,15 +14,13 @@ import dagster as dg
 import polars as pl
 
 from mm_platform.defs.automation import RECLUSTER_AUTOMATION
-from mm_platform.defs.embeddings.assets import audio_embeddings, image_embeddings, tabular_embeddings, text_embeddings
-from mm_platform.defs.fusion.assets import fused_vectors
-from mm_platform.defs.ingest.assets import aligned_records
 from mm_platform.defs.metadata import preview, table
 from mm_platform.defs.resources import PipelineConfigResource, WarehouseResource
 from mm_platform.lib.classify import InsufficientLabels, evaluate_classifiers
 from mm_platform.lib.corpus import load_corpus
 
-INPUTS = [text_embeddings, image_embeddings, audio_embeddings, tabular_embeddings, fused_vectors, aligned_records]
+INPUTS = [dg.AssetKey(k) for k in ("text_embeddings", "image_embeddings", "audio_embeddings", "tabular_embeddings",
+                                   "fused_vectors", "aligned_records")]
 #: Fewer labelled records than this (or fewer than two classes): nothing is trained, and the metadata says so.
 MIN_LABELLED = 20
 

@@ -10,12 +10,12 @@ import numpy as np
 import polars as pl
 
 from mm_platform.defs.embeddings.checks import VECTORS_VALID, VECTORS_VALID_DESCRIPTION, vectors_valid
-from mm_platform.defs.ingest.assets import raw_audio, raw_images, raw_tabular, raw_text, tabular_state_dir
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import ComputeResource, EncodersResource, LandingResource, WarehouseResource
 from mm_platform.lib.encoders.base import ModelInfo
 from mm_platform.lib.encoders.per_file import encode_per_file
+from mm_platform.lib.model_files import tabular_state_dir
 from mm_platform.lib.sqlquote import sql_identifier
 from mm_platform.lib.tabular import TABULAR_DIM, TabularEncoderState, encode_tabular, load_state
 from mm_platform.lib.vectors import matrix_series
@@ -208,7 +208,7 @@ def ray_embedder(
 
 @dg.asset(
     partitions_def=batches_partitions,
-    deps=[raw_text],
+    deps=["raw_text"],
     group_name="embeddings",
     kinds={"pytorch", "parquet"},
     tags={"layer": "embeddings"},
@@ -238,7 +238,7 @@ def text_embeddings(
 
 @dg.asset(
     partitions_def=batches_partitions,
-    deps=[raw_images],
+    deps=["raw_images"],
     group_name="embeddings",
     kinds={"pytorch", "parquet"},
     tags={"layer": "embeddings"},
@@ -269,7 +269,7 @@ def image_embeddings(
 
 @dg.asset(
     partitions_def=batches_partitions,
-    deps=[raw_audio],
+    deps=["raw_audio"],
     group_name="embeddings",
     kinds={"pytorch", "parquet"},
     tags={"layer": "embeddings"},
@@ -317,7 +317,7 @@ class TabularEncoder:
 
 @dg.asset(
     partitions_def=batches_partitions,
-    deps=[raw_tabular],
+    deps=["raw_tabular"],
     group_name="embeddings",
     kinds={"numpy", "parquet"},
     tags={"layer": "embeddings"},

@@ -9,7 +9,6 @@ import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -21,12 +20,9 @@ from mm_platform.defs.resources import LandingResource, WarehouseResource
 from mm_platform.lib.audio import load_audio
 from mm_platform.lib.lake import ALL_TABLES
 from mm_platform.lib.manifest import MANIFEST_NAME, Rejection, parse_manifest
+from mm_platform.lib.model_files import tabular_state_dir
 from mm_platform.lib.media import MediaError, inspect_image, resolve_media_path, text_sha256
 from mm_platform.lib.tabular import fit_or_load, type_rows, typed_frame
-
-#: Fitted tabular encoder states, under the lake root.
-TABULAR_STATE_DIR = "_models/tabular"
-
 
 def _rejection_frame(rows: list[Rejection], stage: str) -> pl.DataFrame:
     now = datetime.now(UTC)
@@ -241,11 +237,6 @@ def raw_audio(
             "preview": preview(df, ["record_id", "audio_path", "format", "sample_rate", "channels", "duration_s"]),
         }
     )
-
-
-def tabular_state_dir(lake) -> Path:
-    """Where the fitted tabular encoder states live (one JSON per version, ``current.json`` the one in use)."""
-    return lake.root / TABULAR_STATE_DIR
 
 
 def _tabular_rows(recs: pl.DataFrame, streams: pl.DataFrame) -> tuple[list[str], list[int], list[dict], list[int]]:

@@ -23,12 +23,10 @@ from mm_platform.lib.sqlquote import sql_identifier
 
 #: The SQL project: ``$MM_SQL_DIR``, else ``dbt_like_sql/`` beside the package.
 SQL_DIR = Path(setting("MM_SQL_DIR") or Path(__file__).resolve().parents[3] / "dbt_like_sql")
-#: Lake tables written by an asset of another name.
-TABLE_ASSETS = {"recluster_assignments": "clusters", "cluster_metrics": "clusters", "batches": "vector_points"}
 
 
 def model_deps(model: SqlModel) -> list[dg.AssetKey]:
-    return sorted({dg.AssetKey(TABLE_ASSETS.get(table, table))
+    return sorted({dg.AssetKey(table)
                    for dep in model.deps for table in VIEW_SOURCES.get(dep, (dep,))})
 
 
