@@ -3,13 +3,13 @@
 import dagster as dg
 
 from mm_platform.defs.automation import RECLUSTER_CRON
-from mm_platform.defs.ingest.sensors import BATCH_JOB_NAME
+from mm_platform.defs.raw.sensors import BATCH_JOB_NAME
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.lib.recluster import RECLUSTER_TABLES
 
-#: Everything computed per landing batch, in one run: raw → aligned → embeddings → fused → eager cluster
+#: Everything computed per landing batch, in one run: raw → streams → aligned → embeddings → fusion → eager cluster
 #: assignment → Qdrant points.
-BATCH_LAYERS = ("raw", "aligned", "quarantine", "embeddings", "fused")
+BATCH_LAYERS = ("raw", "streams", "aligned", "quarantine", "embeddings", "fusion")
 batch_selection = dg.AssetSelection.groups(*BATCH_LAYERS) | dg.AssetSelection.assets(
     "cluster_assignments", "vector_points", "batches"
 )

@@ -107,7 +107,7 @@ ALGORITHMS = ("kmeans", "hdbscan", "dbscan")
 DENSITY_SAMPLE = 20_000
 
 
-def run_clustering(X: np.ndarray, pipeline: "ClusterSettings") -> tuple[ClusterResult, np.ndarray, tuple]:
+def run_clustering(X: np.ndarray, pipeline: ClusterSettings) -> tuple[ClusterResult, np.ndarray, tuple]:
     """Cluster ``X`` as configured in its PCA space; returns the result, the space, and (mean, components).
     K-Means picks k by silhouette (MiniBatchKMeans on a sample above 20k rows); HDBSCAN and DBSCAN are
     fitted on a sample above 20k rows and the rest assigned; seeds are fixed, so a re-run gives the same
@@ -140,7 +140,7 @@ def layout_of(spec: str) -> str:
     return "early:" + ",".join(part.split("=", 1)[0].strip() for part in body.split(",") if part.strip())
 
 
-def clustering_input(lake: Lake, pipeline: "ClusterSettings", batch_id: str | None = None,
+def clustering_input(lake: Lake, pipeline: ClusterSettings, batch_id: str | None = None,
                      corpus: Corpus | None = None) -> tuple[list[str], list[str], np.ndarray, str]:
     """(record_ids, batch_ids, matrix, spec) of what the clusters are computed on, by ``MM_FUSION_STRATEGY``:
     ``early`` reads ``fused_vectors``; ``shared_mean`` averages each record's projections by the current
@@ -168,7 +168,7 @@ def clustering_input(lake: Lake, pipeline: "ClusterSettings", batch_id: str | No
     raise ReclusterError(f"unknown fusion strategy {pipeline.fusion_strategy!r} (early | shared_mean)")
 
 
-def _strategy_rows(corpus: Corpus, alignment, pipeline: "ClusterSettings") -> dict[str, tuple[list, np.ndarray]]:
+def _strategy_rows(corpus: Corpus, alignment, pipeline: ClusterSettings) -> dict[str, tuple[list, np.ndarray]]:
     """The fusion strategies other than the selected one (which the run clusters already), and text+image
     alone, to compare in ``cluster_metrics``: space -> (ids, X)."""
     spaces: dict[str, np.ndarray] = {}
@@ -217,7 +217,7 @@ class FusionSelection:
                 "evidence": self.evidence.as_dict(), "seconds": round(self.seconds, 4)}
 
 
-def _comparison_spaces(corpus: Corpus, alignment, pipeline: "ClusterSettings", evidence: ModalityWeights,
+def _comparison_spaces(corpus: Corpus, alignment, pipeline: ClusterSettings, evidence: ModalityWeights,
                        cands: dict[str, dict[str, float]], layout: dict[str, int] | None) -> dict[str, tuple]:
     """space -> (ids, X) of every space clustered for comparison (and as a fusion candidate)."""
     compared = _strategy_rows(corpus, alignment, pipeline)
@@ -236,7 +236,7 @@ def _comparison_spaces(corpus: Corpus, alignment, pipeline: "ClusterSettings", e
     return compared
 
 
-def _select_fusion(lake: Lake, corpus: Corpus, alignment, pipeline: "ClusterSettings") -> FusionSelection:
+def _select_fusion(lake: Lake, corpus: Corpus, alignment, pipeline: ClusterSettings) -> FusionSelection:
     """Cluster every comparison space, score the fusion candidates among them on the modalities' kNN graphs
     (labels when ``MM_FUSION_SELECT=auto`` and enough records are labelled) and, unless the fusion is fixed,
     build the chosen fusion in the fused layout, reusing a compared space's clustering when it is the same."""

@@ -18,9 +18,9 @@ from mm_platform.lib.vectors import matrix_series
 @dg.asset(
     partitions_def=batches_partitions,
     deps=["aligned_records", "text_embeddings", "image_embeddings", "audio_embeddings", "tabular_embeddings"],
-    group_name="fused",
+    group_name="fusion",
     kinds={"numpy", "parquet"},
-    tags={"layer": "fused"},
+    tags={"layer": "fusion"},
 )
 def fused_vectors(
     context: dg.AssetExecutionContext,

@@ -57,15 +57,15 @@ def _features_json(row: dict) -> str | None:
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
-            "stream_features", deps=["raw_records"], group_name="aligned", kinds={"polars", "parquet"},
-            tags={"layer": "aligned"},
+            "stream_features", deps=["raw_records"], group_name="streams", kinds={"polars", "parquet"},
+            tags={"layer": "streams"},
             description="Per record of the batch: the stream readings aligned to it (as-of join per entity "
                         "within the tolerance), as ``<stream>__<column>`` and ``<stream>__lag_s`` columns and "
                         "as JSON; ``streams_matched`` counts the streams that had a reading for it.",
         ),
         dg.AssetSpec(
-            "alignment_report", deps=["raw_records"], group_name="aligned", kinds={"polars", "parquet"},
-            tags={"layer": "aligned"},
+            "alignment_report", deps=["raw_records"], group_name="streams", kinds={"polars", "parquet"},
+            tags={"layer": "streams"},
             description="Per stream and batch: readings, entities, records with and without timestamps, "
                         "matched and unmatched records, coverage and lag (median, p95, max), tolerance and "
                         "strategy.",

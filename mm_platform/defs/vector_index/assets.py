@@ -3,10 +3,9 @@
 from datetime import UTC, datetime
 
 import dagster as dg
-import polars as pl
 
 from mm_platform.defs.automation import GLOBAL_AUTOMATION
-from mm_platform.defs.ingest.checks import manifest_line_numbers
+from mm_platform.defs.quarantine.checks import manifest_line_numbers
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import EncodersResource, LandingResource, QdrantResource, WarehouseResource
