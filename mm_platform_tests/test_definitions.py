@@ -11,7 +11,7 @@ BATCH_ASSETS = {"raw_records", "raw_text", "raw_images", "raw_audio", "raw_tabul
 GLOBAL_ASSETS = {"alignment_model", "shared_embeddings", "recluster_assignments", "cluster_metrics",
                  "modality_assignments", "cluster_summary", "embedding_map",
                  "classifier_metrics", "predictions", "qdrant_cluster_payloads"}
-GROUPS = {"raw", "aligned", "quarantine", "embeddings", "fused", "alignment", "clusters", "classifiers",
+GROUPS = {"raw", "streams", "aligned", "quarantine", "embeddings", "fusion", "shared_space", "clusters", "classifiers",
           "vector_index", "sql_models", "storage"}
 
 
