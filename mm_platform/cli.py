@@ -405,7 +405,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         totals = q("SELECT (SELECT count(*) FROM aligned_records) AS aligned_records, "
                    "(SELECT count(DISTINCT (batch_id, line_number)) FROM rejected_records) AS rejected_lines, "
                    "(SELECT count(*) FROM fused_vectors) AS fused_vectors, "
-                   "(SELECT count(DISTINCT cluster_id) FROM clusters) AS clusters")[0]
+                   "(SELECT count(DISTINCT cluster_id) FROM current_clusters) AS clusters")[0]
         print("\n== What mm_platform found ==")
         print(", ".join(f"{k}: {v}" for k, v in totals.items()))
         print("\nQuarantined (rejected_records):")

@@ -82,6 +82,16 @@ def test_every_lake_table_is_an_asset():
     assert graph.get(dg.AssetKey("batches")).assets_def.node_def.name == "vector_points"
 
 
+def test_no_derived_view_shares_a_name_with_an_asset():
+    """A warehouse view computed from several tables (``current_clusters``, ``record_versions``, ...) never
+    takes the name of an asset that writes something else."""
+    from mm_platform.lib.lake import DERIVED_VIEWS
+
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert set(DERIVED_VIEWS) & keys == set()
+    assert "current_clusters" in DERIVED_VIEWS
+
+
 def test_qdrant_writers_share_a_pool():
     graph = defs.resolve_asset_graph()
     for name in ("vector_points", "qdrant_cluster_payloads"):

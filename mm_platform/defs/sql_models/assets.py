@@ -1,5 +1,5 @@
 """SQL models (``dbt_like_sql/``) as assets: one asset per ``.sql`` file, dependencies parsed from the SQL
-(a warehouse view such as ``clusters`` or ``aligned_records_history`` maps to the assets it reads).
+(a warehouse view such as ``current_clusters`` or ``aligned_records_history`` maps to the assets it reads).
 
 As dagster-dbt does for dbt projects, all models are one subsettable multi-asset: one asset per model in
 the graph and the UI, one step per run (models run in dependency order in a single in-memory DuckDB that
