@@ -8,7 +8,7 @@ BATCH_ASSETS = {"raw_records", "raw_text", "raw_images", "raw_audio", "raw_tabul
                 "stream_features", "alignment_report", "aligned_records", "text_embeddings", "image_embeddings",
                 "audio_embeddings", "tabular_embeddings", "fused_vectors", "cluster_assignments", "vector_points",
                 "batches"}
-GLOBAL_ASSETS = {"alignment_model", "shared_embeddings", "recluster_assignments", "cluster_metrics",
+GLOBAL_ASSETS = {"shared_space_model", "shared_embeddings", "recluster_assignments", "cluster_metrics",
                  "modality_assignments", "cluster_summary", "embedding_map",
                  "classifier_metrics", "predictions", "qdrant_cluster_payloads"}
 GROUPS = {"raw", "streams", "aligned", "quarantine", "embeddings", "fusion", "shared_space", "clusters", "classifiers",
@@ -35,7 +35,7 @@ def test_assets_groups_and_partitions():
         assert node.partitions_def is None and node.description, name
         assert node.automation_condition is not None
     # the models fitted with the full re-cluster share its cron condition
-    for name in ("alignment_model", "classifier_metrics", "predictions"):
+    for name in ("shared_space_model", "classifier_metrics", "predictions"):
         assert "0 3 * * *" in str(graph.get(dg.AssetKey(name)).automation_condition.get_snapshot())
     # the full re-cluster runs on a cron automation condition, and so does what summarises clusters; nothing
     # is eager (eager conditions start runs in the middle of a batch run): the global_layer_sensor follows
@@ -62,7 +62,7 @@ def test_checks_jobs_sensors_schedules():
     for job in ("batch_ingest_job", "recluster_job", "refresh_job"):
         assert defs.resolve_job_def(job)
     recluster = {k.to_user_string() for k in defs.resolve_job_def("recluster_job").asset_layer.executable_asset_keys}
-    assert {"alignment_model", "recluster_assignments", "classifier_metrics", "predictions", "embedding_map"} <= recluster
+    assert {"shared_space_model", "recluster_assignments", "classifier_metrics", "predictions", "embedding_map"} <= recluster
     sensors = {s.name for s in defs.sensors}
     assert {"landing_sensor", "global_automation_sensor", "global_layer_sensor"} <= sensors
     assert {s.name for s in defs.schedules} == {"nightly_recluster", "weekly_lake_housekeeping"}

@@ -36,7 +36,7 @@ refresh_job = dg.define_asset_job(
 recluster_job = dg.define_asset_job(
     name="recluster_job",
     selection=refresh_selection | dg.AssetSelection.assets(
-        "alignment_model", *RECLUSTER_TABLES, "classifier_metrics", "predictions"
+        "shared_space_model", *RECLUSTER_TABLES, "classifier_metrics", "predictions"
     ),
     description="Retrain the alignment heads, full re-cluster of every current record (cluster ids kept by "
                 "overlap), retrain and score the classifiers, then the refresh.",

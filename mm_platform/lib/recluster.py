@@ -160,7 +160,7 @@ def clustering_input(lake: Lake, pipeline: ClusterSettings, batch_id: str | None
         model = load_alignment(lake, corpus.models)
         if model is None:
             raise ReclusterError("MM_FUSION_STRATEGY=shared_mean needs a current alignment model: materialize "
-                             "alignment_model (it runs with `mm-platform recluster`)")
+                             "shared_space_model (it runs with `mm-platform recluster`)")
         X = shared_mean_matrix(corpus, model, pipeline.weights())
         keep = np.flatnonzero(np.linalg.norm(X, axis=1) > 0)
         return ([corpus.record_ids[i] for i in keep], [corpus.batch_ids[i] for i in keep], X[keep],

@@ -37,7 +37,7 @@ from mm_platform.lib.summaries import draw_map, summary_frame, update_embedding_
 
 EMBEDDINGS = [dg.AssetKey(f"{m}_embeddings") for m in ("text", "image", "audio", "tabular")]
 RECLUSTER_DEPS = [dg.AssetKey("fused_vectors"), *EMBEDDINGS, dg.AssetKey("aligned_records"),
-                  dg.AssetKey("raw_records"), dg.AssetKey("alignment_model")]
+                  dg.AssetKey("raw_records"), dg.AssetKey("shared_space_model")]
 RECLUSTER_DESCRIPTIONS = {
     "recluster_assignments": "Every current record's cluster from the last full re-cluster (stable ids).",
     "cluster_metrics": "One row per clustered space of the last re-cluster: silhouette, NMI/ARI against the "
@@ -176,7 +176,7 @@ def cluster_assignments(
 
 @dg.asset(
     deps=[*(dg.AssetKey(t) for t in RECLUSTER_TABLES), dg.AssetKey("cluster_assignments"), dg.AssetKey("raw_text"),
-          dg.AssetKey("aligned_records"), dg.AssetKey("fused_vectors"), dg.AssetKey("alignment_model")],
+          dg.AssetKey("aligned_records"), dg.AssetKey("fused_vectors"), dg.AssetKey("shared_space_model")],
     group_name="clusters",
     kinds={"scikitlearn", "parquet"},
     tags={"layer": "clusters"},

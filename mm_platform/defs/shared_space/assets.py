@@ -1,6 +1,6 @@
 """Shared-space layer: one shared space for every modality (the contrastive alignment heads).
 
-``alignment_model`` trains a projection head per modality (frozen encoders) with a symmetric InfoNCE loss
+``shared_space_model`` trains a projection head per modality (frozen encoders) with a symmetric InfoNCE loss
 over every pair of modalities a record has, so that a record's text, image, audio and tabular vectors land
 close together. ``shared_embeddings`` projects every current vector through the current heads, and the
 mean of a record's projections is its ``shared_mean`` fused vector. Retraining writes a new version and the
@@ -45,11 +45,11 @@ def alignment_config(pipeline: PipelineConfigResource, corpus: Corpus) -> Alignm
     kinds={"pytorch", "safetensors"},
     tags={"layer": "shared_space"},
     automation_condition=RECLUSTER_AUTOMATION,
-    check_specs=[dg.AssetCheckSpec(LOSS_GAP_CHECK, asset="alignment_model", description=(
+    check_specs=[dg.AssetCheckSpec(LOSS_GAP_CHECK, asset="shared_space_model", description=(
         "All batches (global model): the validation loss of the alignment heads is at most "
         f"{MAX_VAL_TRAIN_LOSS_RATIO:g}x their training loss (WARN otherwise: the heads overfit)."))],
 )
-def alignment_model(
+def shared_space_model(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline: PipelineConfigResource
 ) -> dg.MaterializeResult:
     """Projection heads (one per modality, frozen encoders) into one shared space, trained with a symmetric
@@ -116,7 +116,7 @@ def alignment_model(
 
 
 @dg.asset(
-    deps=["alignment_model", "text_embeddings", "image_embeddings", "audio_embeddings", "tabular_embeddings",
+    deps=["shared_space_model", "text_embeddings", "image_embeddings", "audio_embeddings", "tabular_embeddings",
           "fused_vectors"],
     group_name="shared_space",
     kinds={"numpy", "parquet"},
@@ -137,7 +137,7 @@ def shared_embeddings(
         df = pl.DataFrame(schema=lake.read_table("shared_embeddings").schema)
         lake.write_global("shared_embeddings", df)
         return dg.MaterializeResult(metadata={"dagster/row_count": 0,
-                                              "note": "no current alignment model (asset alignment_model)"})
+                                              "note": "no current alignment model (asset shared_space_model)"})
     df = shared_frame(corpus, model, pipeline.weights())
     lake.write_global("shared_embeddings", df)
     return dg.MaterializeResult(
