@@ -7,8 +7,8 @@ from mm_platform.defs.raw.sensors import BATCH_JOB_NAME
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.lib.recluster import RECLUSTER_TABLES
 
-#: Everything computed per landing batch, in one run: raw → streams → aligned → embeddings → fusion → eager cluster
-#: assignment → Qdrant points.
+#: Everything computed per landing batch, in one run: raw → streams → aligned → embeddings → fusion → eager
+#: cluster assignment → Qdrant points (and the ``batches`` row).
 BATCH_LAYERS = ("raw", "streams", "aligned", "quarantine", "embeddings", "fusion")
 batch_selection = dg.AssetSelection.groups(*BATCH_LAYERS) | dg.AssetSelection.assets(
     "cluster_assignments", "vector_points", "batches"
@@ -64,9 +64,9 @@ def global_layer_request(instance: dg.DagsterInstance) -> dg.RunRequest | dg.Ski
     """One global run after the batch runs settle: never while a batch run is in flight, at most one per
     batch run (the run key is the newest successful batch run's id, so a later tick never repeats it).
 
-    The first time (the re-cluster, ``recluster_assignments``, never materialized) it is the full ``recluster_job``; afterwards the
-    ``refresh_job`` (summaries, map, shared-space projections, Qdrant payloads, SQL marts) over the cluster
-    assignments the batch runs made. Batch runs of `mm-platform ingest` are left alone: the CLI runs the
+    The first time (the re-cluster's ``recluster_assignments`` never materialized) it is the full
+    ``recluster_job``; afterwards the ``refresh_job`` (summaries, map, shared-space projections, Qdrant
+    payloads, SQL marts) over the cluster assignments the batch runs made. Batch runs of `mm-platform ingest` are left alone: the CLI runs the
     global jobs itself."""
     batch_in_flight = instance.get_runs(dg.RunsFilter(job_name=BATCH_JOB_NAME, statuses=list(IN_FLIGHT)))
     if batch_in_flight:
