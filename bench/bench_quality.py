@@ -102,7 +102,7 @@ def weighting_cost(dagster_home: Path) -> dict | None:
     import dagster as dg
 
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
-        event = instance.get_latest_materialization_event(dg.AssetKey("clusters"))
+        event = instance.get_latest_materialization_event(dg.AssetKey("recluster_assignments"))
         if event is None or event.asset_materialization is None:
             return None
         seconds = weighting_seconds({k: v.value for k, v in event.asset_materialization.metadata.items()})

@@ -201,7 +201,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             lake = res.warehouse.lake
             state = None
             if args.fields is not None:  # only a fields query needs the ingest assets' module
-                from mm_platform.defs.ingest.assets import tabular_state_dir
+                from mm_platform.lib.storage.model_files import tabular_state_dir
                 from mm_platform.lib.features.tabular import load_state
 
                 state = load_state(tabular_state_dir(lake))
@@ -413,7 +413,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         totals = q("SELECT (SELECT count(*) FROM aligned_records) AS aligned_records, "
                    "(SELECT count(DISTINCT (batch_id, line_number)) FROM rejected_records) AS rejected_lines, "
                    "(SELECT count(*) FROM fused_vectors) AS fused_vectors, "
-                   "(SELECT count(DISTINCT cluster_id) FROM clusters) AS clusters")[0]
+                   "(SELECT count(DISTINCT cluster_id) FROM current_clusters) AS clusters")[0]
         print("\n== What mm_platform found ==")
         print(", ".join(f"{k}: {v}" for k, v in totals.items()))
         print("\nQuarantined (rejected_records):")

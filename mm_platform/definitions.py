@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import dagster as dg
 
-from mm_platform.defs.alignment import assets as alignment_assets
+from mm_platform.defs.aligned import assets as aligned_assets
 from mm_platform.defs.classifiers import assets as classifier_assets
 from mm_platform.defs.clusters import assets as cluster_assets
 from mm_platform.defs.clusters import checks as cluster_checks
 from mm_platform.defs.embeddings import assets as embedding_assets
 from mm_platform.defs.fusion import assets as fusion_assets
-from mm_platform.defs.ingest import assets as ingest_assets
-from mm_platform.defs.ingest.sensors import build_landing_sensor
 from mm_platform.defs.metadata import with_ui_attributes
+from mm_platform.defs.quarantine import assets as quarantine_assets
+from mm_platform.defs.raw import assets as raw_assets
+from mm_platform.defs.raw.sensors import build_landing_sensor
+from mm_platform.defs.shared_space import assets as shared_space_assets
 from mm_platform.defs.jobs import (
     batch_ingest_job,
     global_layer_sensor,
@@ -38,8 +40,9 @@ from mm_platform.lib.settings import setting_int
 def build_definitions() -> dg.Definitions:
     assets = with_ui_attributes([
         *dg.load_assets_from_modules(
-            [ingest_assets, stream_assets, embedding_assets, fusion_assets, alignment_assets, cluster_assets,
-             classifier_assets, vector_assets, storage_assets]
+            # one module per layer, in data-flow order; the group of every asset is its folder's name
+            [raw_assets, stream_assets, aligned_assets, quarantine_assets, embedding_assets, fusion_assets,
+             shared_space_assets, cluster_assets, classifier_assets, vector_assets, storage_assets]
         ),
         *build_sql_model_assets(),
     ])

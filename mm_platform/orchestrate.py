@@ -507,7 +507,7 @@ def ingest(
 
 def _ingest_locked(paths: Paths, instance: dg.DagsterInstance, batch_ids: list[str] | None, force: bool,
                    recluster: bool, log_level: str, echo: Callable[[str], None], start: float) -> IngestReport:
-    from mm_platform.defs.clusters.assets import load_cluster_model
+    from mm_platform.lib.analysis.recluster import load_cluster_model
     from mm_platform.defs.partitions import batches_partitions
 
     lake = Lake(paths.lake_dir)

@@ -6,10 +6,12 @@ from mm_platform.definitions import defs
 
 BATCH_ASSETS = {"raw_records", "raw_text", "raw_images", "raw_audio", "raw_tabular", "rejected_records",
                 "stream_features", "alignment_report", "aligned_records", "text_embeddings", "image_embeddings",
-                "audio_embeddings", "tabular_embeddings", "fused_vectors", "cluster_assignments", "vector_points"}
-GLOBAL_ASSETS = {"alignment_model", "shared_embeddings", "clusters", "cluster_summary", "embedding_map",
+                "audio_embeddings", "tabular_embeddings", "fused_vectors", "cluster_assignments", "vector_points",
+                "batches"}
+GLOBAL_ASSETS = {"shared_space_model", "shared_embeddings", "recluster_assignments", "cluster_metrics",
+                 "modality_assignments", "cluster_summary", "embedding_map",
                  "classifier_metrics", "predictions", "qdrant_cluster_payloads"}
-GROUPS = {"raw", "aligned", "quarantine", "embeddings", "fused", "alignment", "clusters", "classifiers",
+GROUPS = {"raw", "streams", "aligned", "quarantine", "embeddings", "fusion", "shared_space", "clusters", "classifiers",
           "vector_index", "sql_models", "storage"}
 
 
@@ -33,7 +35,7 @@ def test_assets_groups_and_partitions():
         assert node.partitions_def is None and node.description, name
         assert node.automation_condition is not None
     # the models fitted with the full re-cluster share its cron condition
-    for name in ("alignment_model", "classifier_metrics", "predictions"):
+    for name in ("shared_space_model", "classifier_metrics", "predictions"):
         assert "0 3 * * *" in str(graph.get(dg.AssetKey(name)).automation_condition.get_snapshot())
     # the full re-cluster runs on a cron automation condition, and so does what summarises clusters; nothing
     # is eager (eager conditions start runs in the middle of a batch run): the global_layer_sensor follows
@@ -47,7 +49,7 @@ def test_sql_model_dependencies_are_parsed_into_the_graph():
     graph = defs.resolve_asset_graph()
     clusters_stg = graph.get(dg.AssetKey("stg_clusters"))  # reads the `clusters` view: both cluster writers
     assert {p.to_user_string() for p in clusters_stg.parent_keys} == {
-        "clusters", "cluster_assignments", "raw_records", "aligned_records"}
+        "recluster_assignments", "cluster_assignments", "raw_records", "aligned_records"}
     profiles = graph.get(dg.AssetKey("cluster_profiles"))
     assert {p.to_user_string() for p in profiles.parent_keys} == {"int_records_with_clusters", "stg_cluster_summary"}
     staging = graph.get(dg.AssetKey("stg_raw_records"))
@@ -60,12 +62,34 @@ def test_checks_jobs_sensors_schedules():
     for job in ("batch_ingest_job", "recluster_job", "refresh_job"):
         assert defs.resolve_job_def(job)
     recluster = {k.to_user_string() for k in defs.resolve_job_def("recluster_job").asset_layer.executable_asset_keys}
-    assert {"alignment_model", "clusters", "classifier_metrics", "predictions", "embedding_map"} <= recluster
+    assert {"shared_space_model", "recluster_assignments", "classifier_metrics", "predictions", "embedding_map"} <= recluster
     sensors = {s.name for s in defs.sensors}
     assert {"landing_sensor", "global_automation_sensor", "global_layer_sensor"} <= sensors
     assert {s.name for s in defs.schedules} == {"nightly_recluster", "weekly_lake_housekeeping"}
     housekeeping = defs.resolve_job_def("lake_housekeeping_job").asset_layer.executable_asset_keys
     assert {k.to_user_string() for k in housekeeping} == {"lake_housekeeping"}
+
+
+def test_every_lake_table_is_an_asset():
+    """Each lake table has its own asset (or spec of a multi-asset), so the lineage shows who writes it."""
+    from mm_platform.lib.storage.lake import ALL_TABLES
+
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert set(ALL_TABLES) - keys == set()
+    # the re-cluster's tables and the batch ledger are specs of one step each
+    graph = defs.resolve_asset_graph()
+    assert graph.get(dg.AssetKey("cluster_metrics")).assets_def.node_def.name == "clusters"
+    assert graph.get(dg.AssetKey("batches")).assets_def.node_def.name == "vector_points"
+
+
+def test_no_derived_view_shares_a_name_with_an_asset():
+    """A warehouse view computed from several tables (``current_clusters``, ``record_versions``, ...) never
+    takes the name of an asset that writes something else."""
+    from mm_platform.lib.storage.lake import DERIVED_VIEWS
+
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert set(DERIVED_VIEWS) & keys == set()
+    assert "current_clusters" in DERIVED_VIEWS
 
 
 def test_qdrant_writers_share_a_pool():

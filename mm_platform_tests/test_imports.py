@@ -6,6 +6,8 @@
   an earlier one (:data:`STAGES`), so the folders read left to right like the pipeline.
 * Library code stays free of Dagster: nothing under ``mm_platform/lib/`` imports ``dagster`` (or a
   ``dagster_*`` package) or ``mm_platform.defs``.
+* Nothing imports an asset module (``mm_platform.defs.<layer>.assets``) except ``mm_platform/definitions.py``:
+  the package, the tests and the benchmarks refer to assets by key and take them from the loaded definitions.
 """
 
 from __future__ import annotations
@@ -167,3 +169,39 @@ def test_lower_stages_never_import_higher_ones() -> None:
             if other is not None and other > own:
                 bad.append(f"{m} ({STAGES[own][0]}) imports {t} ({STAGES[other][0]})")
     assert bad == []
+
+
+ENTRY_POINT = "mm_platform.definitions"
+SOURCE_ROOTS = (ROOT, ROOT.parent / "mm_platform_tests", ROOT.parent / "bench")
+
+
+def _is_asset_module(module: str) -> bool:
+    parts = module.split(".")
+    return len(parts) == 4 and parts[:2] == ["mm_platform", "defs"] and parts[3] == "assets"
+
+
+def _asset_module_importers(files: Mapping[str, Path], known: Mapping[str, Path]) -> list[str]:
+    return sorted(f"{name} imports {target}" for name, path in files.items() if name != ENTRY_POINT
+                  for target in _imports(name, path, known) if _is_asset_module(target))
+
+
+def test_only_the_definitions_import_asset_modules() -> None:
+    known = _modules()
+    files = dict(known)
+    for root in SOURCE_ROOTS[1:]:
+        files.update({f"{root.name}.{'.'.join(p.relative_to(root).with_suffix('').parts)}": p
+                      for p in sorted(root.rglob("*.py"))})
+    assert any(_is_asset_module(t) for t in _imports(ENTRY_POINT, known[ENTRY_POINT], known))
+    assert _asset_module_importers(files, known) == []
+
+
+def test_asset_module_check_sees_both_import_forms(tmp_path: Path) -> None:
+    known = _modules()
+    a = tmp_path / "a.py"
+    a.write_text("from mm_platform.defs.clusters import assets\n")
+    b = tmp_path / "b.py"
+    b.write_text("def f():\n    from mm_platform.defs.raw.assets import raw_records\n")
+    c = tmp_path / "c.py"
+    c.write_text("from mm_platform.defs.raw.sensors import BATCH_JOB_NAME\n")
+    assert _asset_module_importers({"x.a": a, "x.b": b, "x.c": c}, known) == [
+        "x.a imports mm_platform.defs.clusters.assets", "x.b imports mm_platform.defs.raw.assets"]

@@ -1,9 +1,9 @@
--- Staging: the current cluster of each current record (the clusters view: the latest of the full
+-- Staging: the current cluster of each current record (the current_clusters view: the latest of the full
 -- re-cluster and the eager per-batch assignment). is_outlier is filled from cluster_id = -1 when missing.
 
 with source as (
 
-    select * from clusters
+    select * from current_clusters
 
 ),
 

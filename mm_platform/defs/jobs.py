@@ -3,14 +3,15 @@
 import dagster as dg
 
 from mm_platform.defs.automation import RECLUSTER_CRON
-from mm_platform.defs.ingest.sensors import BATCH_JOB_NAME
+from mm_platform.defs.raw.sensors import BATCH_JOB_NAME
 from mm_platform.defs.partitions import batches_partitions
+from mm_platform.lib.analysis.recluster import RECLUSTER_TABLES
 
-#: Everything computed per landing batch, in one run: raw → aligned → embeddings → fused → eager cluster
-#: assignment → Qdrant points.
-BATCH_LAYERS = ("raw", "aligned", "quarantine", "embeddings", "fused")
+#: Everything computed per landing batch, in one run: raw → streams → aligned → embeddings → fusion → eager
+#: cluster assignment → Qdrant points (and the ``batches`` row).
+BATCH_LAYERS = ("raw", "streams", "aligned", "quarantine", "embeddings", "fusion")
 batch_selection = dg.AssetSelection.groups(*BATCH_LAYERS) | dg.AssetSelection.assets(
-    "cluster_assignments", "vector_points"
+    "cluster_assignments", "vector_points", "batches"
 )
 batch_ingest_job = dg.define_asset_job(
     name=BATCH_JOB_NAME,
@@ -35,7 +36,7 @@ refresh_job = dg.define_asset_job(
 recluster_job = dg.define_asset_job(
     name="recluster_job",
     selection=refresh_selection | dg.AssetSelection.assets(
-        "alignment_model", "clusters", "classifier_metrics", "predictions"
+        "shared_space_model", *RECLUSTER_TABLES, "classifier_metrics", "predictions"
     ),
     description="Retrain the alignment heads, full re-cluster of every current record (cluster ids kept by "
                 "overlap), retrain and score the classifiers, then the refresh.",
@@ -63,9 +64,9 @@ def global_layer_request(instance: dg.DagsterInstance) -> dg.RunRequest | dg.Ski
     """One global run after the batch runs settle: never while a batch run is in flight, at most one per
     batch run (the run key is the newest successful batch run's id, so a later tick never repeats it).
 
-    The first time (``clusters`` never materialized) it is the full ``recluster_job``; afterwards the
-    ``refresh_job`` (summaries, map, shared-space projections, Qdrant payloads, SQL marts) over the cluster
-    assignments the batch runs made. Batch runs of `mm-platform ingest` are left alone: the CLI runs the
+    The first time (the re-cluster's ``recluster_assignments`` never materialized) it is the full
+    ``recluster_job``; afterwards the ``refresh_job`` (summaries, map, shared-space projections, Qdrant
+    payloads, SQL marts) over the cluster assignments the batch runs made. Batch runs of `mm-platform ingest` are left alone: the CLI runs the
     global jobs itself."""
     batch_in_flight = instance.get_runs(dg.RunsFilter(job_name=BATCH_JOB_NAME, statuses=list(IN_FLIGHT)))
     if batch_in_flight:
@@ -82,7 +83,7 @@ def global_layer_request(instance: dg.DagsterInstance) -> dg.RunRequest | dg.Ski
         running = instance.get_runs(dg.RunsFilter(job_name=job, statuses=list(IN_FLIGHT)))
         if running:
             return dg.SkipReason(f"{job} run {running[0].run_id[:8]} in flight; the next tick decides")
-    first = instance.get_latest_materialization_event(dg.AssetKey("clusters")) is None
+    first = instance.get_latest_materialization_event(dg.AssetKey("recluster_assignments")) is None
     job = recluster_job if first else refresh_job
     batch = last[0].tags.get("dagster/partition", "")
     return dg.RunRequest(run_key=f"global-after-{last[0].run_id}", job_name=job.name,

@@ -146,7 +146,7 @@ class Services:
                             lambda: SharedSpace.from_lake(self.lake))
 
     def tabular_state(self):
-        from mm_platform.defs.ingest.assets import tabular_state_dir
+        from mm_platform.lib.storage.model_files import tabular_state_dir
         from mm_platform.lib.features.tabular import load_state
 
         d = tabular_state_dir(self.lake)
@@ -427,7 +427,7 @@ def create_app(services: Services, token: str | None = None) -> FastAPI:
             tab = con.execute("SELECT values_json FROM raw_tabular WHERE record_id = ?", [record_id]).fetchone()
             out["fields"] = json.loads(tab[0]) if tab and tab[0] else None
             cl = _rows(con, "SELECT c.cluster_id, c.algorithm, c.distance_to_centroid, c.is_outlier, s.name "
-                            "FROM clusters c LEFT JOIN cluster_summary s USING (cluster_id) WHERE c.record_id = ?",
+                            "FROM current_clusters c LEFT JOIN cluster_summary s USING (cluster_id) WHERE c.record_id = ?",
                        [record_id])
             out["cluster"] = cl[0] if cl else None
             prov = []

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from mm_platform.defs.alignment.assets import _recall_table, gating_table, loss_gap_check
+from mm_platform.defs.shared_space.metadata import _recall_table, gating_table, loss_gap_check
 from mm_platform.lib.vectors.shared_space import AlignmentConfig, fit_shared_space
 from mm_platform_tests.lib.vectors.test_shared_space import _linear
 

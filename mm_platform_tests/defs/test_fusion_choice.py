@@ -16,7 +16,7 @@ from mm_platform_tests.defs.test_pipeline import BATCH_ASSETS, GLOBAL_ASSETS, ru
 
 def recluster(instance, resources):
     return dg.materialize([*BATCH_ASSETS, *GLOBAL_ASSETS], instance=instance, resources=resources,
-                          selection=dg.AssetSelection.assets("clusters"))
+                          selection=dg.AssetSelection.assets("recluster_assignments").required_multi_asset_neighbors())
 
 
 def test_recluster_chooses_weights_that_the_next_batch_is_fused_with(paths, instance, tiny_clip):

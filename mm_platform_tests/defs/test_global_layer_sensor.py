@@ -43,7 +43,7 @@ def test_waits_while_any_batch_run_is_in_flight_then_asks_once(instance):
 
 
 def test_refresh_after_clusters_exist_and_never_beside_a_global_run(instance):
-    instance.report_runless_asset_event(dg.AssetMaterialization("clusters"))
+    instance.report_runless_asset_event(dg.AssetMaterialization("recluster_assignments"))
     first = batch_run(instance, S.SUCCESS, "b1")
     request = global_layer_request(instance)
     assert request.job_name == refresh_job.name and first.run_id in request.run_key

@@ -53,7 +53,7 @@ def test_batch_refresh_extends_the_map_and_recluster_refits_it(paths, instance, 
 
 
 def test_the_map_space_is_the_fused_layout_not_its_weights():
-    from mm_platform.defs.clusters.assets import layout_of
+    from mm_platform.lib.analysis.recluster import layout_of
 
     assert layout_of("early:text=1.25,image=1.6,audio=0,tabular=0.15 (early_evidence)") == \
         "early:text,image,audio,tabular" == layout_of("early:text=1,image=1,audio=1,tabular=1")

@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from mm_platform.defs.ingest import assets as ingest_assets
+from mm_platform.definitions import defs
 from mm_platform.defs.metadata import md_escape, preview
 from mm_platform_tests.conftest import make_resources
 
@@ -37,7 +37,7 @@ def test_raw_records_metadata_has_no_raw_html_or_script_links(paths, instance):
             {"record_id": LINK, "timestamp": "2024-03-01T08:01:00Z", "text": IMG, "label": IMG}]
     (batch / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     instance.add_dynamic_partitions("batches", ["b1"])
-    result = dg.materialize([ingest_assets.raw_records], partition_key="b1", instance=instance,
+    result = dg.materialize([defs.get_assets_def("raw_records")], partition_key="b1", instance=instance,
                             resources=make_resources(paths))
     assert result.success
     md = result.asset_materializations_for_node("raw_records")[0].metadata["preview"].value
@@ -46,7 +46,7 @@ def test_raw_records_metadata_has_no_raw_html_or_script_links(paths, instance):
 
 
 def test_every_asset_check_has_a_description():
-    from mm_platform.definitions import defs
+
 
     graph = defs.resolve_asset_graph()
     keys = list(graph.asset_check_keys)
@@ -60,7 +60,7 @@ def test_check_results_name_their_batch(tmp_path):
     import numpy as np
 
     from mm_platform.defs.embeddings.checks import vectors_valid
-    from mm_platform.defs.ingest.checks import every_line_accounted
+    from mm_platform.defs.quarantine.checks import every_line_accounted
 
     batch = tmp_path / "b7"
     batch.mkdir()
@@ -78,7 +78,7 @@ def test_check_results_name_their_batch(tmp_path):
 def test_alignment_records_loss_curves_and_warns_on_a_large_gap():
     from dataclasses import replace
 
-    from mm_platform.defs.alignment.assets import loss_curve_table, loss_gap_check
+    from mm_platform.defs.shared_space.metadata import loss_curve_table, loss_gap_check
     from mm_platform.lib.vectors.shared_space import train_alignment
     from mm_platform_tests.lib.vectors.test_alignment import FAST, _planted
 
@@ -101,7 +101,7 @@ def test_alignment_records_loss_curves_and_warns_on_a_large_gap():
 
 
 def test_every_asset_has_owner_and_layer_and_modality_tags():
-    from mm_platform.definitions import defs
+
 
     graph = defs.resolve_asset_graph()
     for key in graph.get_all_asset_keys():
@@ -127,7 +127,7 @@ def test_table_metadata_has_a_schema_rounds_floats_and_keeps_text_whole():
 
 
 def test_every_lake_table_asset_has_its_column_schema():
-    from mm_platform.definitions import defs
+
     from mm_platform.lib.storage.lake import ALL_TABLES
 
     graph = defs.resolve_asset_graph()
@@ -146,7 +146,7 @@ def test_every_lake_table_asset_has_its_column_schema():
 
 
 def test_classifier_confusion_matrix_is_a_table_of_counts():
-    from mm_platform.defs.classifiers.assets import confusion_table
+    from mm_platform.defs.classifiers.metadata import confusion_table
 
     value = confusion_table({"classes": ["mug", "lamp"], "confusion": [[5, 1], [0, 4]]})
     assert [c.name for c in value.schema.columns] == ["true_label", "→ mug", "→ lamp"]

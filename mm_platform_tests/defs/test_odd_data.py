@@ -74,7 +74,7 @@ def test_odd_corpus_runs_batch_and_global_layer(case, paths, instance, tiny_clip
         assert lake.read_table("classifier_metrics").height == 0
         assert "skipped" in notes["classifier_metrics"], notes["classifier_metrics"]
     if n_aligned == 0:
-        assert lake.read_table("clusters").height == 0
+        assert lake.read_table("recluster_assignments").height == 0
 
 
 def test_only_deletes_after_a_batch(paths, instance, tiny_clip):

@@ -9,29 +9,26 @@ import duckdb
 import polars as pl
 import pytest
 
-from mm_platform.defs.alignment import assets as alignment_assets
-from mm_platform.defs.classifiers import assets as classifier_assets
-from mm_platform.defs.clusters import assets as cluster_assets
-from mm_platform.defs.clusters import checks as cluster_checks
-from mm_platform.defs.embeddings import assets as embedding_assets
-from mm_platform.defs.fusion import assets as fusion_assets
-from mm_platform.defs.ingest import assets as ingest_assets
-from mm_platform.defs.sql_models.assets import build_sql_model_assets
-from mm_platform.defs.streams import assets as stream_assets
-from mm_platform.defs.vector_index import assets as vector_assets
 from mm_platform.defs.resources import PipelineConfigResource
+from mm_platform.definitions import defs
 from mm_platform.demo import make_demo_batch
 from mm_platform.lib.encoders.registry import load_encoders
 from mm_platform.lib.storage.lake import Lake, refresh_warehouse
+from mm_platform.lib.analysis.summaries import MAP_FILE
 from mm_platform.lib.storage.qdrant import QdrantStore, point_id
 from mm_platform.lib.search import SearchError, search
 from mm_platform_tests.conftest import make_resources
 
-BATCH_ASSETS = dg.load_assets_from_modules([ingest_assets, stream_assets, embedding_assets, fusion_assets]) + [
-    cluster_assets.cluster_assignments, vector_assets.vector_points]
-GLOBAL_ASSETS = [alignment_assets.alignment_model, alignment_assets.shared_embeddings, classifier_assets.classifiers,
-                 cluster_assets.clusters,
-                 cluster_assets.cluster_summary, cluster_assets.embedding_map, vector_assets.qdrant_cluster_payloads]
+
+def _loaded_assets() -> tuple[list, list]:
+    """The assets (and checks) of the loaded code location, split into the batch job's and the rest."""
+    batch = defs.resolve_job_def("batch_ingest_job").asset_layer.executable_asset_keys
+    every = [*defs.assets, *defs.asset_checks]
+    in_batch = [a for a in every if set(a.keys) & batch or {c.asset_key for c in a.check_keys} & batch]
+    return in_batch, [a for a in every if not any(a is b for b in in_batch)]
+
+
+BATCH_ASSETS, GLOBAL_ASSETS = _loaded_assets()
 
 
 def run_batch(batch_id, instance, resources):
@@ -42,10 +39,8 @@ def run_batch(batch_id, instance, resources):
 
 def run_global(instance, resources):
     return dg.materialize(
-        [*BATCH_ASSETS, *GLOBAL_ASSETS, *build_sql_model_assets(),
-         *dg.load_asset_checks_from_modules([cluster_checks])], instance=instance, resources=resources,
-        selection=dg.AssetSelection.groups("sql_models", "alignment", "classifiers")
-        | dg.AssetSelection.assets("clusters", "cluster_summary", "embedding_map", "qdrant_cluster_payloads"),
+        [*BATCH_ASSETS, *GLOBAL_ASSETS], instance=instance, resources=resources,
+        selection=dg.AssetSelection.assets(*defs.resolve_job_def("recluster_job").asset_layer.executable_asset_keys),
     )
 
 
@@ -252,7 +247,7 @@ def test_search_across_modalities_in_a_shared_space(ingested, paths, tiny_clip):
 
 def test_search_by_audio_clip_and_by_fields(ingested, paths, tiny_clip):
     _, resources, _ = ingested
-    from mm_platform.defs.ingest.assets import tabular_state_dir
+    from mm_platform.lib.storage.model_files import tabular_state_dir
     from mm_platform.lib.features.tabular import load_state
 
     encoders = load_encoders(resources["encoders"].settings(), resources["device"].config())
@@ -297,7 +292,7 @@ def test_alignment_shared_space_map_and_classifiers(ingested, paths, instance):
     assert set(shared.filter(pl.col("modality") == "mean")["record_id"]) == set(fused["record_id"])
     emap = lake.read_table("embedding_map")
     assert emap.height == fused.height and emap["x"].is_finite().all()
-    assert (paths.lake_dir / cluster_assets.MAP_FILE).stat().st_size > 1000
+    assert (paths.lake_dir / MAP_FILE).stat().st_size > 1000
     metrics = lake.read_table("classifier_metrics")
     assert {"early", "late", "late_learned", "text", "image", "audio", "tabular"} == set(metrics["strategy"])
     assert metrics["macro_f1"].is_between(0, 1).all()

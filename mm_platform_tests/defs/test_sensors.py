@@ -1,4 +1,4 @@
-"""Tests for the landing sensor (mm_platform/defs/ingest/sensors.py), driven through Dagster's own sensor
+"""Tests for the landing sensor (mm_platform/defs/raw/sensors.py), driven through Dagster's own sensor
 machinery against a real (temporary) Dagster instance and a real landing directory."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mm_platform.defs.ingest.sensors import (
+from mm_platform.defs.raw.sensors import (
     BATCH_JOB_NAME,
     DEFAULT_MAX_BATCHES_PER_TICK,
     LandingCursor,

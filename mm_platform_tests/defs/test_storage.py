@@ -7,7 +7,7 @@ import polars as pl
 from deltalake import write_deltalake
 
 from mm_platform.defs.resources import WarehouseResource
-from mm_platform.defs.storage.assets import lake_housekeeping
+from mm_platform.definitions import defs
 from mm_platform.lib.storage.lake import Lake
 
 
@@ -17,7 +17,7 @@ def test_lake_housekeeping_compacts_and_reports(tmp_path: Path, monkeypatch) -> 
     lake.write_global("mart_small", pl.DataFrame({"n": [0]}))
     for i in range(1, 4):  # small files appended by another engine
         write_deltalake(lake.table_uri("mart_small"), pl.DataFrame({"n": [i]}).to_arrow(), mode="append")
-    res = dg.materialize([lake_housekeeping], resources={
+    res = dg.materialize([defs.get_assets_def("lake_housekeeping")], resources={
         "warehouse": WarehouseResource(lake_dir=str(lake.root), duckdb_path=str(tmp_path / "w.duckdb"))})
     assert res.success
     meta = res.asset_materializations_for_node("lake_housekeeping")[0].metadata

@@ -40,14 +40,14 @@ def test_incremental_updates_deletes_and_stable_clusters(cli_paths):
     out = run_cli("ingest").stdout
     assert "full re-cluster" in out  # the first ingest clusters everything
     n_a = sql(paths, "SELECT count(*) FROM current_records")[0][0]
-    first_clusters = dict(sql(paths, "SELECT record_id, cluster_id FROM clusters"))
+    first_clusters = dict(sql(paths, "SELECT record_id, cluster_id FROM current_clusters"))
     assert len(first_clusters) == n_a
 
     # a new batch is placed into the existing clusters at once, without a re-cluster
     make_demo_batch(land / "b", n_records=30, seed=3, n_broken=0, id_prefix="b")
     out = run_cli("ingest").stdout
     assert "full re-cluster" not in out
-    sources = dict(sql(paths, "SELECT source, count(*) FROM clusters GROUP BY 1"))
+    sources = dict(sql(paths, "SELECT source, count(*) FROM current_clusters GROUP BY 1"))
     assert sources == {"recluster": n_a, "incremental": 30}
 
     # updates, deletes and unchanged re-sends in a third batch
@@ -76,7 +76,7 @@ def test_incremental_updates_deletes_and_stable_clusters(cli_paths):
     pts = points(paths)
     assert dele["record_id"] not in pts
     assert pts[upd["record_id"]]["batch_id"] == "c" and pts[upd["record_id"]]["text"].startswith("Completely")
-    current = dict(sql(paths, "SELECT record_id, cluster_id FROM clusters"))
+    current = dict(sql(paths, "SELECT record_id, cluster_id FROM current_clusters"))
     assert dele["record_id"] not in current and len(current) == n_a + 30 - 1
     assert len(pts) == len(current)
 
@@ -98,7 +98,7 @@ def test_incremental_updates_deletes_and_stable_clusters(cli_paths):
     run_cli("recluster")
     moved, common = sql(paths, "SELECT moved, common FROM cluster_metrics WHERE space = 'fused'")[0]
     assert common >= n_a - 1 and moved / common < 0.2, (moved, common)
-    after = dict(sql(paths, "SELECT record_id, cluster_id FROM clusters"))
+    after = dict(sql(paths, "SELECT record_id, cluster_id FROM current_clusters"))
     kept = sum(after.get(r) == c for r, c in first_clusters.items() if r in after)
     assert kept / len(first_clusters) > 0.8
     # Qdrant payloads carry the current cluster ids

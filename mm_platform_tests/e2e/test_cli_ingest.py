@@ -34,7 +34,7 @@ CONTRACT = {
     "audio_embeddings": {"record_id", "batch_id", "model", "dim", "embedding"},
     "tabular_embeddings": {"record_id", "batch_id", "model", "model_version", "dim", "embedding"},
     "fused_vectors": {"record_id", "batch_id", "fusion", "embedding"},
-    "clusters": {"record_id", "cluster_id"},
+    "current_clusters": {"record_id", "cluster_id"},
     "cluster_summary": {"cluster_id", "size", "representative_record_ids", "top_terms"},
 }
 

@@ -68,7 +68,7 @@ def state(data_dir) -> dict:
     con = duckdb.connect(str(paths.duckdb_path), read_only=True)
     try:
         records = sorted(r[0] for r in con.execute("SELECT record_id FROM current_records").fetchall())
-        clusters = dict(con.execute("SELECT record_id, cluster_id FROM clusters").fetchall())
+        clusters = dict(con.execute("SELECT record_id, cluster_id FROM current_clusters").fetchall())
         fused = {r: np.round(np.asarray(e, dtype=np.float32), 5).tolist()
                  for r, e in con.execute("SELECT record_id, embedding FROM fused_vectors").fetchall()}
         batches = sorted(r[0] for r in con.execute("SELECT batch_id FROM batches").fetchall())

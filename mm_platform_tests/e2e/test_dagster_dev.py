@@ -49,9 +49,9 @@ def test_dagster_dev_loads_code_location(paths, tmp_path):
         assert repo["location"]["name"] == "mm_platform"
         assets = {"/".join(a["assetKey"]["path"]): a for a in repo["assetNodes"]}
         for name in ("raw_records", "aligned_records", "text_embeddings", "fused_vectors", "vector_points",
-                     "clusters", "cluster_summary", "cluster_profiles", "rejected_records"):
+                     "recluster_assignments", "cluster_summary", "cluster_profiles", "rejected_records"):
             assert name in assets
-        assert assets["raw_records"]["isPartitioned"] and not assets["clusters"]["isPartitioned"]
+        assert assets["raw_records"]["isPartitioned"] and not assets["recluster_assignments"]["isPartitioned"]
         assert {"landing_sensor", "global_automation_sensor"} <= {s["name"] for s in repo["sensors"]}
         assert {s["name"] for s in repo["schedules"]} == {"nightly_recluster", "weekly_lake_housekeeping"}
         assert {"batch_ingest_job", "recluster_job", "refresh_job"} <= {j["name"] for j in repo["jobs"]}

@@ -121,7 +121,7 @@ class DagsterDev:
         for sensor in ("landing_sensor", "global_layer_sensor", "global_automation_sensor"):
             section(f"{sensor} ticks", lambda s=sensor: self.query(
                 TICKS_QUERY % (LOCATION, self.repo_name, s, 8))["sensorOrError"])
-        for asset in ("clusters", "cluster_summary", "qdrant_cluster_payloads"):
+        for asset in ("recluster_assignments", "cluster_summary", "qdrant_cluster_payloads"):
             section(f"{asset} automation evaluations", lambda a=asset: [
                 {"id": r["evaluationId"], "requested": r["numRequested"], "runIds": r["runIds"],
                  "nodes": [(n["userLabel"] or " ".join(n["expandedLabel"]))[:80] + f" -> {n['numTrue']}"
@@ -198,7 +198,7 @@ def test_dagster_dev_sensor_ingests_batches_and_automation_builds_global_layer(p
             # the Qdrant payloads were set after the last change of any cluster assignment
             payloads = dev.latest_materialization("qdrant_cluster_payloads")
             return payloads > 0 and payloads >= max(dev.latest_materialization(a) for a in
-                                                    ("clusters", "cluster_assignments", "vector_points"))
+                                                    ("recluster_assignments", "cluster_assignments", "vector_points"))
 
         dev.wait_until("global layer follows by automation", global_layer_settled, GLOBAL_TIMEOUT_S)
 

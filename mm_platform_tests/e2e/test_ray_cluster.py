@@ -85,7 +85,7 @@ def test_batch_job_on_two_node_cluster_matches_local(paths, instance, tiny_clip,
     make_demo_batch(paths.landing_dir / "b2", n_records=6, seed=6, n_broken=0, id_prefix="b2")
     resources = make_resources(paths, tiny_clip, compute=compute)
     instance.add_dynamic_partitions("batches", ["b2"])
-    before = dg.AssetSelection.groups("raw", "aligned")
+    before = dg.AssetSelection.groups("raw", "streams", "aligned")
     assert dg.materialize(BATCH_ASSETS, partition_key="b2", instance=instance, resources=resources,
                           selection=before).success
     raw_images = got.read_partition("raw_images", "b2")

@@ -14,26 +14,16 @@ import dagster as dg
 import polars as pl
 
 from mm_platform.defs.automation import RECLUSTER_AUTOMATION
-from mm_platform.defs.embeddings.assets import audio_embeddings, image_embeddings, tabular_embeddings, text_embeddings
-from mm_platform.defs.fusion.assets import fused_vectors
-from mm_platform.defs.ingest.assets import aligned_records
+from mm_platform.defs.classifiers.metadata import confusion_table
 from mm_platform.defs.metadata import preview, table
 from mm_platform.defs.resources import PipelineConfigResource, WarehouseResource
 from mm_platform.lib.analysis.classify import InsufficientLabels, evaluate_classifiers
 from mm_platform.lib.vectors.corpus import load_corpus
 
-INPUTS = [text_embeddings, image_embeddings, audio_embeddings, tabular_embeddings, fused_vectors, aligned_records]
+INPUTS = [dg.AssetKey(k) for k in ("text_embeddings", "image_embeddings", "audio_embeddings", "tabular_embeddings",
+                                   "fused_vectors", "aligned_records")]
 #: Fewer labelled records than this (or fewer than two classes): nothing is trained, and the metadata says so.
 MIN_LABELLED = 20
-
-
-def confusion_table(metric: dict) -> dg.MetadataValue:
-    """The cross-validated confusion matrix of one strategy as a table: a row per true class, a column per
-    predicted class (counts), so the UI shows which classes the classifier mixes up."""
-    classes = [str(c) for c in metric["classes"]]
-    rows = [{"true_label": c, **{f"→ {p}": int(v) for p, v in zip(classes, counts, strict=True)}}
-            for c, counts in zip(classes, metric["confusion"], strict=True)]
-    return table(pl.DataFrame(rows), n=len(rows))
 
 
 @dg.multi_asset(

@@ -2,11 +2,10 @@
 
 import dagster as dg
 
-from mm_platform.defs.clusters.assets import cluster_summary, clusters
 from mm_platform.defs.resources import WarehouseResource
 
 
-@dg.asset_check(asset=clusters, description="every current fused vector has exactly one current cluster")
+@dg.asset_check(asset="recluster_assignments", description="every current fused vector has exactly one current cluster")
 def clusters_cover_fused_vectors(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     lake = warehouse.lake
     fused = set(lake.read_current("fused_vectors")["record_id"].to_list())
@@ -21,7 +20,7 @@ def clusters_cover_fused_vectors(warehouse: WarehouseResource) -> dg.AssetCheckR
     )
 
 
-@dg.asset_check(asset=cluster_summary, description="summary sizes add up to the clustered records")
+@dg.asset_check(asset="cluster_summary", description="summary sizes add up to the clustered records")
 def summary_sizes_match(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     lake = warehouse.lake
     total = int(lake.read_table("cluster_summary")["size"].sum() or 0)

@@ -3,22 +3,20 @@
 
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import dagster as dg
 import numpy as np
 import polars as pl
 
 from mm_platform.defs.embeddings.checks import VECTORS_VALID, VECTORS_VALID_DESCRIPTION, vectors_valid
-from mm_platform.defs.ingest.assets import raw_audio, raw_images, raw_tabular, raw_text, tabular_state_dir
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import ComputeResource, EncodersResource, LandingResource, WarehouseResource
 from mm_platform.lib.encoders.base import ModelInfo
-from mm_platform.lib.encoders.per_file import encode_per_file
+from mm_platform.lib.storage.model_files import tabular_state_dir
+from mm_platform.lib.encoders.embedding_rows import embedding_frame, local_embedder, merge_with_cache, quarantine_failures
 from mm_platform.lib.storage.sqlquote import sql_identifier
 from mm_platform.lib.features.tabular import TABULAR_DIM, TabularEncoderState, encode_tabular, load_state
-from mm_platform.lib.arrays import matrix_series
 
 #: Identity of the tabular encoder; its version is the fitted state's version.
 TABULAR_MODEL_ID = "mm_platform/tabular-standardise-onehot"
@@ -57,42 +55,9 @@ def embed_with_cache(
     seen the content before, else from ``encode(row indices)`` (each distinct content encoded once).
     Returns (vectors, cache_hit per row)."""
     cache = cached_vectors(warehouse, table, info, hashes)
-    first_row: dict[str, int] = {}
-    for i, h in enumerate(hashes):
-        if h not in cache:
-            first_row.setdefault(h, i)
-    todo = list(first_row.values())
-    fresh = encode(todo) if todo else np.zeros((0, info.dim), dtype=np.float32)
-    computed = dict(zip((hashes[i] for i in todo), fresh, strict=True))
-    vectors = np.zeros((len(hashes), info.dim), dtype=np.float32)
-    hit = np.zeros(len(hashes), dtype=bool)
-    for i, h in enumerate(hashes):
-        if h in cache:
-            vectors[i], hit[i] = cache[h], True
-        else:
-            vectors[i] = computed[h]
-    context.log.info(f"{table}: {int(hit.sum())} of {len(hashes)} from the embedding cache, {len(todo)} encoded")
+    vectors, hit, todo = merge_with_cache(cache, hashes, info.dim, encode)
+    context.log.info(f"{table}: {int(hit.sum())} of {len(hashes)} from the embedding cache, {todo} encoded")
     return vectors, hit
-
-
-def embedding_frame(
-    src: pl.DataFrame, content_col: str, vectors: np.ndarray, info: ModelInfo, cache_hit: np.ndarray
-) -> pl.DataFrame:
-    """The embedding rows of ``src`` (record_id, batch_id, content hash) with the model that made them."""
-    n = src.height
-    return pl.DataFrame(
-        {
-            "record_id": src["record_id"],
-            "batch_id": src["batch_id"],
-            "model": [info.model_id] * n,
-            "model_version": [info.model_version] * n,
-            "space": [info.space] * n,
-            "dim": [info.dim] * n,
-            "content_sha256": src[content_col],
-            "embedding": matrix_series(vectors),
-            "cache_hit": cache_hit,
-        }
-    )
 
 
 def _result(df: pl.DataFrame, info: ModelInfo, check: dg.AssetCheckResult, profile: str) -> dg.MaterializeResult:
@@ -110,28 +75,6 @@ def _result(df: pl.DataFrame, info: ModelInfo, check: dg.AssetCheckResult, profi
         },
         check_results=[check],
     )
-
-
-def _quarantine_failures(
-    src: pl.DataFrame, content_col: str, failures: dict[int, tuple[str, str]], table: str, modality: str
-) -> tuple[pl.Series, pl.DataFrame]:
-    """Rows whose content failed inside a Ray task (every row with that content): a keep-mask and their
-    quarantine rows (reason code and message as the task reported them)."""
-    bad = {src[content_col][i]: failures[i] for i in failures}
-    keep = ~src[content_col].is_in(list(bad))
-    dropped = src.filter(~keep)
-    now = datetime.now(UTC)
-    rej = pl.DataFrame(
-        {
-            "batch_id": dropped["batch_id"], "line_number": dropped["line_number"],
-            "record_id": dropped["record_id"], "modality": [modality] * dropped.height,
-            "reason": [bad[h][0] for h in dropped[content_col]], "detail": [bad[h][1] for h in dropped[content_col]],
-            "stage": [table] * dropped.height, "rejected_at": [now] * dropped.height,
-        },
-        schema_overrides={"record_id": pl.String, "line_number": pl.Int32, "modality": pl.String,
-                          "reason": pl.String, "detail": pl.String, "stage": pl.String},
-    )
-    return keep, rej
 
 
 def embed_partition(
@@ -161,7 +104,7 @@ def embed_partition(
                                         lambda rows: encode(src, rows))
     df = embedding_frame(src, content_col, vectors, info, hit)
     if failures is not None:
-        keep, rej = _quarantine_failures(src, content_col, failures, table, info.modality)
+        keep, rej = quarantine_failures(src, content_col, failures, table, info.modality)
         df, src = df.filter(keep), src.filter(keep)
         lake.write_stage_rejections(table, batch_id, rej)
         if rej.height:
@@ -170,22 +113,6 @@ def embed_partition(
     lake.write_partition(table, batch_id, df)
     check = vectors_valid(df, set(src["record_id"].to_list()), table, batch_id)
     return _result(df, info, check, encoders.encoders.profile)
-
-
-def local_embedder(
-    encode_paths: Callable[[list[str]], np.ndarray], dim: Callable[[], int], item_col: str = "uri",
-) -> tuple[Callable[[pl.DataFrame, list[int]], np.ndarray], dict[int, tuple[str, str]]]:
-    """(encode, failures) for media in this process: a file that fails to decode here (changed since
-    validation) is left out with its reason (filled into ``failures``), as the Ray stage does, instead of
-    failing the step."""
-    failures: dict[int, tuple[str, str]] = {}
-
-    def encode(src: pl.DataFrame, rows: list[int]) -> np.ndarray:
-        vectors, bad = encode_per_file(encode_paths, [src[item_col][i] for i in rows], dim())
-        failures.update({rows[k]: why for k, why in bad.items()})
-        return vectors
-
-    return encode, failures
 
 
 def ray_embedder(
@@ -208,7 +135,7 @@ def ray_embedder(
 
 @dg.asset(
     partitions_def=batches_partitions,
-    deps=[raw_text],
+    deps=["raw_text"],
     group_name="embeddings",
     kinds={"pytorch", "parquet"},
     tags={"layer": "embeddings"},
@@ -238,7 +165,7 @@ def text_embeddings(
 
 @dg.asset(
     partitions_def=batches_partitions,
-    deps=[raw_images],
+    deps=["raw_images"],
     group_name="embeddings",
     kinds={"pytorch", "parquet"},
     tags={"layer": "embeddings"},
@@ -269,7 +196,7 @@ def image_embeddings(
 
 @dg.asset(
     partitions_def=batches_partitions,
-    deps=[raw_audio],
+    deps=["raw_audio"],
     group_name="embeddings",
     kinds={"pytorch", "parquet"},
     tags={"layer": "embeddings"},
@@ -317,7 +244,7 @@ class TabularEncoder:
 
 @dg.asset(
     partitions_def=batches_partitions,
-    deps=[raw_tabular],
+    deps=["raw_tabular"],
     group_name="embeddings",
     kinds={"numpy", "parquet"},
     tags={"layer": "embeddings"},

@@ -6,52 +6,21 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from mm_platform.defs.embeddings.assets import (
-    audio_embeddings,
-    image_embeddings,
-    tabular_embeddings,
-    text_embeddings,
-)
-from mm_platform.defs.ingest.assets import aligned_records
 from mm_platform.defs.metadata import counts, preview
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import EncodersResource, PipelineConfigResource, WarehouseResource
 from mm_platform.lib.vectors.fusion import fuse
 from mm_platform.lib.analysis.fusion_choice import load_choice, save_layout, zeroed
 from mm_platform.lib.vectors.corpus import EMBEDDING_TABLES
-from mm_platform.lib.storage.lake import Lake
-from mm_platform.lib.features.tabular import TABULAR_DIM
-from mm_platform.lib.arrays import embedding_matrix as vector_matrix
+from mm_platform.lib.vectors.batch_vectors import embedding_matrix, modality_dims
 from mm_platform.lib.arrays import matrix_series
-
-__all__ = ["EMBEDDING_TABLES", "embedding_matrix", "fused_vectors", "modality_dims"]
-
-
-def embedding_matrix(df: pl.DataFrame, dim: int) -> np.ndarray:
-    return vector_matrix(df, None if df.height else dim)
-
-
-def modality_dims(lake: Lake, encoders: EncodersResource, frames: dict[str, pl.DataFrame]) -> dict[str, int]:
-    """The vector size of each modality: from the rows when there are any, else from the encoder (so a
-    batch without images or audio still fuses to the same layout as every other batch). Tabular vectors
-    always have :data:`TABULAR_DIM` dimensions, whatever the fields."""
-    dims: dict[str, int] = {}
-    for modality, df in frames.items():
-        if df.height:
-            dims[modality] = int(df["dim"][0])
-        elif modality == "tabular":
-            dims[modality] = TABULAR_DIM
-        else:
-            dims[modality] = encoders.encoders.model_info(modality).dim
-    return dims
-
 
 @dg.asset(
     partitions_def=batches_partitions,
-    deps=[aligned_records, text_embeddings, image_embeddings, audio_embeddings, tabular_embeddings],
-    group_name="fused",
+    deps=["aligned_records", "text_embeddings", "image_embeddings", "audio_embeddings", "tabular_embeddings"],
+    group_name="fusion",
     kinds={"numpy", "parquet"},
-    tags={"layer": "fused"},
+    tags={"layer": "fusion"},
 )
 def fused_vectors(
     context: dg.AssetExecutionContext,
@@ -69,7 +38,7 @@ def fused_vectors(
     lake = warehouse.lake
     aligned = lake.read_partition("aligned_records", batch_id)
     frames = {m: lake.read_partition(t, batch_id) for m, t in EMBEDDING_TABLES.items()}
-    dims = modality_dims(lake, encoders, frames)
+    dims = modality_dims(frames, lambda m: encoders.encoders.model_info(m).dim)
     by_evidence = pipeline.fusion_select != "fixed"
     choice = load_choice(lake.root) if by_evidence else None
     weights = {**pipeline.weights(), **choice.weights} if choice else pipeline.weights()

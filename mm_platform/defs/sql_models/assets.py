@@ -1,5 +1,5 @@
 """SQL models (``dbt_like_sql/``) as assets: one asset per ``.sql`` file, dependencies parsed from the SQL
-(a warehouse view such as ``clusters`` or ``aligned_records_history`` maps to the assets it reads).
+(a warehouse view such as ``current_clusters`` or ``aligned_records_history`` maps to the assets it reads).
 
 As dagster-dbt does for dbt projects, all models are one subsettable multi-asset: one asset per model in
 the graph and the UI, one step per run (models run in dependency order in a single in-memory DuckDB that
@@ -23,12 +23,10 @@ from mm_platform.lib.storage.sql_models import SqlModel, discover_models, run_mo
 
 #: The SQL project: ``$MM_SQL_DIR``, else ``dbt_like_sql/`` beside the package.
 SQL_DIR = Path(setting("MM_SQL_DIR") or Path(__file__).resolve().parents[3] / "dbt_like_sql")
-#: Lake tables written by an asset of another name.
-TABLE_ASSETS = {"recluster_assignments": "clusters", "cluster_metrics": "clusters", "batches": "vector_points"}
 
 
 def model_deps(model: SqlModel) -> list[dg.AssetKey]:
-    return sorted({dg.AssetKey(TABLE_ASSETS.get(table, table))
+    return sorted({dg.AssetKey(table)
                    for dep in model.deps for table in VIEW_SOURCES.get(dep, (dep,))})
 
 

@@ -81,7 +81,7 @@ DERIVED_VIEWS: dict[str, str] = {
         SELECT record_id, batch_id, line_number, landed_at, is_current AS in_effect,
                previous_batch_id AS deleted_version_batch_id
         FROM record_versions WHERE op = 'delete'""",
-    "clusters": """
+    "current_clusters": """
         SELECT c.* FROM (
             SELECT *, 'recluster' AS source FROM recluster_assignments
             UNION ALL BY NAME
@@ -96,7 +96,7 @@ VIEW_SOURCES: dict[str, tuple[str, ...]] = {
     "record_versions": ("raw_records", "aligned_records"),
     "current_records": ("raw_records", "aligned_records"),
     "record_deletions": ("raw_records", "aligned_records"),
-    "clusters": ("recluster_assignments", "cluster_assignments", "raw_records", "aligned_records"),
+    "current_clusters": ("recluster_assignments", "cluster_assignments", "raw_records", "aligned_records"),
     **{f"{t}_history": (t,) for t in RECORD_TABLES},
     **{t: (t, "raw_records", "aligned_records") for t in RECORD_TABLES},
 }
@@ -116,7 +116,7 @@ def view_statements(lake: Lake, versions: Mapping[str, int] | None = None) -> li
             "ON h.record_id = c.record_id AND h.batch_id = c.batch_id")
         for t in RECORD_TABLES
     ]
-    views.append(("clusters", DERIVED_VIEWS["clusters"]))
+    views.append(("current_clusters", DERIVED_VIEWS["current_clusters"]))
     return views
 
 

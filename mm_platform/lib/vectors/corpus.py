@@ -138,7 +138,7 @@ def fusion_matrix(corpus: Corpus, strategy: str, *, weights: str | Mapping[str, 
         return early_matrix(corpus, weights, modalities)
     if strategy == "shared_mean":
         if alignment is None:
-            raise ValueError("the shared_mean strategy needs a trained alignment model (asset alignment_model)")
+            raise ValueError("the shared_mean strategy needs a trained alignment model (asset shared_space_model)")
         return shared_mean_matrix(corpus, alignment, weights, modalities)
     raise ValueError(f"unknown fusion strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
 

@@ -314,7 +314,7 @@ def test_register_views_on_empty_lake_in_memory(lake: Lake) -> None:
     register_views(con, lake)
     names = {name for name, _ in view_statements(lake)}
     assert view_names(con) == names
-    assert {"raw_records", "clusters", "current_records", "record_deletions", "text_embeddings_history"} <= names
+    assert {"raw_records", "current_clusters", "current_records", "record_deletions", "text_embeddings_history"} <= names
     for table in names:
         assert con.execute(f'SELECT count(*) FROM "{table}"').fetchone() == (0,)
     types = {r[0]: r[1] for r in con.execute("DESCRIBE raw_records").fetchall()}

@@ -1,5 +1,5 @@
 """Record versioning in the lake: the Python helpers (``Lake.record_versions`` & co.) and the DuckDB views
-(``<t>``, ``<t>_history``, ``record_versions``, ``current_records``, ``record_deletions``, ``clusters``)
+(``<t>``, ``<t>_history``, ``record_versions``, ``current_records``, ``record_deletions``, ``current_clusters``)
 must agree on which version of each record is current."""
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def test_delete_in_later_batch_removes_the_record_everywhere(tmp_path: Path) -> 
     assert deletion["in_effect"] is True and deletion["deleted_version_batch_id"] == "b1"
     assert deletion["landed_at"] == _at(1)
     assert (
-        keys(q(con, "select * from clusters"))
+        keys(q(con, "select * from current_clusters"))
         == keys(lake.current_clusters())
         == {("r2", "b1"), ("r3", "b2")}
     )
@@ -232,13 +232,13 @@ def _clusters(lake: Lake, con: duckdb.DuckDBPyConnection) -> dict[str, tuple[str
     """record_id -> (batch_id, cluster_id, source), asserting the view and the helper agree."""
     sql = {
         r["record_id"]: (r["batch_id"], r["cluster_id"], r["source"])
-        for r in q(con, "select * from clusters")
+        for r in q(con, "select * from current_clusters")
     }
     py_df = lake.current_clusters()
     py = {r["record_id"]: (r["batch_id"], r["cluster_id"], r["source"]) for r in py_df.to_dicts()}
     assert sql == py
     assert py_df.height == len(py)  # one row per record
-    assert {d[0] for d in con.execute("select * from clusters").description} == set(py_df.columns)
+    assert {d[0] for d in con.execute("select * from current_clusters").description} == set(py_df.columns)
     return sql
 
 
@@ -293,11 +293,11 @@ def test_empty_lake_views_are_valid_and_empty(tmp_path: Path) -> None:
     lake = Lake(tmp_path / "lake")
     con = con_for(lake)
     names = [name for name, _ in view_statements(lake)]
-    assert {"record_versions", "current_records", "record_deletions", "clusters"} <= set(names)
+    assert {"record_versions", "current_records", "record_deletions", "current_clusters"} <= set(names)
     assert {f"{t}_history" for t in RECORD_TABLES} | set(RECORD_TABLES) <= set(names)
     for name in names:
         assert con.execute(f'select count(*) from "{name}"').fetchone() == (0,), name
-    clusters_cols = {d[0] for d in con.execute("select * from clusters").description}
+    clusters_cols = {d[0] for d in con.execute("select * from current_clusters").description}
     assert clusters_cols == set(lake.current_clusters().columns)
     assert (
         lake.record_versions().height == lake.current_records().height == lake.current_clusters().height == 0

@@ -58,7 +58,7 @@ def test_every_view_answers_on_a_restricted_connection(env):
     part = lake.partition_path("aligned_records", "b1")
     assert execute_restricted(con, f"SELECT count(*) FROM read_parquet({sql_literal(part)})").fetchone() == (1,)
     for sql in ("DESCRIBE aligned_records", "SHOW TABLES", "SUMMARIZE raw_records",
-                "EXPLAIN SELECT * FROM clusters", "WITH a AS (SELECT 1 AS x) SELECT x FROM a"):
+                "EXPLAIN SELECT * FROM current_clusters", "WITH a AS (SELECT 1 AS x) SELECT x FROM a"):
         execute_restricted(con, sql).fetchall()
     assert execute_restricted(con, "SELECT ?::INT + 1", [1]).fetchone() == (2,)
 

@@ -214,7 +214,7 @@ def test_warehouse_tables_are_the_lake_views(tmp_path: Path) -> None:
     assert len(names) == len(set(names))
     assert WAREHOUSE_TABLES == frozenset(names)
     assert set(ALL_TABLES) | set(DERIVED_VIEWS) | {f"{t}_history" for t in RECORD_TABLES} == WAREHOUSE_TABLES
-    assert "clusters" in WAREHOUSE_TABLES and "recluster_assignments" in WAREHOUSE_TABLES
+    assert "current_clusters" in WAREHOUSE_TABLES and "recluster_assignments" in WAREHOUSE_TABLES
     # every view maps to the lake tables (Dagster assets) it reads
     for name in WAREHOUSE_TABLES - set(ALL_TABLES):
         assert name in VIEW_SOURCES and set(VIEW_SOURCES[name]) <= set(ALL_TABLES), name
@@ -247,7 +247,7 @@ def test_real_models_structure(real_models: dict[str, SqlModel]) -> None:
     order = topo_order(real_models)
     assert len(order) == len(real_models)
     assert real_models["stg_aligned_records"].deps == {"aligned_records_history", "current_records"}
-    assert real_models["stg_clusters"].deps == {"clusters"}
+    assert real_models["stg_clusters"].deps == {"current_clusters"}
     assert real_models["int_records_with_clusters"].deps == {"stg_aligned_records", "stg_clusters"}
     assert real_models["cluster_profiles"].deps == {"int_records_with_clusters", "stg_cluster_summary"}
     assert real_models["batch_quality"].deps == {

@@ -1,6 +1,6 @@
-"""Alignment layer: one shared space for every modality.
+"""Shared-space layer: one shared space for every modality (the contrastive alignment heads).
 
-``alignment_model`` trains a projection head per modality (frozen encoders) with a symmetric InfoNCE loss
+``shared_space_model`` trains a projection head per modality (frozen encoders) with a symmetric InfoNCE loss
 over every pair of modalities a record has, so that a record's text, image, audio and tabular vectors land
 close together. ``shared_embeddings`` projects every current vector through the current heads, and the
 mean of a record's projections is its ``shared_mean`` fused vector. Retraining writes a new version and the
@@ -14,58 +14,22 @@ import numpy as np
 import polars as pl
 
 from mm_platform.defs.automation import GLOBAL_AUTOMATION, RECLUSTER_AUTOMATION
-from mm_platform.defs.embeddings.assets import audio_embeddings, image_embeddings, tabular_embeddings, text_embeddings
-from mm_platform.defs.fusion.assets import fused_vectors
-from mm_platform.defs.ingest.assets import aligned_records, raw_records
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.resources import PipelineConfigResource, WarehouseResource
-from mm_platform.lib.vectors.shared_space import AlignmentConfig, AlignmentModel, fit_shared_space
-from mm_platform.lib.vectors.corpus import Corpus, load_alignment, load_corpus, save_alignment, shared_mean_matrix
-from mm_platform.lib.arrays import matrix_series
+from mm_platform.defs.shared_space.metadata import (
+    LOSS_GAP_CHECK,
+    MAX_VAL_TRAIN_LOSS_RATIO,
+    _recall_table,
+    gating_table,
+    loss_curve_table,
+    loss_gap_check,
+)
+from mm_platform.lib.vectors.shared_space import AlignmentConfig, fit_shared_space
+from mm_platform.lib.vectors.corpus import Corpus, load_alignment, load_corpus, save_alignment
+from mm_platform.lib.vectors.shared_frames import shared_frame
 
 #: Fewer records with two or more modalities than this: no model is trained (the metadata says why).
 MIN_ALIGNMENT_ROWS = 20
-#: Validation loss more than this many times the training loss: the model overfits (a WARN check + warning).
-MAX_VAL_TRAIN_LOSS_RATIO = 2.0
-LOSS_GAP_CHECK = "validation_loss_close_to_training"
-
-
-def loss_gap_check(metrics: dict) -> tuple[dg.AssetCheckResult, str | None]:
-    """WARN check (and a warning text) when validation loss is far above training loss."""
-    train, val = metrics.get("train_loss"), metrics.get("val_loss")
-    ratio = float(val) / float(train) if train and val is not None and train > 0 else None
-    warning = None
-    if ratio is not None and ratio > MAX_VAL_TRAIN_LOSS_RATIO:
-        warning = (f"validation loss {val:.4g} is {ratio:.3g}x the training loss {train:.4g} "
-                   f"(> {MAX_VAL_TRAIN_LOSS_RATIO:g}x): the heads overfit the training records; more records "
-                   "with several modalities or fewer epochs (MM_ALIGNMENT_EPOCHS) help")
-    if warning and metrics.get("mapping_in_use") not in (None, "heads"):
-        warning += f"; the heads are not in use (the {metrics['mapping_in_use']} baseline is)"
-    return dg.AssetCheckResult(
-        check_name=LOSS_GAP_CHECK,
-        passed=warning is None,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=warning or (f"val/train loss ratio {ratio:.3g} <= {MAX_VAL_TRAIN_LOSS_RATIO:g}"
-                                if ratio is not None else "no validation or training loss to compare"),
-        metadata={"batch_id": "all (global)", "train_loss": train, "val_loss": val,
-                  "val_train_ratio": None if ratio is None else round(ratio, 4),
-                  "max_ratio": MAX_VAL_TRAIN_LOSS_RATIO},
-    ), warning
-
-
-def loss_curve_table(metrics: dict) -> dg.MetadataValue:
-    """Per-epoch training and validation loss as a table (4 significant digits)."""
-    train, val = metrics.get("train_loss_curve") or [], metrics.get("val_loss_curve") or []
-
-    def r(v):
-        return None if v is None else float(f"{v:.4g}")
-    rows = [dg.TableRecord({"epoch": i + 1, "train_loss": r(t), "val_loss": r(val[i] if i < len(val) else None)})
-            for i, t in enumerate(train)]
-    schema = dg.TableSchema(columns=[dg.TableColumn("epoch", "int"), dg.TableColumn("train_loss", "float"),
-                                     dg.TableColumn("val_loss", "float")])
-    return dg.MetadataValue.table(rows, schema=schema)
-
-
 def alignment_config(pipeline: PipelineConfigResource, corpus: Corpus) -> AlignmentConfig:
     """Training settings; modalities whose encoders already share a space (CLIP's text and image) are anchors:
     their space *is* the shared space and only the other modalities' heads are trained into it."""
@@ -74,46 +38,18 @@ def alignment_config(pipeline: PipelineConfigResource, corpus: Corpus) -> Alignm
                            epochs=pipeline.alignment_epochs, seed=pipeline.seed, anchors=anchors)
 
 
-def _fmt(v) -> str:
-    return "" if v is None else f"{v:.3f}"
-
-
-def _recall_table(retrieval: dict, baseline: dict | None = None) -> str:
-    """Validation recall per ordered pair: the heads', and the baseline's recall@10 when given."""
-    baseline = baseline or {}
-    lines = ["| pair | recall@1 | recall@10 | baseline recall@10 | label hit@10 | queries |",
-             "|---|---|---|---|---|---|"]
-    for pair, r in sorted(retrieval.items()):
-        lines.append(f"| {pair} | {_fmt(r.get('recall@1'))} | {_fmt(r.get('recall@10'))} | "
-                     f"{_fmt(baseline.get(pair, {}).get('recall@10'))} | {_fmt(r.get('label_recall@10'))} | "
-                     f"{r.get('n_queries', '')} |")
-    return "\n".join(lines)
-
-
-def gating_table(gating: dict) -> dg.MetadataValue:
-    """Per modality pair: validation recall@10 of the heads and of the best linear baseline, and use_heads."""
-    rows = [dg.TableRecord({"pair": pair, "validation_recall_heads": g.get("validation_recall_heads"),
-                            "validation_recall_baseline": g.get("validation_recall_baseline"),
-                            "use_heads": g.get("use_heads")}) for pair, g in sorted(gating.items())]
-    schema = dg.TableSchema(columns=[dg.TableColumn("pair", "string"),
-                                     dg.TableColumn("validation_recall_heads", "float"),
-                                     dg.TableColumn("validation_recall_baseline", "float"),
-                                     dg.TableColumn("use_heads", "bool")])
-    return dg.MetadataValue.table(rows, schema=schema)
-
-
 @dg.asset(
-    deps=[text_embeddings, image_embeddings, audio_embeddings, tabular_embeddings, fused_vectors, aligned_records,
-          raw_records],
-    group_name="alignment",
+    deps=["text_embeddings", "image_embeddings", "audio_embeddings", "tabular_embeddings", "fused_vectors",
+          "aligned_records", "raw_records"],
+    group_name="shared_space",
     kinds={"pytorch", "safetensors"},
-    tags={"layer": "alignment"},
+    tags={"layer": "shared_space"},
     automation_condition=RECLUSTER_AUTOMATION,
-    check_specs=[dg.AssetCheckSpec(LOSS_GAP_CHECK, asset="alignment_model", description=(
+    check_specs=[dg.AssetCheckSpec(LOSS_GAP_CHECK, asset="shared_space_model", description=(
         "All batches (global model): the validation loss of the alignment heads is at most "
         f"{MAX_VAL_TRAIN_LOSS_RATIO:g}x their training loss (WARN otherwise: the heads overfit)."))],
 )
-def alignment_model(
+def shared_space_model(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline: PipelineConfigResource
 ) -> dg.MaterializeResult:
     """Projection heads (one per modality, frozen encoders) into one shared space, trained with a symmetric
@@ -179,33 +115,12 @@ def alignment_model(
     )
 
 
-def shared_frame(corpus: Corpus, model: AlignmentModel, weights: dict[str, float]) -> pl.DataFrame:
-    """Every present (record, modality) projected into the shared space, plus each record's ``mean``."""
-    frames = []
-    for m in model.modalities:
-        if m not in corpus.present or not corpus.present[m].any():
-            continue
-        rows = np.flatnonzero(corpus.present[m])
-        frames.append(pl.DataFrame({
-            "record_id": [corpus.record_ids[i] for i in rows], "batch_id": [corpus.batch_ids[i] for i in rows],
-            "modality": m, "head_version": model.version,
-            "embedding": matrix_series(model.project(m, corpus.blocks[m][rows])),
-        }))
-    mean = shared_mean_matrix(corpus, model, weights)
-    keep = np.flatnonzero(np.linalg.norm(mean, axis=1) > 0)
-    frames.append(pl.DataFrame({
-        "record_id": [corpus.record_ids[i] for i in keep], "batch_id": [corpus.batch_ids[i] for i in keep],
-        "modality": "mean", "head_version": model.version,
-        "embedding": matrix_series(mean[keep]),
-    }))
-    return pl.concat(frames)
-
-
 @dg.asset(
-    deps=[alignment_model, text_embeddings, image_embeddings, audio_embeddings, tabular_embeddings, fused_vectors],
-    group_name="alignment",
+    deps=["shared_space_model", "text_embeddings", "image_embeddings", "audio_embeddings", "tabular_embeddings",
+          "fused_vectors"],
+    group_name="shared_space",
     kinds={"numpy", "parquet"},
-    tags={"layer": "alignment"},
+    tags={"layer": "shared_space"},
     automation_condition=GLOBAL_AUTOMATION,
 )
 def shared_embeddings(
@@ -222,7 +137,7 @@ def shared_embeddings(
         df = pl.DataFrame(schema=lake.read_table("shared_embeddings").schema)
         lake.write_global("shared_embeddings", df)
         return dg.MaterializeResult(metadata={"dagster/row_count": 0,
-                                              "note": "no current alignment model (asset alignment_model)"})
+                                              "note": "no current alignment model (asset shared_space_model)"})
     df = shared_frame(corpus, model, pipeline.weights())
     lake.write_global("shared_embeddings", df)
     return dg.MaterializeResult(
