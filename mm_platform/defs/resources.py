@@ -27,6 +27,10 @@ from mm_platform.lib.settings import BY_NAME, Paths, setting, setting_int
 from mm_platform.lib.streams import parse_tolerance
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import numpy as np
+
     from mm_platform.lib.compute.ray_pipeline import RayConfig, RayEncoder
 
 
@@ -230,6 +234,13 @@ class ComputeResource(dg.ConfigurableResource):
             _RAY_ENCODERS[key] = RayEncoder(modality, settings, encoders.device.config(), self.ray_config())
         return _RAY_ENCODERS[key]  # type: ignore[return-value]
 
+    def text_encode(self, encoders: "EncodersResource") -> "Callable[[list[str]], np.ndarray]":
+        """Texts -> unit vectors with the active text encoder, for steps that embed words outside the
+        embedding assets (cluster names): the warm text actor in ray mode, so the run process loads no model."""
+        if not self.is_ray:
+            return encoders.encoders.text().encode
+        encoder = self.ray_encoder("text", encoders)
+        return lambda texts: encoder.run(list(texts)).vectors
 
     def _start_all(self, settings: "EncoderSettings", encoders: "EncodersResource") -> None:
         """Start every modality's warm actor at once (non-blocking), so their model loads overlap."""

@@ -24,7 +24,7 @@ from mm_platform.defs.fusion.assets import EMBEDDING_TABLES, fused_vectors
 from mm_platform.defs.ingest.assets import aligned_records, raw_records, raw_text
 from mm_platform.defs.metadata import md_escape, preview, table
 from mm_platform.defs.partitions import batches_partitions
-from mm_platform.defs.resources import EncodersResource, PipelineConfigResource, WarehouseResource
+from mm_platform.defs.resources import ComputeResource, EncodersResource, PipelineConfigResource, WarehouseResource
 from mm_platform.lib.cluster_stability import ClusterModel, apply_mapping, build_model, fit_projection, match_cluster_ids
 from mm_platform.lib.clustering import (
     ClusterResult,
@@ -506,7 +506,8 @@ def name_by_prompts(lake: Lake, encoders: EncodersResource, pipeline: PipelineCo
 
 
 def mmr_cluster_names(context, lake: Lake, encoders: EncodersResource, texts_by_cluster: dict[int, list[str]],
-                      labels_by_id: dict[str, int], skip: set[int]) -> dict[int, list[str]]:
+                      labels_by_id: dict[str, int], skip: set[int],
+                      compute: ComputeResource | None = None) -> dict[int, list[str]]:
     """cluster -> name terms by maximal marginal relevance (:mod:`mm_platform.lib.cluster_names`): candidates
     from c-TF-IDF without stop words and corpus-frequent words, ranked against the cluster's centre in the text
     encoder's space (the mean of its members' stored text embeddings) and kept apart from each other. Without a
@@ -516,7 +517,7 @@ def mmr_cluster_names(context, lake: Lake, encoders: EncodersResource, texts_by_
         return {}
     embed, centres = None, None
     try:
-        text = encoders.encoders.text()
+        encode = (compute or ComputeResource()).text_encode(encoders)  # the warm actor in ray mode
         emb = lake.read_current("text_embeddings")
         if emb.height:
             by_cluster: dict[int, list[int]] = {}
@@ -524,7 +525,7 @@ def mmr_cluster_names(context, lake: Lake, encoders: EncodersResource, texts_by_
                 by_cluster.setdefault(labels_by_id.get(rid, -1), []).append(i)
             M = embedding_matrix(emb)
             centres = {c: M[rows].mean(axis=0) for c, rows in by_cluster.items() if c in todo}
-        embed = text.encode
+        embed = encode
     except Exception as exc:  # noqa: BLE001 - names must not fail the summary; the reason is logged
         context.log.warning(f"cluster names without the text encoder ({type(exc).__name__}: {exc})")
     return cluster_names(texts_by_cluster, n_words=3, embed=embed, centres=centres)
@@ -539,7 +540,7 @@ def mmr_cluster_names(context, lake: Lake, encoders: EncodersResource, texts_by_
 )
 def cluster_summary(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline: PipelineConfigResource,
-    encoders: EncodersResource,
+    encoders: EncodersResource, compute: ComputeResource,
 ) -> dg.MaterializeResult:
     """What each current cluster is: size, outliers, modality coverage, the records closest to its centre,
     its top terms (class-based TF-IDF over its texts), a name — the nearest of the configured label
@@ -571,7 +572,7 @@ def cluster_summary(
     terms = top_terms(texts_by_cluster, n=8)
     prompt_names = name_by_prompts(lake, encoders, pipeline, labels_by_id, corpus)
     mmr_names = mmr_cluster_names(context, lake, encoders, texts_by_cluster, labels_by_id,
-                                  skip=set(prompt_names))
+                                  skip=set(prompt_names), compute=compute)
     label_counts = label_summary(members["cluster_id"].to_numpy(), members["label"].to_list())
     model = load_cluster_model(lake)
     agreement = modality_agreement(cl, lake.read_table("modality_assignments"))

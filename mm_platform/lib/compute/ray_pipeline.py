@@ -92,6 +92,10 @@ def decode_images(batch: dict[str, np.ndarray], transform: Any, draft_size: int 
     from mm_platform.lib.encoders.base import ImageDecodeError
     from mm_platform.lib.encoders.image import open_rgb
 
+    if isinstance(transform, bytes):  # as the warm actor describes it (see EncoderActor.describe)
+        import pickle
+
+        transform = pickle.loads(transform)
     pixels = np.zeros((len(batch["idx"]), *shape), dtype=np.float32)
     reasons, errors = [], []
     for k, path in enumerate(batch["item"]):
@@ -186,11 +190,8 @@ class RayEncoder:
         if self.modality == "text":
             return pass_texts, {}
         if self.modality == "image":
-            from PIL import Image
-
-            shape = tuple(self.spec["transform"](Image.new("RGB", (32, 32))).shape)
             return decode_images, {"transform": self.spec["transform"], "draft_size": self.spec["draft_size"],
-                                   "shape": shape}
+                                   "shape": self.spec["shape"]}
         from mm_platform.lib.audio import DEFAULT_MAX_AUDIO_SECONDS
         from mm_platform.lib.media import DEFAULT_MAX_AUDIO_BYTES
 
@@ -204,7 +205,9 @@ class RayEncoder:
 
         Inputs of more than ``cfg.data_min_items`` go through Ray Data (decode tasks -> actor-pool stage ->
         warm actor). Smaller ones (an incremental batch) skip Ray Data's per-run start-up: each batch is one
-        decode task whose result goes straight to the warm actor (texts need no decode task)."""
+        decode task whose result goes straight to the warm actor (texts need no decode task). An input that
+        fits in one batch (``MM_BATCH_SIZE``) is decoded and encoded in one call to the warm actor, with the
+        same decode function."""
         n = len(items)
         vectors = np.zeros((n, self.info.dim), dtype=np.float32)
         failures: dict[int, tuple[str, str]] = {}
@@ -246,6 +249,10 @@ class RayEncoder:
 
         bs = max(1, self.device.batch_size)
         decode, kwargs = self._decode_stage()
+        if len(items) <= bs:  # one batch: decode in the warm actor itself (no task, no worker start)
+            chunk = {"idx": np.arange(len(items)), "item": np.array([str(x) for x in items], dtype=object)}
+            yield ray.get(self.actor.decode_and_encode.remote(decode, chunk, kwargs))
+            return
         task = ray.remote(decode).options(num_cpus=1, max_retries=3)
         refs = []
         for start in range(0, len(items), bs):
