@@ -243,15 +243,13 @@ class ComputeResource(dg.ConfigurableResource):
         return lambda texts: encoder.run(list(texts)).vectors
 
     def _start_all(self, settings: "EncoderSettings", encoders: "EncodersResource") -> None:
-        """Start every modality's warm actor at once (non-blocking), so their model loads overlap."""
-        from mm_platform.lib.compute.ray_pipeline import connect, gpus_for
-        from mm_platform.lib.compute.warm_actors import ensure_actor
+        """Make every modality's Ray encoder at once (non-blocking), so their model loads and descriptions
+        overlap, and each actor is looked up once per process."""
+        from mm_platform.lib.compute.ray_pipeline import RayEncoder
 
         cfg, device = self.ray_config(), encoders.device.config()
-        connect(cfg)
         for modality in ("text", "image", "audio"):
-            ensure_actor(modality, settings, device, cfg.namespace, num_gpus=gpus_for(cfg, device),
-                         num_cpus=cfg.encoder_cpus)
+            _RAY_ENCODERS[(modality, settings, device, cfg)] = RayEncoder(modality, settings, device, cfg)
 
 
 class PipelineConfigResource(dg.ConfigurableResource):

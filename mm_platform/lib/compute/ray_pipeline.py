@@ -64,6 +64,10 @@ def connect(cfg: RayConfig) -> None:
         if cfg.object_store_mb > 0:
             kwargs["object_store_memory"] = cfg.object_store_mb << 20
     ray.init(**kwargs)
+
+
+def _quiet_ray_data() -> None:
+    """No progress bars from Ray Data (imported only when a pipeline runs: the direct path never needs it)."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -170,21 +174,33 @@ class RayEncoder:
     """The encoder of one modality, run on Ray: a warm actor plus the Ray Data pipeline that feeds it.
 
     ``info`` comes from the actor (the model id and weights version it really loaded), so the run process
-    loads no model.
+    loads no model. Construction does not wait for the actor: its description is asked for at once and
+    awaited on first use, so several encoders made together load their models concurrently.
     """
 
     def __init__(self, modality: str, settings: EncoderSettings, device: DeviceConfig, cfg: RayConfig) -> None:
-        import ray
-
         connect(cfg)
         self.modality, self.device, self.cfg = modality, device, cfg
         self.actor = ensure_actor(modality, settings, device, cfg.namespace, num_gpus=gpus_for(cfg, device),
                                   num_cpus=cfg.encoder_cpus)
         self.actor_name = actor_name(modality, settings, device)
-        self.spec = ray.get(self.actor.describe.remote())
-        self.info = ModelInfo(**self.spec["info"])
+        self._spec_ref = self.actor.describe.remote()
+        self._spec: dict[str, Any] | None = None
         self.max_audio_bytes: int | None = None
         self.max_audio_seconds: float | None = None
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """What the actor reported when this encoder was made (waits for its model load the first time)."""
+        if self._spec is None:
+            import ray
+
+            self._spec = ray.get(self._spec_ref)
+        return self._spec
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(**self.spec["info"])
 
     def _decode_stage(self) -> tuple[Callable[..., Any], dict[str, Any]]:
         if self.modality == "text":
@@ -233,6 +249,7 @@ class RayEncoder:
     def _ray_data(self, items: Sequence[str]) -> Iterator[dict[str, Any]]:
         import ray.data
 
+        _quiet_ray_data()
         n, bs = len(items), max(1, self.device.batch_size)
         decode, kwargs = self._decode_stage()
         ds = ray.data.from_items([{"idx": i, "item": str(x)} for i, x in enumerate(items)],
