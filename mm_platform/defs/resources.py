@@ -208,6 +208,10 @@ class ComputeResource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if self.mode not in ("local", "ray"):
             raise ValueError(f"MM_COMPUTE must be local or ray, got {self.mode!r}")
+        if self.is_ray:  # reach Ray while the steps before the embeddings run
+            from mm_platform.lib.compute.ray_pipeline import connect_in_background
+
+            connect_in_background(self.ray_config())
 
     @property
     def is_ray(self) -> bool:

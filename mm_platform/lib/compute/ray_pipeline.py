@@ -12,7 +12,9 @@ and comes back to the caller, who quarantines it. ``ray`` is imported lazily.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,8 +51,38 @@ class RayConfig:
     data_min_items: int = 256
 
 
+_CONNECT_LOCK = threading.Lock()
+
+
 def connect(cfg: RayConfig) -> None:
     """Connect this process to Ray once (a cluster at ``cfg.address``, else a new local instance)."""
+    with _CONNECT_LOCK:  # a connect started by connect_in_background finishes first
+        _connect(cfg)
+
+
+def connect_in_background(cfg: RayConfig) -> threading.Thread:
+    """Start :func:`connect` in a daemon thread, so importing Ray and reaching the cluster overlap the steps
+    that run before the first embedding; a later :func:`connect` waits for it. A failure here is dropped:
+    that later call connects again and raises it. (Off the main thread Ray installs no SIGTERM handler of
+    its own, which leaves the run's signal handling as it is.)"""
+
+    def run() -> None:
+        worker_log = logging.getLogger("ray._private.worker")
+        level = worker_log.level
+        worker_log.setLevel(logging.ERROR)  # "SIGTERM handler is not set": on purpose, see above
+        try:
+            connect(cfg)
+        except Exception:  # noqa: BLE001 - reported by the next connect()
+            pass
+        finally:
+            worker_log.setLevel(level)
+
+    thread = threading.Thread(target=run, name="mm-ray-connect", daemon=True)
+    thread.start()
+    return thread
+
+
+def _connect(cfg: RayConfig) -> None:
     import ray
 
     if ray.is_initialized():
