@@ -208,7 +208,7 @@ class ComputeResource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if self.mode not in ("local", "ray"):
             raise ValueError(f"MM_COMPUTE must be local or ray, got {self.mode!r}")
-        if self.is_ray:  # reach Ray while the steps before the embeddings run
+        if self.is_ray and self.ray_address:  # reach the cluster while the steps before the embeddings run
             from mm_platform.lib.compute.ray_pipeline import connect_in_background
 
             connect_in_background(self.ray_config())
@@ -240,8 +240,10 @@ class ComputeResource(dg.ConfigurableResource):
 
     def text_encode(self, encoders: "EncodersResource") -> "Callable[[list[str]], np.ndarray]":
         """Texts -> unit vectors with the active text encoder, for steps that embed words outside the
-        embedding assets (cluster names): the warm text actor in ray mode, so the run process loads no model."""
-        if not self.is_ray:
+        embedding assets (cluster names): the warm text actor in ray mode on a cluster (or when this process
+        already runs Ray encoders), so the run process loads no model; else the in-process encoder (a run
+        process without ``RAY_ADDRESS`` would otherwise start a whole Ray instance for a few words)."""
+        if not (self.is_ray and (self.ray_address or _RAY_ENCODERS)):
             return encoders.encoders.text().encode
         encoder = self.ray_encoder("text", encoders)
         return lambda texts: encoder.run(list(texts)).vectors
