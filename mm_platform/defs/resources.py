@@ -27,6 +27,10 @@ from mm_platform.lib.settings import BY_NAME, Paths, setting, setting_int
 from mm_platform.lib.features.streams import parse_tolerance
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import numpy as np
+
     from mm_platform.lib.compute.ray_pipeline import RayConfig, RayEncoder
 
 
@@ -204,6 +208,10 @@ class ComputeResource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if self.mode not in ("local", "ray"):
             raise ValueError(f"MM_COMPUTE must be local or ray, got {self.mode!r}")
+        if self.is_ray and self.ray_address:  # reach the cluster while the steps before the embeddings run
+            from mm_platform.lib.compute.ray_pipeline import connect_in_background
+
+            connect_in_background(self.ray_config())
 
     @property
     def is_ray(self) -> bool:
@@ -230,17 +238,24 @@ class ComputeResource(dg.ConfigurableResource):
             _RAY_ENCODERS[key] = RayEncoder(modality, settings, encoders.device.config(), self.ray_config())
         return _RAY_ENCODERS[key]  # type: ignore[return-value]
 
+    def text_encode(self, encoders: "EncodersResource") -> "Callable[[list[str]], np.ndarray]":
+        """Texts -> unit vectors with the active text encoder, for steps that embed words outside the
+        embedding assets (cluster names): the warm text actor in ray mode on a cluster (or when this process
+        already runs Ray encoders), so the run process loads no model; else the in-process encoder (a run
+        process without ``RAY_ADDRESS`` would otherwise start a whole Ray instance for a few words)."""
+        if not (self.is_ray and (self.ray_address or _RAY_ENCODERS)):
+            return encoders.encoders.text().encode
+        encoder = self.ray_encoder("text", encoders)
+        return lambda texts: encoder.run(list(texts)).vectors
 
     def _start_all(self, settings: "EncoderSettings", encoders: "EncodersResource") -> None:
-        """Start every modality's warm actor at once (non-blocking), so their model loads overlap."""
-        from mm_platform.lib.compute.ray_pipeline import connect, gpus_for
-        from mm_platform.lib.compute.warm_actors import ensure_actor
+        """Make every modality's Ray encoder at once (non-blocking), so their model loads and descriptions
+        overlap, and each actor is looked up once per process."""
+        from mm_platform.lib.compute.ray_pipeline import RayEncoder
 
         cfg, device = self.ray_config(), encoders.device.config()
-        connect(cfg)
         for modality in ("text", "image", "audio"):
-            ensure_actor(modality, settings, device, cfg.namespace, num_gpus=gpus_for(cfg, device),
-                         num_cpus=cfg.encoder_cpus)
+            _RAY_ENCODERS[(modality, settings, device, cfg)] = RayEncoder(modality, settings, device, cfg)
 
 
 class PipelineConfigResource(dg.ConfigurableResource):

@@ -108,4 +108,12 @@ def test_batch_job_on_two_node_cluster_matches_local(paths, instance, tiny_clip,
     assert all(e.passed for e in result.get_asset_check_evaluations() if e.check_name == "vectors_valid")
     assert victim["record_id"] in got.read_partition("fused_vectors", "b2")["record_id"].to_list()  # kept
 
+    # cluster names embed their words through the warm text actor: the in-process encoder's vectors
+    words = ["circle", "a red square", "ünïcödé"]
+    with dg.build_resources({"encoders": resources["encoders"], "compute": compute}) as res:
+        on_ray = res.compute.text_encode(res.encoders)(words)
+        in_process = res.encoders.encoders.text().encode(words)
+    cos = (on_ray * in_process).sum(1) / (np.linalg.norm(on_ray, axis=1) * np.linalg.norm(in_process, axis=1))
+    assert on_ray.shape == in_process.shape and cos.min() >= 0.9999
+
     assert len(stop_actors(namespace)) == 3 and list_actors(namespace) == []

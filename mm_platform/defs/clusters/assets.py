@@ -13,6 +13,8 @@ The logic lives in :mod:`mm_platform.lib.analysis.recluster` and :mod:`mm_platfo
 
 import uuid
 
+from types import SimpleNamespace
+
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -20,7 +22,7 @@ import polars as pl
 from mm_platform.defs.automation import GLOBAL_AUTOMATION, RECLUSTER_AUTOMATION
 from mm_platform.defs.metadata import md_escape, preview, table
 from mm_platform.defs.partitions import batches_partitions
-from mm_platform.defs.resources import EncodersResource, PipelineConfigResource, WarehouseResource
+from mm_platform.defs.resources import ComputeResource, EncodersResource, PipelineConfigResource, WarehouseResource
 from mm_platform.lib.analysis.embedding_map import png_markdown
 from mm_platform.lib.analysis.fusion_choice import zeroed
 from mm_platform.lib.landing.ledger import fused_fingerprint
@@ -184,7 +186,7 @@ def cluster_assignments(
 )
 def cluster_summary(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, pipeline: PipelineConfigResource,
-    encoders: EncodersResource,
+    encoders: EncodersResource, compute: ComputeResource,
 ) -> dg.MaterializeResult:
     """What each current cluster is: size, outliers, modality coverage, the records closest to its centre,
     its top terms (class-based TF-IDF over its texts), a name — the nearest of the configured label
@@ -193,7 +195,9 @@ def cluster_summary(
     modality alone clusters together."""
     lake = warehouse.lake
     try:
-        df = summary_frame(lake, pipeline, lambda: encoders.encoders.text(), context.log.warning)
+        # names embed words with the warm text actor in ray mode (the run process loads no model)
+        text_encoder = lambda: SimpleNamespace(encode=compute.text_encode(encoders))  # noqa: E731
+        df = summary_frame(lake, pipeline, text_encoder, context.log.warning)
     except ReclusterError as exc:
         raise dg.Failure(str(exc)) from exc
     if df is None:

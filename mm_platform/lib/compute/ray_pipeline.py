@@ -12,7 +12,9 @@ and comes back to the caller, who quarantines it. ``ray`` is imported lazily.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,8 +51,38 @@ class RayConfig:
     data_min_items: int = 256
 
 
+_CONNECT_LOCK = threading.Lock()
+
+
 def connect(cfg: RayConfig) -> None:
     """Connect this process to Ray once (a cluster at ``cfg.address``, else a new local instance)."""
+    with _CONNECT_LOCK:  # a connect started by connect_in_background finishes first
+        _connect(cfg)
+
+
+def connect_in_background(cfg: RayConfig) -> threading.Thread:
+    """Start :func:`connect` in a daemon thread, so importing Ray and reaching the cluster overlap the steps
+    that run before the first embedding; a later :func:`connect` waits for it. A failure here is dropped:
+    that later call connects again and raises it. (Off the main thread Ray installs no SIGTERM handler of
+    its own, which leaves the run's signal handling as it is.)"""
+
+    def run() -> None:
+        worker_log = logging.getLogger("ray._private.worker")
+        level = worker_log.level
+        worker_log.setLevel(logging.ERROR)  # "SIGTERM handler is not set": on purpose, see above
+        try:
+            connect(cfg)
+        except Exception:  # noqa: BLE001 - reported by the next connect()
+            pass
+        finally:
+            worker_log.setLevel(level)
+
+    thread = threading.Thread(target=run, name="mm-ray-connect", daemon=True)
+    thread.start()
+    return thread
+
+
+def _connect(cfg: RayConfig) -> None:
     import ray
 
     if ray.is_initialized():
@@ -64,6 +96,10 @@ def connect(cfg: RayConfig) -> None:
         if cfg.object_store_mb > 0:
             kwargs["object_store_memory"] = cfg.object_store_mb << 20
     ray.init(**kwargs)
+
+
+def _quiet_ray_data() -> None:
+    """No progress bars from Ray Data (imported only when a pipeline runs: the direct path never needs it)."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -92,6 +128,10 @@ def decode_images(batch: dict[str, np.ndarray], transform: Any, draft_size: int 
     from mm_platform.lib.encoders.base import ImageDecodeError
     from mm_platform.lib.encoders.image import open_rgb
 
+    if isinstance(transform, bytes):  # as the warm actor describes it (see EncoderActor.describe)
+        import pickle
+
+        transform = pickle.loads(transform)
     pixels = np.zeros((len(batch["idx"]), *shape), dtype=np.float32)
     reasons, errors = [], []
     for k, path in enumerate(batch["item"]):
@@ -166,31 +206,40 @@ class RayEncoder:
     """The encoder of one modality, run on Ray: a warm actor plus the Ray Data pipeline that feeds it.
 
     ``info`` comes from the actor (the model id and weights version it really loaded), so the run process
-    loads no model.
+    loads no model. Construction does not wait for the actor: its description is asked for at once and
+    awaited on first use, so several encoders made together load their models concurrently.
     """
 
     def __init__(self, modality: str, settings: EncoderSettings, device: DeviceConfig, cfg: RayConfig) -> None:
-        import ray
-
         connect(cfg)
         self.modality, self.device, self.cfg = modality, device, cfg
         self.actor = ensure_actor(modality, settings, device, cfg.namespace, num_gpus=gpus_for(cfg, device),
                                   num_cpus=cfg.encoder_cpus)
         self.actor_name = actor_name(modality, settings, device)
-        self.spec = ray.get(self.actor.describe.remote())
-        self.info = ModelInfo(**self.spec["info"])
+        self._spec_ref = self.actor.describe.remote()
+        self._spec: dict[str, Any] | None = None
         self.max_audio_bytes: int | None = None
         self.max_audio_seconds: float | None = None
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """What the actor reported when this encoder was made (waits for its model load the first time)."""
+        if self._spec is None:
+            import ray
+
+            self._spec = ray.get(self._spec_ref)
+        return self._spec
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(**self.spec["info"])
 
     def _decode_stage(self) -> tuple[Callable[..., Any], dict[str, Any]]:
         if self.modality == "text":
             return pass_texts, {}
         if self.modality == "image":
-            from PIL import Image
-
-            shape = tuple(self.spec["transform"](Image.new("RGB", (32, 32))).shape)
             return decode_images, {"transform": self.spec["transform"], "draft_size": self.spec["draft_size"],
-                                   "shape": shape}
+                                   "shape": self.spec["shape"]}
         from mm_platform.lib.media.audio import DEFAULT_MAX_AUDIO_SECONDS
         from mm_platform.lib.media import DEFAULT_MAX_AUDIO_BYTES
 
@@ -204,7 +253,9 @@ class RayEncoder:
 
         Inputs of more than ``cfg.data_min_items`` go through Ray Data (decode tasks -> actor-pool stage ->
         warm actor). Smaller ones (an incremental batch) skip Ray Data's per-run start-up: each batch is one
-        decode task whose result goes straight to the warm actor (texts need no decode task)."""
+        decode task whose result goes straight to the warm actor (texts need no decode task). An input that
+        fits in one batch (``MM_BATCH_SIZE``) is decoded and encoded in one call to the warm actor, with the
+        same decode function."""
         n = len(items)
         vectors = np.zeros((n, self.info.dim), dtype=np.float32)
         failures: dict[int, tuple[str, str]] = {}
@@ -230,6 +281,7 @@ class RayEncoder:
     def _ray_data(self, items: Sequence[str]) -> Iterator[dict[str, Any]]:
         import ray.data
 
+        _quiet_ray_data()
         n, bs = len(items), max(1, self.device.batch_size)
         decode, kwargs = self._decode_stage()
         ds = ray.data.from_items([{"idx": i, "item": str(x)} for i, x in enumerate(items)],
@@ -246,6 +298,10 @@ class RayEncoder:
 
         bs = max(1, self.device.batch_size)
         decode, kwargs = self._decode_stage()
+        if len(items) <= bs:  # one batch: decode in the warm actor itself (no task, no worker start)
+            chunk = {"idx": np.arange(len(items)), "item": np.array([str(x) for x in items], dtype=object)}
+            yield ray.get(self.actor.decode_and_encode.remote(decode, chunk, kwargs))
+            return
         task = ray.remote(decode).options(num_cpus=1, max_retries=3)
         refs = []
         for start in range(0, len(items), bs):

@@ -63,7 +63,12 @@ class EncoderActor:
         out: dict[str, Any] = {"info": self.encoder.info.as_dict(), "load_s": self.load_s, "pid": os.getpid(),
                                "calls": self.calls}
         if self.modality == "image":
-            out["transform"] = self.encoder.transform
+            from PIL import Image
+            from ray import cloudpickle
+
+            # pickled here, unpickled only in the decode tasks: the driver never imports torchvision
+            out["transform"] = cloudpickle.dumps(self.encoder.transform)
+            out["shape"] = tuple(self.encoder.transform(Image.new("RGB", (32, 32))).shape)
             out["draft_size"] = self.encoder.draft_size
         if self.modality == "audio":
             out["sample_rate"] = self.encoder.sample_rate
@@ -89,6 +94,13 @@ class EncoderActor:
     def encode_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
         """:func:`encode_decoded` inside the actor: the direct path for small inputs (no Ray Data stage)."""
         return encode_decoded(batch, self.encoder.info.dim, self.encode)
+
+    def decode_and_encode(self, decode: Any, batch: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``decode`` (one of the decode-task functions, same arguments) then :meth:`encode_batch`, both in
+        this process: the path for an input that fits in one batch, where a separate decode task would only
+        add a worker start (a new Ray job starts new worker processes, which import torch again) and gain
+        no overlap."""
+        return self.encode_batch(decode(batch, **kwargs))
 
 
 def encode_decoded(batch: dict[str, Any], dim: int, encode: Any) -> dict[str, Any]:

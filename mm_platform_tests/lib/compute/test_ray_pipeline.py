@@ -68,6 +68,28 @@ def test_vectors_equal_local_and_corrupt_image_is_a_failure_row(
     assert _cos(text_vectors, local.text().encode(texts)).min() >= 0.9999
 
 
+def test_one_batch_is_decoded_in_the_warm_actor_with_the_same_answers(
+    ray_cfg: RayConfig, tiny_clip: TinyClip, images: list[str], tmp_path: Path
+) -> None:
+    """An input that fits in one batch (an incremental batch) takes one actor call, no decode task, and gives
+    the vectors and failure rows of the multi-batch paths."""
+    settings = tiny_clip.settings()
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    paths = images[:3] + [str(bad), str(tmp_path / "gone.jpg")] + images[3:6]
+    ok = [0, 1, 2, 5, 6, 7]
+    want = load_encoders(settings, DeviceConfig(device="cpu", batch_size=4, num_workers=0)).image().encode_paths(
+        images[:6])
+    encoder = RayEncoder("image", settings, DeviceConfig(device="cpu", batch_size=len(paths), num_workers=0),
+                         ray_cfg)
+    calls = encoder.stats()["calls"]
+    result = encoder.run(paths)
+    assert encoder.stats()["calls"] == calls + 1  # one call of the warm actor
+    assert _cos(result.vectors[ok], want).min() >= 0.9999
+    assert {i: r for i, (r, _) in result.failures.items()} == {3: "corrupt_image", 4: "missing_file"}
+    assert "bad.jpg" in result.failures[3][1] and not result.vectors[3:5].any()
+
+
 def test_warm_actor_is_reused_and_stoppable(ray_cfg: RayConfig, tiny_clip: TinyClip, images: list[str]) -> None:
     device = DeviceConfig(device="cpu", batch_size=8, num_workers=0)
     first = RayEncoder("image", tiny_clip.settings(), device, ray_cfg)
