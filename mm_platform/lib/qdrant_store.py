@@ -326,21 +326,23 @@ class QdrantStore:
         )
         return {p.payload["record_id"]: p for p in pts}
 
-    def scroll_all(self, with_vectors: bool = False) -> Iterator[Any]:
+    def scroll_all(self, with_vectors: bool = False, payload_keys: Sequence[str] | None = None) -> Iterator[Any]:
+        """Every point once; ``payload_keys`` limits the payload read to those keys (all when None)."""
         if not self.exists():
             return
+        with_payload: Any = list(payload_keys) if payload_keys is not None else True
         if (e := self._e) is not None:
             eoffset = None
             while True:
                 recs, eoffset = e.shard(self.collection).scroll(qe.ScrollRequest(
-                    offset=eoffset, limit=512, with_payload=True, with_vector=with_vectors))
+                    offset=eoffset, limit=512, with_payload=with_payload, with_vector=with_vectors))
                 yield from recs
                 if eoffset is None:
                     return
         offset = None
         while True:
             pts, offset = self.client.scroll(
-                self.collection, limit=512, offset=offset, with_payload=True, with_vectors=with_vectors
+                self.collection, limit=512, offset=offset, with_payload=with_payload, with_vectors=with_vectors
             )
             yield from pts
             if offset is None:

@@ -22,6 +22,7 @@ from mm_platform.defs.metadata import preview
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import EncodersResource, LandingResource, QdrantResource, WarehouseResource
 from mm_platform.lib.lake import Lake
+from mm_platform.lib.qdrant_payloads import sync_payloads
 from mm_platform.lib.qdrant_store import PointData, point_id
 from mm_platform.lib.vectors import embedding_matrix
 
@@ -184,12 +185,14 @@ def qdrant_cluster_payloads(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, qdrant: QdrantResource
 ) -> dg.MaterializeResult:
     """Every Qdrant point's ``cluster_id`` payload, set from the current clusters (full re-cluster or eager
-    assignment) so that searches can filter and group by cluster."""
+    assignment) so that searches can filter and group by cluster. Only points whose stored ``cluster_id``
+    differs (moved records, points written before their record was clustered) are updated
+    (:mod:`mm_platform.lib.qdrant_payloads`)."""
     cl = warehouse.lake.current_clusters()
     payloads = {r: {"cluster_id": int(c)} for r, c in cl.select("record_id", "cluster_id").iter_rows()}
     with qdrant.store() as store:
-        updated = store.set_payloads(payloads) if store.exists() else 0
+        sync = sync_payloads(store, payloads)
     return dg.MaterializeResult(
-        metadata={"points_updated": updated, "clustered_records": len(payloads),
-                  "not_in_qdrant": len(payloads) - updated}
+        metadata={"points_updated": sync.sent, "points_unchanged": sync.unchanged,
+                  "clustered_records": len(payloads), "not_in_qdrant": sync.not_in_qdrant}
     )
