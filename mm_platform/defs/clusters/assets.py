@@ -42,6 +42,7 @@ from mm_platform.lib.cluster_names import cluster_names
 from mm_platform.lib.embedding_map import png_markdown, scatter_png
 from mm_platform.lib.map_projection import load_projection, save_projection, update_map
 from mm_platform.lib.corpus import Corpus, early_matrix, load_alignment, load_corpus, shared_mean_matrix
+from mm_platform.lib.global_layer import LakeVectors, cluster_chunks, representatives_by_id, sampled_corpus, space_chunks
 from mm_platform.lib.lake import Lake
 from mm_platform.lib.settings import serve_url
 from mm_platform.lib.ledger import fused_fingerprint
@@ -88,9 +89,16 @@ def run_clustering(X: np.ndarray, pipeline: PipelineConfigResource) -> tuple[Clu
     K-Means picks k by silhouette (MiniBatchKMeans on a sample above 20k rows); HDBSCAN and DBSCAN are
     fitted on a sample above 20k rows and the rest assigned; seeds are fixed, so a re-run gives the same
     clusters."""
+    mean, comps, Z = fit_projection(X, pipeline.cluster_reduce_dim, seed=pipeline.seed)
+    res = cluster_reduced(Z, pipeline)
+    res.params["reduction"] = f"pca{comps.shape[0]}" if comps is not None else "none"
+    return res, Z, (mean, comps)
+
+
+def cluster_reduced(Z: np.ndarray, pipeline: PipelineConfigResource) -> ClusterResult:
+    """The configured clustering of rows already in the reduced space (see :func:`run_clustering`)."""
     if pipeline.cluster_algorithm not in ALGORITHMS:
         raise dg.Failure(f"unknown cluster algorithm {pipeline.cluster_algorithm!r} ({' | '.join(ALGORITHMS)})")
-    mean, comps, Z = fit_projection(X, pipeline.cluster_reduce_dim, seed=pipeline.seed)
     if pipeline.cluster_algorithm == "hdbscan":
         res = fit_on_sample(Z, lambda A: hdbscan_cluster(A, min_cluster_size=pipeline.hdbscan_min_cluster_size,
                                                          seed=pipeline.seed),
@@ -102,8 +110,16 @@ def run_clustering(X: np.ndarray, pipeline: PipelineConfigResource) -> tuple[Clu
                             sample_size=DENSITY_SAMPLE, seed=pipeline.seed)
     else:
         res = kmeans_auto(Z, k=pipeline.cluster_k or None, k_max=pipeline.cluster_k_max, seed=pipeline.seed)
-    res.params["reduction"] = f"pca{comps.shape[0]}" if comps is not None else "none"
-    return res, Z, (mean, comps)
+    return res
+
+
+def _stored_spec(lake: Lake, pipeline: PipelineConfigResource) -> str:
+    """The fusion spec of the stored fused vectors (one partition read), or the shared-space strategy's name."""
+    if pipeline.fusion_strategy != "early":
+        return pipeline.fusion_strategy
+    parts = lake.partitions("fused_vectors")
+    df = lake.read_partition("fused_vectors", parts[-1]) if parts else None
+    return df["fusion"][0] if df is not None and df.height else "early"
 
 
 def layout_of(spec: str) -> str:
@@ -326,8 +342,10 @@ def clusters(
     and in the metadata (``fusion_choice``, ``modalities_weighted_zero``)."""
     lake = warehouse.lake
     run_id = uuid.uuid4().hex[:12]
-    corpus = load_corpus(lake)
-    ids, batch_ids, X, spec = clustering_input(lake, pipeline, corpus=corpus)
+    # above GLOBAL_SAMPLE records the comparison runs on a sample and the clustering batch by batch
+    corpus, whole = sampled_corpus(lake, seed=pipeline.seed)
+    ids, batch_ids, X, spec = (clustering_input(lake, pipeline, corpus=corpus) if whole
+                               else (corpus.record_ids, corpus.batch_ids, None, _stored_spec(lake, pipeline)))
     fp = fused_fingerprint(lake)
     if not ids:
         lake.write_global("recluster_assignments", pl.DataFrame(schema=lake.read_table("recluster_assignments").schema))
@@ -340,14 +358,25 @@ def clusters(
     if sel.by_evidence:
         ids, batch_ids, X, spec = sel.ids, sel.batch_ids, sel.X, sel.spec
     t_main = time.perf_counter()
-    res, Z, (mean, comps) = sel.fitted_main if sel.fitted_main is not None else run_clustering(X, pipeline)
+    if whole:
+        res, Z, (mean, comps) = sel.fitted_main if sel.fitted_main is not None else run_clustering(X, pipeline)
+        input_dim = X.shape[1]
+    else:
+        current = lake.current_records()
+        source = space_chunks(lake, pipeline.fusion_strategy, layout=load_layout(lake.root) if sel.by_evidence
+                              else None, weights=sel.weights, alignment=alignment, mean_weights=pipeline.weights())
+        cc = cluster_chunks(source, current.height, pipeline.cluster_reduce_dim,
+                            lambda A: cluster_reduced(A, pipeline), seed=pipeline.seed)
+        res, Z, mean, comps, input_dim = cc.result, cc.Z, cc.mean, cc.components, cc.input_dim
+        batch_of = dict(current.select("record_id", "batch_id").iter_rows())
+        ids, batch_ids = cc.record_ids, [batch_of[r] for r in cc.record_ids]
     if sel.by_evidence and sel.fitted_main is None:
         sel.seconds += time.perf_counter() - t_main  # the chosen fusion is no compared space: one more clustering
     raw_labels, is_outlier = apply_outlier_policy(res.labels, Z, pipeline.outlier_policy)
     mapping = match_cluster_ids(previous, ids, raw_labels)
     stable = apply_mapping(raw_labels, mapping)
     model = build_model(
-        run_id, res.algorithm, Z, stable, mean, comps, X.shape[1],
+        run_id, res.algorithm, Z, stable, mean, comps, input_dim,
         distance_quantile=HDBSCAN_OUTLIER_QUANTILE if res.algorithm in ("hdbscan", "dbscan") else None,
     )
     model.save(model_path(lake))
@@ -554,11 +583,14 @@ def cluster_summary(
     # the corpus is needed only by the shared-space strategy and by prompt names: load it once for both
     needs_corpus = pipeline.fusion_strategy == "shared_mean" or bool(pipeline.label_prompts())
     corpus = load_corpus(lake) if needs_corpus else None
-    fused_ids, _, X, _ = clustering_input(lake, pipeline, corpus=corpus)
     labels_by_id = dict(cl.select("record_id", "cluster_id").iter_rows())
-    keep = [i for i, r in enumerate(fused_ids) if r in labels_by_id]
-    ids = [fused_ids[i] for i in keep]
-    reps = representatives(X[keep], np.array([labels_by_id[r] for r in ids]), ids, n=3)
+    if pipeline.fusion_strategy == "early":  # the fused vectors batch by batch, never all at once
+        reps = representatives_by_id(LakeVectors(lake), labels_by_id, n=3)
+    else:
+        fused_ids, _, X, _ = clustering_input(lake, pipeline, corpus=corpus)
+        keep = [i for i, r in enumerate(fused_ids) if r in labels_by_id]
+        ids = [fused_ids[i] for i in keep]
+        reps = representatives(X[keep], np.array([labels_by_id[r] for r in ids]), ids, n=3)
 
     aligned = lake.read_current("aligned_records").drop("batch_id")
     texts = lake.read_current("raw_text").select("record_id", "text")
