@@ -200,3 +200,21 @@ def space_chunks(lake: Lake, strategy: str, *, layout: Mapping[str, int] | None 
     if strategy == "shared_mean" and alignment is not None:
         return corpus_chunks(lake, lambda c: shared_mean_matrix(c, alignment, mean_weights))
     raise ValueError(f"no chunk source for fusion strategy {strategy!r} (early | shared_mean with an alignment)")
+
+
+def cluster_means(chunks: Chunks, labels_by_id: Mapping[str, int], clusters: set[int] | None = None
+                  ) -> dict[int, np.ndarray]:
+    """cluster -> the mean of its members' vectors (float32), summed chunk by chunk in float64; records without
+    a label count as -1. Only ``clusters`` when given."""
+    sums: dict[int, np.ndarray] = {}
+    counts: dict[int, int] = {}
+    for rids, X in chunks():
+        lab = np.array([labels_by_id.get(r, -1) for r in rids], dtype=np.int64)
+        for c in np.unique(lab).tolist():
+            if clusters is not None and c not in clusters:
+                continue
+            rows = lab == c
+            s = np.asarray(X, dtype=np.float32)[rows].sum(axis=0, dtype=np.float64)
+            sums[c] = sums[c] + s if c in sums else s
+            counts[c] = counts.get(c, 0) + int(rows.sum())
+    return {c: (sums[c] / counts[c]).astype(np.float32) for c in sums}

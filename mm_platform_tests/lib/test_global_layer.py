@@ -19,6 +19,7 @@ from mm_platform.lib.corpus import load_corpus
 from mm_platform.lib.global_layer import (
     LakeVectors,
     cluster_chunks,
+    cluster_means,
     corpus_chunks,
     representatives_by_id,
     sampled_corpus,
@@ -164,3 +165,16 @@ def test_space_chunks_picks_the_source_of_each_strategy(lake) -> None:
     assert sorted(got) == ids
     with pytest.raises(ValueError, match="no chunk source"):
         space_chunks(lk, "shared_mean")
+
+
+def test_cluster_means_equal_the_whole_matrix_means(lake) -> None:
+    lk, _ = lake
+    ids, W = _whole(lk)
+    labels = np.array([i % 4 for i in range(len(ids))])
+    labels_by_id = dict(zip(ids[3:], labels[3:].tolist(), strict=True))  # 3 records unclustered (-1)
+    got = cluster_means(LakeVectors(lk, "text_embeddings"), labels_by_id)
+    full = np.array([labels_by_id.get(r, -1) for r in ids])
+    assert sorted(got) == [-1, 0, 1, 2, 3]
+    for c, mean in got.items():
+        np.testing.assert_allclose(mean, W[full == c].mean(axis=0), rtol=1e-5, atol=1e-6)
+    assert sorted(cluster_means(LakeVectors(lk, "text_embeddings"), labels_by_id, {1, 2})) == [1, 2]

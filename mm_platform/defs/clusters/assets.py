@@ -42,7 +42,8 @@ from mm_platform.lib.cluster_names import cluster_names
 from mm_platform.lib.embedding_map import png_markdown, scatter_png
 from mm_platform.lib.map_projection import load_projection, save_projection, update_map
 from mm_platform.lib.corpus import Corpus, early_matrix, load_alignment, load_corpus, shared_mean_matrix
-from mm_platform.lib.global_layer import LakeVectors, cluster_chunks, representatives_by_id, sampled_corpus, space_chunks
+from mm_platform.lib.global_layer import (LakeVectors, cluster_chunks, cluster_means, representatives_by_id,
+                                         sampled_corpus, space_chunks)
 from mm_platform.lib.lake import Lake
 from mm_platform.lib.settings import serve_url
 from mm_platform.lib.ledger import fused_fingerprint
@@ -546,13 +547,8 @@ def mmr_cluster_names(context, lake: Lake, encoders: EncodersResource, texts_by_
     embed, centres = None, None
     try:
         text = encoders.encoders.text()
-        emb = lake.read_current("text_embeddings")
-        if emb.height:
-            by_cluster: dict[int, list[int]] = {}
-            for i, rid in enumerate(emb["record_id"].to_list()):
-                by_cluster.setdefault(labels_by_id.get(rid, -1), []).append(i)
-            M = embedding_matrix(emb)
-            centres = {c: M[rows].mean(axis=0) for c, rows in by_cluster.items() if c in todo}
+        # summed batch by batch: never every text embedding at once
+        centres = cluster_means(LakeVectors(lake, "text_embeddings"), labels_by_id, set(todo)) or None
         embed = text.encode
     except Exception as exc:  # noqa: BLE001 - names must not fail the summary; the reason is logged
         context.log.warning(f"cluster names without the text encoder ({type(exc).__name__}: {exc})")
