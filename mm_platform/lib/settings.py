@@ -46,6 +46,8 @@ SETTINGS: tuple[Setting, ...] = tuple([
         ("MM_SQL_DIR", "<repo>/dbt_like_sql", "folder of the SQL models (staging/, intermediate/, marts/)")),
     *_s("qdrant",
         ("MM_QDRANT_BACKEND", "edge", "embedded Qdrant engine: edge (qdrant-edge, HNSW) | local (qdrant-client local mode)"),
+        ("MM_QDRANT_QUANTIZATION", "int8", "qdrant-edge collections created from now on: int8 (scalar quantization in RAM, "
+         "searches rescored on the original vectors) | none"),
         ("QDRANT_URL", "", "Qdrant server URL; when set it replaces the embedded store"),
         ("QDRANT_API_KEY", "", "Qdrant server API key"),
         ("MM_QDRANT_COLLECTION", "mm_records", "Qdrant collection")),

@@ -71,3 +71,24 @@ def test_sync_sends_only_new_and_moved_records(store: QdrantStore) -> None:
     store.set_payloads({"r2": {"cluster_id": 42}})
     assert sync_payloads(store, moved).sent == 1
     assert store.retrieve(["r2"])["r2"].payload["cluster_id"] == 2
+
+
+def test_edge_collections_are_int8_quantized_unless_disabled(tmp_path: Path, backend: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    if backend != "edge":
+        pytest.skip("quantization is an edge-backend setting")
+    for mode, expected in (("int8", {"scalar": {"type": "int8", "quantile": 0.99, "always_ram": True}}),
+                           ("none", None)):
+        monkeypatch.setenv("MM_QDRANT_QUANTIZATION", mode)
+        with QdrantStore(f"c_{mode}", path=tmp_path / "q") as s:
+            s.ensure_collection({"fused": 4})
+            s.upsert(points(20))
+            hits = s.search(points(20)[7].vectors["fused"], using="fused", k=3)
+            assert hits[0].record_id == "r7" and hits[0].score == pytest.approx(1.0, abs=1e-4)  # rescored
+        cfg = json.loads((tmp_path / "q" / f"c_{mode}" / "edge_config.json").read_text())
+        assert cfg.get("quantization_config") == expected
+    monkeypatch.setenv("MM_QDRANT_QUANTIZATION", "int4")
+    with QdrantStore("c_bad", path=tmp_path / "q") as s, pytest.raises(ValueError, match="int8"):
+        s.ensure_collection({"fused": 4})
