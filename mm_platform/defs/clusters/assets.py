@@ -355,6 +355,11 @@ def clusters(
     previous = dict(lake.current_clusters().select("record_id", "cluster_id").iter_rows())
     t_start = time.perf_counter()
     alignment = load_alignment(lake, corpus.models)
+    if not whole and pipeline.fusion_strategy == "shared_mean":
+        if alignment is None:
+            raise dg.Failure("MM_FUSION_STRATEGY=shared_mean needs a current alignment model: materialize "
+                             "alignment_model (it runs with `mm-platform recluster`)")
+        spec = f"shared_mean@{alignment.version}"
     sel = _select_fusion(lake, corpus, alignment, pipeline)
     if sel.by_evidence:
         ids, batch_ids, X, spec = sel.ids, sel.batch_ids, sel.X, sel.spec
