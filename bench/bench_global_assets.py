@@ -59,10 +59,10 @@ def generate(lake_dir: Path, n: int, part_rows: int, seed: int = 0) -> None:
         m = min(part_rows, n - start)
         c = rng.integers(0, 24, m)
         T = ct[c] + 1.5 * rng.standard_normal((m, TEXT_DIM)).astype(np.float32)
-        I = ci[c] + 1.5 * rng.standard_normal((m, IMAGE_DIM)).astype(np.float32)
+        Im = ci[c] + 1.5 * rng.standard_normal((m, IMAGE_DIM)).astype(np.float32)
         T /= np.linalg.norm(T, axis=1, keepdims=True)
-        I /= np.linalg.norm(I, axis=1, keepdims=True)
-        F = np.concatenate([T, I], axis=1) / np.sqrt(2)
+        Im /= np.linalg.norm(Im, axis=1, keepdims=True)
+        F = np.concatenate([T, Im], axis=1) / np.sqrt(2)
         ids = [f"rec-{i:08d}" for i in range(start, start + m)]
         day = dt.datetime(2024, 1, 1, tzinfo=UTC) + dt.timedelta(minutes=p)
         labels = [f"c{x}" for x in c.tolist()]
@@ -81,7 +81,7 @@ def generate(lake_dir: Path, n: int, part_rows: int, seed: int = 0) -> None:
         lake.write_partition("raw_text", b, pl.DataFrame({
             **common, "line_number": list(range(1, m + 1)), "text": texts, "text_sha256": ids,
             "n_chars": [len(t) for t in texts]}))
-        for table, X, d in (("text_embeddings", T, TEXT_DIM), ("image_embeddings", I, IMAGE_DIM)):
+        for table, X, d in (("text_embeddings", T, TEXT_DIM), ("image_embeddings", Im, IMAGE_DIM)):
             lake.write_partition(table, b, pl.DataFrame({
                 **common, "model": ["synthetic"] * m, "model_version": ["1"] * m, "space": [table] * m,
                 "dim": [d] * m, "content_sha256": ids, "embedding": matrix_series(X), "cache_hit": [False] * m}))

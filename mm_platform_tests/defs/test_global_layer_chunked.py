@@ -2,7 +2,6 @@
 (lib/global_layer.py): a corpus above the sample size is compared on a sample and clustered batch by batch,
 and a refresh that changes no cluster sends no Qdrant payload."""
 
-import dagster as dg
 import polars as pl
 
 from mm_platform.demo import make_demo_batch
