@@ -2,7 +2,8 @@
 
 Same synthetic corpus for both backends: N points with the real fused dimension (1,928; clustered, so
 neighbours are meaningful), a ``batch_id`` payload (10 values) for the filtered search, written through
-``QdrantStore.upsert`` exactly as the vector_index asset does (uuid5 ids, payloads, chunks of 256).
+``QdrantStore.upsert`` exactly as the vector_index asset does (uuid5 ids, payloads, chunks of 256); edge runs
+once per ``--quantization`` value (``MM_QDRANT_QUANTIZATION``: int8, the default, and/or none).
 Reports, per backend and size: upsert points/s, index build time (edge: optimise on close), search p50/p95
 (k=10) without and with a payload filter, and recall@10 against exact (numpy) cosine neighbours.
 Local mode scans every point per query; for sizes above --local-max it is not run and its search time is
@@ -17,6 +18,7 @@ extrapolated linearly from the largest measured size (printed as such).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import sys
@@ -66,17 +68,24 @@ def exact_top10(n: int, dim: int, q: np.ndarray, batch: str | None) -> list[set[
     return [{f"r{i}" for i in row} for row in best_i]
 
 
-def run(backend: str, n: int, dim: int, q: np.ndarray, root: Path) -> dict:
+def run(backend: str, n: int, dim: int, q: np.ndarray, root: Path, quant: str = "") -> dict:
+    """One backend at one size; ``quant`` sets MM_QDRANT_QUANTIZATION for the edge collection."""
+    if quant:
+        os.environ["MM_QDRANT_QUANTIZATION"] = quant
     path = root / f"{backend}-{n}"
-    t0 = time.perf_counter()
+    t_upsert = 0.0  # time inside QdrantStore.upsert only (not the synthetic data generation)
     with QdrantStore("bench", path=path, backend=backend, open_timeout_s=5) as s:
         s.ensure_collection({"fused": dim})
         for start, block in corpus_chunks(n, dim):
-            s.upsert(PointData(f"r{start + j}", {"fused": v}, {"batch_id": f"b{(start + j) % N_BATCHES}"})
-                     for j, v in enumerate(block))
-        t_upsert = time.perf_counter() - t0
-    t_total = time.perf_counter() - t0  # close: edge optimises (HNSW) and flushes
-    out = {"backend": backend, "n": n, "upsert_pts_s": n / t_upsert, "build_s": t_total - t_upsert}
+            pts = [PointData(f"r{start + j}", {"fused": v}, {"batch_id": f"b{(start + j) % N_BATCHES}"})
+                   for j, v in enumerate(block)]
+            t = time.perf_counter()
+            s.upsert(pts)
+            t_upsert += time.perf_counter() - t
+        t_close = time.perf_counter()
+    build_s = time.perf_counter() - t_close  # close: edge optimises (HNSW) and flushes
+    out = {"backend": f"{backend}/{quant}" if quant else backend, "n": n, "upsert_pts_s": n / t_upsert if t_upsert else 0.0,
+           "build_s": build_s}
     with QdrantStore("bench", path=path, backend=backend, open_timeout_s=5) as s:
         assert s.count() == n
         for label, where in (("", None), ("_filter", {"batch_id": "b3"})):
@@ -111,6 +120,9 @@ def main() -> None:
     ap.add_argument("--local-max", type=int, default=2_000, help="largest size run in local mode")
     ap.add_argument("--dim", type=int, default=1928)
     ap.add_argument("--queries", type=int, default=50)
+    ap.add_argument("--quantization", default="int8", help="edge runs, comma-separated: int8,none")
+    ap.add_argument("--skip-memory-check", action="store_true",
+                    help="run sizes the float32 estimate (vectors + HNSW + copies) says may not fit (int8 needs less)")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the temp dir (GBs) is removed on kill
     sizes = [int(x) for x in args.sizes.split(",")]
@@ -118,17 +130,18 @@ def main() -> None:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-vi-") as tmp:
         root = Path(tmp)
-        local_sizes = sorted({min(args.local_max, n) for n in sizes})
+        local_sizes = sorted({min(args.local_max, n) for n in sizes} - {0})
         for n in local_sizes:
             rows.append(run("local", n, args.dim, q, root))
             print(rows[-1], flush=True)
         for n in sizes:
             need = n * args.dim * 4 * 2.5 / 1024**3  # vectors + HNSW + WAL/segment copies during optimise
-            if need > free_gb() - 2:
+            if need > free_gb() - 2 and not args.skip_memory_check:
                 print(f"SKIP edge n={n}: needs ~{need:.1f} GB, {free_gb():.1f} GB available", flush=True)
                 continue
-            rows.append(run("edge", n, args.dim, q, root))
-            print(rows[-1], flush=True)
+            for quant in args.quantization.split(","):
+                rows.append(run("edge", n, args.dim, q, root, quant.strip()))
+                print(rows[-1], flush=True)
     print(f"\n| backend | points | upsert pts/s | index build s | p50 ms | p95 ms | p50 filter ms | p95 filter ms "
           f"| recall@10 | recall@10 filter |   (dim {args.dim}, {args.queries} queries)")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -145,7 +158,7 @@ def main() -> None:
                 print(f"local mode at {n:,}: NOT RUN; extrapolated linearly from {big['n']:,}: search p50 "
                       f"~{big['p50'] * f:,.0f} ms, upsert ~{n / big['upsert_pts_s'] / 60:,.0f} min")
     for r in rows:
-        if r["backend"] == "edge":
+        if r["backend"].startswith("edge"):
             for lr in local:
                 if lr["n"] == r["n"]:
                     print(f"ratio at {r['n']:,}: upsert edge/local {r['upsert_pts_s'] / lr['upsert_pts_s']:.1f}x, "

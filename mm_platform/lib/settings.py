@@ -68,6 +68,8 @@ SETTINGS: tuple[Setting, ...] = tuple([
         ("MM_SQL_DIR", "<repo>/dbt_like_sql", "folder of the SQL models (staging/, intermediate/, marts/)")),
     *_s("qdrant",
         ("MM_QDRANT_BACKEND", "edge", "embedded Qdrant engine: edge (qdrant-edge, HNSW) | local (qdrant-client local mode)"),
+        ("MM_QDRANT_QUANTIZATION", "int8", "qdrant-edge collections created from now on: int8 (scalar quantization in RAM, "
+         "searches rescored on the original vectors) | none"),
         ("QDRANT_URL", "", "Qdrant server URL; when set it replaces the embedded store"),
         ("QDRANT_API_KEY", "", "Qdrant server API key"),
         ("MM_QDRANT_COLLECTION", "mm_records", "Qdrant collection")),
@@ -138,6 +140,7 @@ KINDS: dict[str, str | tuple[str, ...]] = {
                      "MM_ALIGNMENT_EPOCHS", "MM_RAY_NUM_CPUS", "MM_RAY_OBJECT_STORE_MB", "MM_POOL_WAIT_S"), "int"),
     **dict.fromkeys(("MM_LAKE_VACUUM_RETENTION_HOURS", "MM_SERVE_QDRANT_IDLE_S", "MM_DBSCAN_EPS"), "float"),
     "MM_QDRANT_BACKEND": ("edge", "local"),
+    "MM_QDRANT_QUANTIZATION": ("int8", "none"),
     "MM_MODEL_PROFILE": ("auto", "offline", "clip"),
     "MM_DEVICE": ("auto", "cpu", "cuda", "cuda:N"),
     "MM_PRECISION": ("fp32", "fp16", "bf16"),

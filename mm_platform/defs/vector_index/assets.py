@@ -9,6 +9,7 @@ from mm_platform.defs.quarantine.checks import manifest_line_numbers
 from mm_platform.defs.metadata import preview
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import EncodersResource, LandingResource, QdrantResource, WarehouseResource
+from mm_platform.lib.storage.qdrant_payloads import sync_payloads
 from mm_platform.lib.vectors.points import batch_frame, ledger_frame, plan_points, vector_dims
 
 QDRANT_POOL = "qdrant"
@@ -98,12 +99,14 @@ def qdrant_cluster_payloads(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, qdrant: QdrantResource
 ) -> dg.MaterializeResult:
     """Every Qdrant point's ``cluster_id`` payload, set from the current clusters (full re-cluster or eager
-    assignment) so that searches can filter and group by cluster."""
+    assignment) so that searches can filter and group by cluster. Only points whose stored ``cluster_id``
+    differs (moved records, points written before their record was clustered) are updated
+    (:mod:`mm_platform.lib.storage.qdrant_payloads`)."""
     cl = warehouse.lake.current_clusters()
     payloads = {r: {"cluster_id": int(c)} for r, c in cl.select("record_id", "cluster_id").iter_rows()}
     with qdrant.store() as store:
-        updated = store.set_payloads(payloads) if store.exists() else 0
+        sync = sync_payloads(store, payloads)
     return dg.MaterializeResult(
-        metadata={"points_updated": updated, "clustered_records": len(payloads),
-                  "not_in_qdrant": len(payloads) - updated}
+        metadata={"points_updated": sync.sent, "points_unchanged": sync.unchanged,
+                  "clustered_records": len(payloads), "not_in_qdrant": sync.not_in_qdrant}
     )

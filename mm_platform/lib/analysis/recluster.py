@@ -55,6 +55,7 @@ from mm_platform.lib.analysis.fusion_choice import (
 )
 from mm_platform.lib.storage.lake import Lake
 from mm_platform.lib.analysis.fusion_reuse import reuse_compared_fit
+from mm_platform.lib.analysis.global_layer import cluster_chunks, sampled_corpus, space_chunks
 from mm_platform.lib.analysis.supervised_weights import supervised_evidence
 from mm_platform.lib.analysis.modality_weights import ModalityWeights, StrategyChoice, evidence_weights, select_partition
 from mm_platform.lib.arrays import embedding_matrix
@@ -114,9 +115,16 @@ def run_clustering(X: np.ndarray, pipeline: ClusterSettings) -> tuple[ClusterRes
     K-Means picks k by silhouette (MiniBatchKMeans on a sample above 20k rows); HDBSCAN and DBSCAN are
     fitted on a sample above 20k rows and the rest assigned; seeds are fixed, so a re-run gives the same
     clusters."""
+    mean, comps, Z = fit_projection(X, pipeline.cluster_reduce_dim, seed=pipeline.seed)
+    res = cluster_reduced(Z, pipeline)
+    res.params["reduction"] = f"pca{comps.shape[0]}" if comps is not None else "none"
+    return res, Z, (mean, comps)
+
+
+def cluster_reduced(Z: np.ndarray, pipeline: ClusterSettings) -> ClusterResult:
+    """The configured clustering of rows already in the reduced space (see :func:`run_clustering`)."""
     if pipeline.cluster_algorithm not in ALGORITHMS:
         raise ReclusterError(f"unknown cluster algorithm {pipeline.cluster_algorithm!r} ({' | '.join(ALGORITHMS)})")
-    mean, comps, Z = fit_projection(X, pipeline.cluster_reduce_dim, seed=pipeline.seed)
     if pipeline.cluster_algorithm == "hdbscan":
         res = fit_on_sample(Z, lambda A: hdbscan_cluster(A, min_cluster_size=pipeline.hdbscan_min_cluster_size,
                                                          seed=pipeline.seed),
@@ -128,8 +136,16 @@ def run_clustering(X: np.ndarray, pipeline: ClusterSettings) -> tuple[ClusterRes
                             sample_size=DENSITY_SAMPLE, seed=pipeline.seed)
     else:
         res = kmeans_auto(Z, k=pipeline.cluster_k or None, k_max=pipeline.cluster_k_max, seed=pipeline.seed)
-    res.params["reduction"] = f"pca{comps.shape[0]}" if comps is not None else "none"
-    return res, Z, (mean, comps)
+    return res
+
+
+def _stored_spec(lake: Lake, pipeline: ClusterSettings) -> str:
+    """The fusion spec of the stored fused vectors (one partition read), or the shared-space strategy's name."""
+    if pipeline.fusion_strategy != "early":
+        return pipeline.fusion_strategy
+    parts = lake.partitions("fused_vectors")
+    df = lake.read_partition("fused_vectors", parts[-1]) if parts else None
+    return df["fusion"][0] if df is not None and df.height else "early"
 
 
 def layout_of(spec: str) -> str:
@@ -359,26 +375,44 @@ class Recluster:
 def recluster(lake: Lake, pipeline: ClusterSettings, run_id: str, fingerprint: str) -> Recluster | None:
     """Re-cluster every current record (see the module docstring); saves the cluster model and, when chosen
     by evidence, the fusion choice under the lake root. None when there is nothing to cluster."""
-    corpus = load_corpus(lake)
-    ids, batch_ids, X, spec = clustering_input(lake, pipeline, corpus=corpus)
+    # above GLOBAL_SAMPLE records the comparison runs on a sample and the clustering batch by batch
+    corpus, whole = sampled_corpus(lake, seed=pipeline.seed)
+    ids, batch_ids, X, spec = (clustering_input(lake, pipeline, corpus=corpus) if whole
+                               else (corpus.record_ids, corpus.batch_ids, None, _stored_spec(lake, pipeline)))
     if not ids:
         return None
     truth = dict(lake.read_current("aligned_records").select("record_id", "label").iter_rows())
     previous = dict(lake.current_clusters().select("record_id", "cluster_id").iter_rows())
     t_start = time.perf_counter()
     alignment = load_alignment(lake, corpus.models)
+    if not whole and pipeline.fusion_strategy == "shared_mean":
+        if alignment is None:
+            raise ReclusterError("MM_FUSION_STRATEGY=shared_mean needs a current shared space: materialize "
+                                 "shared_space_model (it runs with `mm-platform recluster`)")
+        spec = f"shared_mean@{alignment.version}"
     sel = _select_fusion(lake, corpus, alignment, pipeline)
     if sel.by_evidence:
         ids, batch_ids, X, spec = sel.ids, sel.batch_ids, sel.X, sel.spec
     t_main = time.perf_counter()
-    res, Z, (mean, comps) = sel.fitted_main if sel.fitted_main is not None else run_clustering(X, pipeline)
+    if whole:
+        res, Z, (mean, comps) = sel.fitted_main if sel.fitted_main is not None else run_clustering(X, pipeline)
+        input_dim = X.shape[1]
+    else:  # batch by batch: PCA fitted on a sample, every row reduced, then clustered in the reduced space
+        current = lake.current_records()
+        source = space_chunks(lake, pipeline.fusion_strategy, layout=load_layout(lake.root) if sel.by_evidence
+                              else None, weights=sel.weights, alignment=alignment, mean_weights=pipeline.weights())
+        cc = cluster_chunks(source, current.height, pipeline.cluster_reduce_dim,
+                            lambda A: cluster_reduced(A, pipeline), seed=pipeline.seed)
+        res, Z, mean, comps, input_dim = cc.result, cc.Z, cc.mean, cc.components, cc.input_dim
+        batch_of = dict(current.select("record_id", "batch_id").iter_rows())
+        ids, batch_ids = cc.record_ids, [batch_of[r] for r in cc.record_ids]
     if sel.by_evidence and sel.fitted_main is None:
         sel.seconds += time.perf_counter() - t_main  # the chosen fusion is no compared space: one more clustering
     raw_labels, is_outlier = apply_outlier_policy(res.labels, Z, pipeline.outlier_policy)
     mapping = match_cluster_ids(previous, ids, raw_labels)
     stable = apply_mapping(raw_labels, mapping)
     model = build_model(
-        run_id, res.algorithm, Z, stable, mean, comps, X.shape[1],
+        run_id, res.algorithm, Z, stable, mean, comps, input_dim,
         distance_quantile=HDBSCAN_OUTLIER_QUANTILE if res.algorithm in ("hdbscan", "dbscan") else None,
     )
     model.save(model_path(lake))

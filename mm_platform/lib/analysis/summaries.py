@@ -24,7 +24,7 @@ from mm_platform.lib.storage.lake import Lake
 from mm_platform.lib.analysis.map_projection import MapUpdate, load_projection, save_projection, update_map
 from mm_platform.lib.analysis.recluster import ClusterSettings, clustering_input, layout_of, load_cluster_model
 from mm_platform.lib.analysis.recluster import modality_agreement
-from mm_platform.lib.arrays import embedding_matrix
+from mm_platform.lib.analysis.global_layer import LakeVectors, cluster_means, representatives_by_id
 
 MAP_FILE = "_reports/embedding_map.png"
 #: The PNG draws a seeded sample of this many records at most (the table keeps every record).
@@ -75,13 +75,8 @@ def mmr_cluster_names(warn: Callable[[str], None], lake: Lake, text_encoder: Cal
     embed, centres = None, None
     try:
         text = text_encoder()
-        emb = lake.read_current("text_embeddings")
-        if emb.height:
-            by_cluster: dict[int, list[int]] = {}
-            for i, rid in enumerate(emb["record_id"].to_list()):
-                by_cluster.setdefault(labels_by_id.get(rid, -1), []).append(i)
-            M = embedding_matrix(emb)
-            centres = {c: M[rows].mean(axis=0) for c, rows in by_cluster.items() if c in todo}
+        # summed batch by batch: never every text embedding at once
+        centres = cluster_means(LakeVectors(lake, "text_embeddings"), labels_by_id, set(todo)) or None
         embed = text.encode
     except Exception as exc:  # noqa: BLE001 - names must not fail the summary; the reason is logged
         warn(f"cluster names without the text encoder ({type(exc).__name__}: {exc})")
@@ -99,11 +94,14 @@ def summary_frame(lake: Lake, pipeline: SummarySettings, text_encoder: Callable[
     # the corpus is needed only by the shared-space strategy and by prompt names: load it once for both
     needs_corpus = pipeline.fusion_strategy == "shared_mean" or bool(pipeline.label_prompts())
     corpus = load_corpus(lake) if needs_corpus else None
-    fused_ids, _, X, _ = clustering_input(lake, pipeline, corpus=corpus)
     labels_by_id = dict(cl.select("record_id", "cluster_id").iter_rows())
-    keep = [i for i, r in enumerate(fused_ids) if r in labels_by_id]
-    ids = [fused_ids[i] for i in keep]
-    reps = representatives(X[keep], np.array([labels_by_id[r] for r in ids]), ids, n=3)
+    if pipeline.fusion_strategy == "early":  # the fused vectors batch by batch, never all at once
+        reps = representatives_by_id(LakeVectors(lake), labels_by_id, n=3)
+    else:
+        fused_ids, _, X, _ = clustering_input(lake, pipeline, corpus=corpus)
+        keep = [i for i, r in enumerate(fused_ids) if r in labels_by_id]
+        ids = [fused_ids[i] for i in keep]
+        reps = representatives(X[keep], np.array([labels_by_id[r] for r in ids]), ids, n=3)
 
     aligned = lake.read_current("aligned_records").drop("batch_id")
     texts = lake.read_current("raw_text").select("record_id", "text")
