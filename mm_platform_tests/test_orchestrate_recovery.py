@@ -152,7 +152,7 @@ def test_a_signal_whose_interrupt_is_swallowed_still_stops_the_ingest() -> None:
     import signal
     import weakref
 
-    from mm_platform import orchestrate as orch
+    from mm_platform import run_control as orch
 
     class Thing:
         pass
