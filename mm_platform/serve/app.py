@@ -235,7 +235,7 @@ def create_app(services: Services, token: str | None = None) -> FastAPI:
     @app.get("/api/status")
     def status() -> dict[str, Any]:
         """What `mm-platform status --json` prints (the CLI asks here first when the service runs)."""
-        from mm_platform.cli import status_report
+        from mm_platform.cli_read import status_report
 
         return json.loads(json.dumps(status_report(services.paths, qdrant=services.holder.store), default=str))
 
