@@ -35,10 +35,11 @@ single example are always dropped). Each such decision is written to ``notes``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -294,22 +295,7 @@ def evaluate_classifiers(
     for name in names:
         counts[name] = counts.get(name, 0) + 1
 
-    eff_folds = folds
-    min_count = folds
-    keep_classes = sorted(c for c, k in counts.items() if k >= folds)
-    if len(keep_classes) < 2:
-        min_count = 2
-        keep_classes = sorted(c for c, k in counts.items() if k >= 2)
-        if len(keep_classes) >= 2:
-            eff_folds = min(folds, min(counts[c] for c in keep_classes))
-            if eff_folds < folds:
-                notes.append(f"folds lowered from {folds} to {eff_folds} (smallest kept class size)")
-    dropped = sorted(set(counts) - set(keep_classes))
-    if dropped:
-        shown = ", ".join(f"{c} ({counts[c]})" for c in dropped[:10]) + (" ..." if len(dropped) > 10 else "")
-        notes.append(f"{len(dropped)} classes with fewer than {min_count} examples dropped: {shown}")
-    if len(keep_classes) < 2:
-        raise InsufficientLabels(f"need at least two classes with >= 2 labelled examples, got counts {counts}")
+    keep_classes, eff_folds = _kept_classes(counts, folds, notes)
     class_index = {c: i for i, c in enumerate(keep_classes)}
     keep = np.array([name in class_index for name in names], dtype=bool)
     rows = labelled[keep]
@@ -318,40 +304,12 @@ def evaluate_classifiers(
     K = len(keep_classes)
 
     strategies = [*FUSION_STRATEGIES, *order]
-    f1s: dict[str, list[float]] = {s: [] for s in strategies}
-    accs: dict[str, list[float]] = {s: [] for s in strategies}
-    out_of_fold = {s: np.full(n, -1, dtype=np.int64) for s in strategies}  # each row's prediction as a test row
+    fit = functools.partial(_FoldModels, order, X, P, y, n_classes=K, C=C, seed=seed, pca_dim=pca_dim)
     limits = threadpool_limits(limits=n_threads) if n_threads is not None else contextlib.nullcontext()
     with limits:
-        splitter = StratifiedKFold(n_splits=eff_folds, shuffle=True, random_state=seed)
-        for train_pos, test_pos in splitter.split(np.zeros(rows.size), y[rows]):
-            train, test = rows[train_pos], rows[test_pos]
-            models = _FoldModels(order, X, P, y, train, K, C=C, seed=seed, pca_dim=pca_dim)
-            probs = models.predict(X, P, test)
-            for s in strategies:
-                pred = probs[s].argmax(axis=1)
-                out_of_fold[s][test] = pred
-                f1s[s].append(
-                    float(f1_score(y[test], pred, average="macro", labels=np.arange(K), zero_division=0))
-                )
-                accs[s].append(float(accuracy_score(y[test], pred)))
-
-        predictions: dict[str, list[dict[str, Any]]] = {s: [] for s in FUSION_STRATEGIES}
-        target = np.flatnonzero(~labelled_mask & any_present)
-        final = _FoldModels(order, X, P, y, rows, K, C=C, seed=seed, pca_dim=pca_dim)
-        if target.size:
-            probs = final.predict(X, P, target)
-            for s in FUSION_STRATEGIES:
-                best = probs[s].argmax(axis=1)
-                for i, row in enumerate(target.tolist()):
-                    predictions[s].append(
-                        {
-                            "row": int(row),
-                            "label": keep_classes[int(best[i])],
-                            "probability": float(probs[s][i, best[i]]),
-                            "strategy": s,
-                        }
-                    )
+        f1s, accs, out_of_fold = _cross_validate(fit, X, P, y, rows, strategies, K, eff_folds, seed)
+        final = fit(rows)
+        predictions = _predict_unlabelled(final, X, P, np.flatnonzero(~labelled_mask & any_present), keep_classes)
 
     seconds = round(time.perf_counter() - t0, 3)
     metrics = [
@@ -373,3 +331,59 @@ def evaluate_classifiers(
         for s in strategies
     ]
     return metrics, predictions
+
+
+def _kept_classes(counts: Mapping[str, int], folds: int, notes: list[str]) -> tuple[list[str], int]:
+    """The classes kept for cross-validation and the folds used: classes with >= ``folds`` examples, else
+    (fewer than two such classes) every class with >= 2 and folds lowered to the smallest; notes say what."""
+    eff_folds = folds
+    min_count = folds
+    keep_classes = sorted(c for c, k in counts.items() if k >= folds)
+    if len(keep_classes) < 2:
+        min_count = 2
+        keep_classes = sorted(c for c, k in counts.items() if k >= 2)
+        if len(keep_classes) >= 2:
+            eff_folds = min(folds, min(counts[c] for c in keep_classes))
+            if eff_folds < folds:
+                notes.append(f"folds lowered from {folds} to {eff_folds} (smallest kept class size)")
+    dropped = sorted(set(counts) - set(keep_classes))
+    if dropped:
+        shown = ", ".join(f"{c} ({counts[c]})" for c in dropped[:10]) + (" ..." if len(dropped) > 10 else "")
+        notes.append(f"{len(dropped)} classes with fewer than {min_count} examples dropped: {shown}")
+    if len(keep_classes) < 2:
+        raise InsufficientLabels(f"need at least two classes with >= 2 labelled examples, got counts {counts}")
+    return keep_classes, eff_folds
+
+
+def _cross_validate(fit: Callable[[np.ndarray], _FoldModels], X: Mapping[str, np.ndarray],
+                    P: Mapping[str, np.ndarray], y: np.ndarray, rows: np.ndarray, strategies: list[str], K: int,
+                    folds: int, seed: int) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, np.ndarray]]:
+    """Per strategy: macro-F1 and accuracy of every stratified fold, and each row's out-of-fold prediction."""
+    n = y.shape[0]
+    f1s: dict[str, list[float]] = {s: [] for s in strategies}
+    accs: dict[str, list[float]] = {s: [] for s in strategies}
+    out_of_fold = {s: np.full(n, -1, dtype=np.int64) for s in strategies}  # each row's prediction as a test row
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for train_pos, test_pos in splitter.split(np.zeros(rows.size), y[rows]):
+        train, test = rows[train_pos], rows[test_pos]
+        probs = fit(train).predict(X, P, test)
+        for s in strategies:
+            pred = probs[s].argmax(axis=1)
+            out_of_fold[s][test] = pred
+            f1s[s].append(float(f1_score(y[test], pred, average="macro", labels=np.arange(K), zero_division=0)))
+            accs[s].append(float(accuracy_score(y[test], pred)))
+    return f1s, accs, out_of_fold
+
+
+def _predict_unlabelled(final: _FoldModels, X: Mapping[str, np.ndarray], P: Mapping[str, np.ndarray],
+                        target: np.ndarray, classes: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """The fused strategies' label and probability for every unlabelled row that has a modality."""
+    predictions: dict[str, list[dict[str, Any]]] = {s: [] for s in FUSION_STRATEGIES}
+    if target.size:
+        probs = final.predict(X, P, target)
+        for s in FUSION_STRATEGIES:
+            best = probs[s].argmax(axis=1)
+            predictions[s] += [{"row": int(row), "label": classes[int(best[i])],
+                                "probability": float(probs[s][i, best[i]]), "strategy": s}
+                               for i, row in enumerate(target.tolist())]
+    return predictions
