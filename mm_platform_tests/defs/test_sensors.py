@@ -17,7 +17,7 @@ from mm_platform.defs.raw.sensors import (
     DEFAULT_MAX_BATCHES_PER_TICK,
     LandingCursor,
     build_landing_sensor,
-    pending_batches,
+    unlaunched_batches,
     run_key,
 )
 from mm_platform.defs.partitions import batches_partitions
@@ -280,11 +280,11 @@ def test_many_batches_are_requested_oldest_first_at_most_n_per_tick(
 def test_pending_batches_and_run_key(landing: Path) -> None:
     m = write_batch(landing, "b1", mtime=BASE_MTIME)
     write_batch(landing, "b2", mtime=BASE_MTIME + 1)
-    b1, _ = pending_batches(landing, LandingCursor())
+    b1, _ = unlaunched_batches(landing, LandingCursor())
     assert run_key(b1) == f"b1:{sha(m)}:1"
     assert run_key(b1, 3) == f"b1:{sha(m)}:3"
-    assert [b.batch_id for b in pending_batches(landing, LandingCursor(seen={"b1": sha(m)}))] == ["b2"]
-    assert [b.batch_id for b in pending_batches(landing, LandingCursor(seen={"b1": "stale"}))] == ["b1", "b2"]
+    assert [b.batch_id for b in unlaunched_batches(landing, LandingCursor(seen={"b1": sha(m)}))] == ["b2"]
+    assert [b.batch_id for b in unlaunched_batches(landing, LandingCursor(seen={"b1": "stale"}))] == ["b1", "b2"]
 
 
 def test_manifest_rewritten_back_to_earlier_bytes_gets_a_fresh_run_key(

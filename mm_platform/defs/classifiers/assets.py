@@ -19,6 +19,7 @@ from mm_platform.defs.metadata import preview, table
 from mm_platform.defs.resources import PipelineConfigResource, WarehouseResource
 from mm_platform.lib.analysis.classify import InsufficientLabels, evaluate_classifiers
 from mm_platform.lib.vectors.corpus import load_corpus
+from mm_platform.lib.storage.tables import empty_frame
 
 INPUTS = [dg.AssetKey(k) for k in ("text_embeddings", "image_embeddings", "audio_embeddings", "tabular_embeddings",
                                    "fused_vectors", "aligned_records")]
@@ -66,8 +67,8 @@ def classifiers(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
             skipped = f"classifiers not trained: {exc}"
     if skipped is not None:
         context.log.warning(skipped)
-        lake.write_global("classifier_metrics", pl.DataFrame(schema=lake.read_table("classifier_metrics").schema))
-        lake.write_global("predictions", pl.DataFrame(schema=lake.read_table("predictions").schema))
+        lake.write_global("classifier_metrics", empty_frame("classifier_metrics"))
+        lake.write_global("predictions", empty_frame("predictions"))
         for key in ("classifier_metrics", "predictions"):
             yield dg.MaterializeResult(asset_key=key, metadata={"dagster/row_count": 0, "skipped": skipped})
         return

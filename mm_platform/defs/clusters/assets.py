@@ -17,7 +17,6 @@ from types import SimpleNamespace
 
 import dagster as dg
 import numpy as np
-import polars as pl
 
 from mm_platform.defs.automation import GLOBAL_AUTOMATION, RECLUSTER_AUTOMATION
 from mm_platform.defs.metadata import md_escape, preview, table
@@ -36,6 +35,7 @@ from mm_platform.lib.analysis.recluster import (
 )
 from mm_platform.lib.settings import serve_url
 from mm_platform.lib.analysis.summaries import draw_map, summary_frame, update_embedding_map
+from mm_platform.lib.storage.tables import empty_frame
 
 EMBEDDINGS = [dg.AssetKey(f"{m}_embeddings") for m in ("text", "image", "audio", "tabular")]
 RECLUSTER_DEPS = [dg.AssetKey("fused_vectors"), *EMBEDDINGS, dg.AssetKey("aligned_records"),
@@ -79,13 +79,13 @@ def clusters(context: dg.AssetExecutionContext, warehouse: WarehouseResource, pi
     except ReclusterError as exc:
         raise dg.Failure(str(exc)) from exc
     if out is None:
-        lake.write_global("recluster_assignments", pl.DataFrame(schema=lake.read_table("recluster_assignments").schema))
+        lake.write_global("recluster_assignments", empty_frame("recluster_assignments"))
         yield dg.MaterializeResult(asset_key="recluster_assignments", metadata={"dagster/row_count": 0, "k": 0})
         yield dg.MaterializeResult(asset_key="cluster_metrics", metadata={"note": "nothing to cluster"})
         yield dg.MaterializeResult(asset_key="modality_assignments", metadata={"note": "nothing to cluster"})
         return
     lake.write_global("modality_assignments", out.modality_assignments if out.modality_assignments is not None
-                      else pl.DataFrame(schema=lake.read_table("modality_assignments").schema))
+                      else empty_frame("modality_assignments"))
     lake.write_global("recluster_assignments", out.assignments)
     lake.write_global("cluster_metrics", out.metrics)
     res, mapping, sel = out.res, out.mapping, out.sel
@@ -154,7 +154,7 @@ def cluster_assignments(
     except ReclusterError as exc:
         raise dg.Failure(str(exc)) from exc
     if model is None or not ids:
-        lake.write_partition("cluster_assignments", batch_id, pl.DataFrame(schema=lake.read_table("cluster_assignments").schema))
+        lake.write_partition("cluster_assignments", batch_id, empty_frame("cluster_assignments"))
         reason = "no cluster model yet: the first full clustering places these records" if model is None else "no vectors"
         return dg.MaterializeResult(metadata={"dagster/row_count": 0, "note": reason})
     if X.shape[1] != model.input_dim:
@@ -201,7 +201,7 @@ def cluster_summary(
     except ReclusterError as exc:
         raise dg.Failure(str(exc)) from exc
     if df is None:
-        lake.write_global("cluster_summary", pl.DataFrame(schema=lake.read_table("cluster_summary").schema))
+        lake.write_global("cluster_summary", empty_frame("cluster_summary"))
         return dg.MaterializeResult(metadata={"dagster/row_count": 0})
     lake.write_global("cluster_summary", df)
     return dg.MaterializeResult(
@@ -240,7 +240,7 @@ def embedding_map(
     except ReclusterError as exc:
         raise dg.Failure(str(exc)) from exc
     if df is None:
-        lake.write_global("embedding_map", pl.DataFrame(schema=lake.read_table("embedding_map").schema))
+        lake.write_global("embedding_map", empty_frame("embedding_map"))
         return dg.MaterializeResult(metadata={"dagster/row_count": 0})
     lake.write_global("embedding_map", df)
     png = draw_map(lake, df, pipeline.seed)

@@ -17,6 +17,7 @@ from mm_platform.lib.storage.model_files import tabular_state_dir
 from mm_platform.lib.encoders.embedding_rows import embedding_frame, local_embedder, merge_with_cache, quarantine_failures
 from mm_platform.lib.storage.sqlquote import sql_identifier
 from mm_platform.lib.features.tabular import TABULAR_DIM, TabularEncoderState, encode_tabular, load_state
+from mm_platform.lib.storage.tables import empty_frame
 
 #: Identity of the tabular encoder; its version is the fitted state's version.
 TABULAR_MODEL_ID = "mm_platform/tabular-standardise-onehot"
@@ -265,7 +266,7 @@ def tabular_embeddings(
     state = load_state(tabular_state_dir(lake), version=versions[0] if versions else None)
     if state is None or state.raw_dim == 0:
         # nothing to embed: no record of the batch has fields, or no field carries information
-        df = pl.DataFrame(schema=lake.read_table("tabular_embeddings").schema)
+        df = empty_frame("tabular_embeddings")
         lake.write_partition("tabular_embeddings", context.partition_key, df)
         why = "no fitted tabular encoder" if state is None else "the tabular encoder has no usable field"
         return dg.MaterializeResult(metadata={"dagster/row_count": 0, "note": why},

@@ -55,8 +55,9 @@ def run_key(batch: BatchInfo, revision: int = 1) -> str:
     return f"{batch.batch_id}:{batch.manifest_sha256}:{revision}"
 
 
-def pending_batches(landing_dir: Path, cursor: LandingCursor) -> list[BatchInfo]:
-    """Complete batches whose manifest hash the cursor has not seen, oldest manifest first."""
+def unlaunched_batches(landing_dir: Path, cursor: LandingCursor) -> list[BatchInfo]:
+    """Complete batches whose manifest hash this sensor has not launched a run for, oldest manifest first
+    (whether a batch is ingested is the ledger's rule, :func:`mm_platform.lib.landing.ledger.batch_pending`)."""
     return [b for b in list_complete_batches(landing_dir) if cursor.seen.get(b.batch_id) != b.manifest_sha256]
 
 
@@ -75,7 +76,7 @@ def build_landing_sensor(max_batches_per_tick: int = DEFAULT_MAX_BATCHES_PER_TIC
             return dg.SensorResult(skip_reason=dg.SkipReason(
                 f"`mm-platform ingest` (pid {holder}) holds the data dir's ingest lock; waiting for it"))
         cursor = LandingCursor.parse(context.cursor)
-        todo = pending_batches(landing.path, cursor)[:max_batches_per_tick]
+        todo = unlaunched_batches(landing.path, cursor)[:max_batches_per_tick]
         if not todo:
             return dg.SensorResult(skip_reason=dg.SkipReason("no new or changed complete batch"))
         known = set(context.instance.get_dynamic_partitions(batches_partitions.name))

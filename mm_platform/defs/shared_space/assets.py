@@ -11,7 +11,6 @@ import json
 
 import dagster as dg
 import numpy as np
-import polars as pl
 
 from mm_platform.defs.automation import GLOBAL_AUTOMATION, RECLUSTER_AUTOMATION
 from mm_platform.defs.metadata import preview
@@ -27,6 +26,7 @@ from mm_platform.defs.shared_space.metadata import (
 from mm_platform.lib.vectors.shared_space import AlignmentConfig, fit_shared_space
 from mm_platform.lib.vectors.corpus import Corpus, load_alignment, load_corpus, save_alignment
 from mm_platform.lib.vectors.shared_frames import shared_frame
+from mm_platform.lib.storage.tables import empty_frame
 
 #: Fewer records with two or more modalities than this: no model is trained (the metadata says why).
 MIN_ALIGNMENT_ROWS = 20
@@ -134,7 +134,7 @@ def shared_embeddings(
     corpus = load_corpus(lake)
     model = load_alignment(lake, corpus.models)
     if model is None or corpus.n == 0:
-        df = pl.DataFrame(schema=lake.read_table("shared_embeddings").schema)
+        df = empty_frame("shared_embeddings")
         lake.write_global("shared_embeddings", df)
         return dg.MaterializeResult(metadata={"dagster/row_count": 0,
                                               "note": "no current alignment model (asset shared_space_model)"})

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import polars as pl
 
 from mm_platform.lib.media.audio import load_audio
-from mm_platform.lib.storage.lake import ALL_TABLES, Lake
+from mm_platform.lib.storage.lake import ALL_TABLES, Lake, empty_frame
 from mm_platform.lib.landing.manifest import Rejection
 from mm_platform.lib.media import MediaError, inspect_image, resolve_media_path, text_sha256
 from mm_platform.lib.storage.model_files import tabular_state_dir
@@ -183,7 +183,7 @@ def typed_tabular(lake: Lake, batch_id: str, recs: pl.DataFrame,
     ids, lines, rows, n_fields = tabular_rows(recs, streams)
     rejections: list[Rejection] = []
     if not rows:
-        return pl.DataFrame(schema=ALL_TABLES["raw_tabular"]), rejections, {}
+        return empty_frame("raw_tabular"), rejections, {}
     state, fitted_now = fit_or_load(tabular_state_dir(lake), rows)
     typed = type_rows(state, rows)
     invalid = [0] * len(ids)

@@ -110,12 +110,9 @@ def nothing_to_do(paths: Paths, env: Mapping[str, str] | None = None) -> bool:
     lake = Lake(paths.lake_dir)
     if lake.verify():  # a lake file differs from what was written (or is gone): ingest repairs it
         return False
-    ledger = lake.read_table("batches")
-    done = {b: (h, r) for b, h, r in ledger.select("batch_id", "manifest_sha256", "profile_request").iter_rows()}
-    request = encoder_request_key(env)
-    for batch in list_complete_batches(paths.landing_dir):
-        if done.get(batch.batch_id) != (batch.manifest_sha256, request):
-            return False
+    done, request = ingested(lake), encoder_request_key(env)
+    if any(batch_pending(b, done, request=request) for b in list_complete_batches(paths.landing_dir)):
+        return False
     return not global_layer_stale(lake) and recluster_owed(lake) is None
 
 
@@ -134,18 +131,33 @@ def pending_batches(paths: Paths, lake: Lake, profile: str | None = None, *,
     ingested under other model settings."""
     complete = list_complete_batches(paths.landing_dir)
     damaged = repair_lake(lake, {b.batch_id for b in complete})
+    done = ingested(lake)
+    return [b for b in complete
+            if b.batch_id in damaged or batch_pending(b, done, profile=profile, request=request)]
+
+
+#: batch id -> (manifest hash, resolved profile key, requested model settings) it was ingested with
+Ingested = Mapping[str, tuple[str, str, str]]
+
+
+def ingested(lake: Lake) -> dict[str, tuple[str, str, str]]:
+    """What the ``batches`` ledger says each batch was ingested with."""
     ledger = lake.read_table("batches")
-    done = {b: (h, p, r) for b, h, p, r in
+    return {b: (h, p, r) for b, h, p, r in
             ledger.select("batch_id", "manifest_sha256", "profile_key", "profile_request").iter_rows()}
 
-    def pending(batch: BatchInfo) -> bool:
-        if batch.batch_id in damaged or batch.batch_id not in done:
-            return True
-        manifest, profile_key, requested = done[batch.batch_id]
-        return (manifest != batch.manifest_sha256 or (profile is not None and profile_key != profile)
-                or (request is not None and requested != request))
 
-    return [b for b in complete if pending(b)]
+def batch_pending(batch: BatchInfo, done: Ingested, *, profile: str | None = None,
+                  request: str | None = None) -> bool:
+    """The one "pending batch" rule: never ingested, ingested with another manifest, or (given ``profile`` /
+    ``request``) under other model settings. `ingest`, `status` and :func:`nothing_to_do` all ask it; the
+    landing sensor only tracks which manifests it has launched (a run it launched may still fail)."""
+    row = done.get(batch.batch_id)
+    if row is None:
+        return True
+    manifest, profile_key, requested = row
+    return (manifest != batch.manifest_sha256 or (profile is not None and profile_key != profile)
+            or (request is not None and requested != request))
 
 
 def table_counts(lake: Lake) -> dict[str, int]:
