@@ -19,27 +19,18 @@ import argparse
 import datetime as dt
 import multiprocessing as mp
 import shutil
+import sys
 import tempfile
 import time
 from datetime import UTC
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench.measure` from a plain script run
+from bench.measure import child_result, peak_rss_gb, reset_peak, run_child  # noqa: E402
+
 TEXT_DIM, IMAGE_DIM = 384, 1544
 
 
-def _peak_rss_gb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024**2
-    return 0.0
-
-
-def _reset_peak() -> None:
-    """Reset VmHWM to the current RSS (Linux: write 5 to clear_refs), so each asset's own peak is measured."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def generate(lake_dir: Path, n: int, part_rows: int, seed: int = 0) -> None:
@@ -116,12 +107,12 @@ def run_assets(root: Path, out: mp.Queue) -> None:
         for node, key in (("clusters", "recluster_assignments"), ("cluster_summary", "cluster_summary"),
                           ("embedding_map", "embedding_map")):
             asset = defs.get_assets_def(key)
-            _reset_peak()
+            reset_peak()
             t = time.perf_counter()
             res = dg.materialize([asset], instance=instance, resources=resources)
             assert res.success
             times[node] = time.perf_counter() - t
-            peaks[node] = _peak_rss_gb()
+            peaks[node] = peak_rss_gb()
             md = res.asset_materializations_for_node(node)[0].metadata
             if node == "clusters":
                 times["_k"] = md["k"].value
@@ -134,7 +125,6 @@ def main() -> None:
     ap.add_argument("--partition-rows", type=int, default=50_000)
     ap.add_argument("--dir", default=None, help="scratch dir (default: a temp dir, removed afterwards)")
     args = ap.parse_args()
-    ctx = mp.get_context("spawn")
     base = Path(args.dir or tempfile.mkdtemp(prefix="mm-global-assets-"))
     print("| records | write s | asset | seconds | peak RSS GB (assets child) |")
     print("|---|---|---|---|---|")
@@ -142,18 +132,8 @@ def main() -> None:
         for n in (int(s) for s in args.sizes.split(",")):
             root = base / f"n{n}"
             shutil.rmtree(root, ignore_errors=True)
-            t = time.perf_counter()
-            p = ctx.Process(target=generate, args=(root / "lake", n, args.partition_rows))
-            p.start()
-            p.join()
-            write_s = time.perf_counter() - t
-            q: mp.Queue = ctx.Queue()
-            p = ctx.Process(target=run_assets, args=(root, q))
-            t = time.perf_counter()
-            p.start()
-            r = q.get()
-            p.join()
-            total = time.perf_counter() - t
+            write_s = run_child(generate, root / "lake", n, args.partition_rows)
+            r, total = child_result(run_assets, root)
             k = r["times"].pop("_k", None)
             for step, s in r["times"].items():
                 print(f"| {n:,} | {write_s:.0f} | {step} | {s:.1f} | {r['peaks'].get(step, 0):.2f} |")

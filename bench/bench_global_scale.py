@@ -28,19 +28,15 @@ import json
 import multiprocessing as mp
 import resource
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench.measure` from a plain script run
+from bench.measure import child_result, peak_rss_gb, run_child  # noqa: E402
 
-def _peak_rss_gb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024**2
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
 
 
 def generate(root: Path, n: int, dim: int, part_rows: int, seed: int = 0) -> None:
@@ -114,7 +110,7 @@ def global_layer(root: Path, n: int, out: mp.Queue) -> None:
             i += 1
     times["payloads (build set_payload groups)"] = time.perf_counter() - t
     out.put({"times": times, "k": res.k, "reps": len(reps), "coords_finite": bool(np.isfinite(coords).all()),
-             "peak_gb": _peak_rss_gb(), "maxrss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2})
+             "peak_gb": peak_rss_gb(), "maxrss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2})
 
 
 def main() -> None:
@@ -124,7 +120,6 @@ def main() -> None:
     ap.add_argument("--partition-rows", type=int, default=50_000)
     ap.add_argument("--dir", default=None, help="scratch dir (default: a temp dir, removed afterwards)")
     args = ap.parse_args()
-    ctx = mp.get_context("spawn")
     base = Path(args.dir or tempfile.mkdtemp(prefix="mm-global-scale-"))
     print("| records | dim | write s | step | seconds | peak RSS GB (whole run) |")
     print("|---|---|---|---|---|---|")
@@ -132,18 +127,8 @@ def main() -> None:
         for n in (int(s) for s in args.sizes.split(",")):
             root = base / f"n{n}"
             shutil.rmtree(root, ignore_errors=True)
-            t = time.perf_counter()
-            p = ctx.Process(target=generate, args=(root, n, args.dim, args.partition_rows))
-            p.start()
-            p.join()
-            write_s = time.perf_counter() - t
-            q: mp.Queue = ctx.Queue()
-            p = ctx.Process(target=global_layer, args=(root, n, q))
-            t = time.perf_counter()
-            p.start()
-            r = q.get()
-            p.join()
-            total = time.perf_counter() - t
+            write_s = run_child(generate, root, n, args.dim, args.partition_rows)
+            r, total = child_result(global_layer, root, n)
             for step, s in r["times"].items():
                 print(f"| {n:,} | {args.dim} | {write_s:.0f} | {step} | {s:.1f} | |")
             print(f"| {n:,} | {args.dim} | | **total (child process, imports included)** | {total:.1f} | "
