@@ -134,6 +134,25 @@ def ray_embedder(
     return encoder, encode, failures
 
 
+def embed_modality(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, encoders: EncodersResource,
+    compute: ComputeResource, *, modality: str, source: str, content_col: str, ray_column: str,
+    local: Callable[[], tuple[Callable[[pl.DataFrame, list[int]], np.ndarray], dict[int, tuple[str, str]] | None]],
+    max_audio_seconds: float | None = None,
+) -> dg.MaterializeResult:
+    """One modality's batch into ``<modality>_embeddings`` through the cache: on the warm Ray actor with
+    ``MM_COMPUTE=ray``, else in process (``local() -> (encode, failures)``)."""
+    if compute.is_ray:
+        encoder, encode, failures = ray_embedder(context, compute, encoders, modality, ray_column,
+                                                 max_audio_seconds=max_audio_seconds)
+        identity: Callable[[], ModelInfo] = lambda: encoder.info  # noqa: E731
+    else:
+        encode, failures = local()
+        identity = lambda: encoders.encoders.model_info(modality)  # noqa: E731
+    return embed_partition(context, warehouse, encoders, table=f"{modality}_embeddings", source=source,
+                           content_col=content_col, identity=identity, encode=encode, failures=failures)
+
+
 @dg.asset(
     partitions_def=batches_partitions,
     deps=["raw_text"],
@@ -150,18 +169,13 @@ def text_embeddings(
     CLIP text tower with ``clip``); every row names its model, version and embedding space. Content this
     model already embedded (same text hash, same model and weights version, any batch) comes from the
     cache instead of being encoded again (``cache_hit``). With ``MM_COMPUTE=ray`` the encoding runs on Ray."""
-    if compute.is_ray:
-        encoder, encode, failures = ray_embedder(context, compute, encoders, "text", "text")
-        return embed_partition(context, warehouse, encoders, table="text_embeddings", source="raw_text",
-                               content_col="text_sha256", identity=lambda: encoder.info, encode=encode,
-                               failures=failures)
-    es = encoders.encoders
-    return embed_partition(
-        context, warehouse, encoders, table="text_embeddings", source="raw_text", content_col="text_sha256",
-        identity=lambda: es.model_info("text"),
-        encode=lambda src, rows: es.text().encode([src["text"][i] for i in rows],
-                                                  progress=_progress(context, "texts encoded")),
-    )
+    def local() -> tuple[Callable[[pl.DataFrame, list[int]], np.ndarray], None]:
+        es = encoders.encoders
+        return (lambda src, rows: es.text().encode([src["text"][i] for i in rows],
+                                                   progress=_progress(context, "texts encoded"))), None
+
+    return embed_modality(context, warehouse, encoders, compute, modality="text", source="raw_text",
+                          content_col="text_sha256", ray_column="text", local=local)
 
 
 @dg.asset(
@@ -180,19 +194,12 @@ def image_embeddings(
     Images are decoded in DataLoader workers so decoding overlaps inference; image bytes this model already
     embedded come from the cache (``cache_hit``). With ``MM_COMPUTE=ray``, decoding runs in Ray CPU tasks and
     encoding in the model's warm actor; a file failing there is quarantined."""
-    if compute.is_ray:
-        encoder, encode, failures = ray_embedder(context, compute, encoders, "image", "uri")
-        return embed_partition(context, warehouse, encoders, table="image_embeddings", source="raw_images",
-                               content_col="sha256", identity=lambda: encoder.info, encode=encode,
-                               failures=failures)
     es = encoders.encoders
-    encode, failures = local_embedder(
+    local = lambda: local_embedder(  # noqa: E731
         lambda paths: es.image().encode_paths(paths, progress=_progress(context, "images encoded")),
         lambda: es.model_info("image").dim)
-    return embed_partition(
-        context, warehouse, encoders, table="image_embeddings", source="raw_images", content_col="sha256",
-        identity=lambda: es.model_info("image"), encode=encode, failures=failures,
-    )
+    return embed_modality(context, warehouse, encoders, compute, modality="image", source="raw_images",
+                          content_col="sha256", ray_column="uri", local=local)
 
 
 @dg.asset(
@@ -210,12 +217,6 @@ def audio_embeddings(
     """A unit-norm vector per record audio clip, mixed to mono and resampled to the encoder's rate: CLAP's
     audio tower in the ``clip`` profile when its weights can be had, else (and in ``offline``) log-mel and
     MFCC statistics computed with torch. Clips this model already embedded come from the cache."""
-    if compute.is_ray:
-        encoder, encode, failures = ray_embedder(context, compute, encoders, "audio", "uri",
-                                                 max_audio_seconds=float(landing.max_audio_seconds))
-        return embed_partition(context, warehouse, encoders, table="audio_embeddings", source="raw_audio",
-                               content_col="sha256", identity=lambda: encoder.info, encode=encode,
-                               failures=failures)
     es = encoders.encoders
 
     def encode_paths(paths: list[str]) -> np.ndarray:
@@ -224,11 +225,10 @@ def audio_embeddings(
         encoder.max_audio_seconds = max(encoder.max_audio_seconds, float(landing.max_audio_seconds))
         return encoder.encode_paths(paths, progress=_progress(context, "audio clips encoded"))
 
-    encode, failures = local_embedder(encode_paths, lambda: es.model_info("audio").dim)
-    return embed_partition(
-        context, warehouse, encoders, table="audio_embeddings", source="raw_audio", content_col="sha256",
-        identity=lambda: es.model_info("audio"), encode=encode, failures=failures,
-    )
+    return embed_modality(context, warehouse, encoders, compute, modality="audio", source="raw_audio",
+                          content_col="sha256", ray_column="uri",
+                          local=lambda: local_embedder(encode_paths, lambda: es.model_info("audio").dim),
+                          max_audio_seconds=float(landing.max_audio_seconds))
 
 
 class TabularEncoder:
