@@ -71,6 +71,7 @@ def test_config_command_prints_values_and_their_source(tmp_path: Path) -> None:
 
 
 def test_settings_are_typed_and_every_default_fits_its_type() -> None:
+    assert set(settings.KINDS) <= set(BY_NAME), "a type declared for a variable the registry does not have"
     for s in SETTINGS:
         assert s.problem(s.default if not s.computed else "") is None, s.name
     assert BY_NAME["MM_BATCH_SIZE"].kind == "int" and BY_NAME["MM_COMPUTE"].kind == ("local", "ray")
