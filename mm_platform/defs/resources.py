@@ -17,10 +17,11 @@ import dagster as dg
 import duckdb
 from pydantic import PrivateAttr
 
-from mm_platform.lib.device import DeviceConfig, apply_thread_policy, resolve_device
+from mm_platform.lib.device import DeviceConfig, apply_thread_policy, check_device
 from mm_platform.lib.encoders.registry import EncoderSet, EncoderSettings, load_encoders, resolve_profile
 from mm_platform.lib.vectors.fusion import parse_weights
 from mm_platform.lib.storage.lake import Lake, WarehouseBusy, refresh_warehouse, register_views
+from mm_platform.lib.storage.views import view_cursor
 from mm_platform.lib.landing.ledger import request_key
 from mm_platform.lib.storage.qdrant import QdrantStore
 from mm_platform.lib.settings import BY_NAME, Paths, setting, setting_int
@@ -67,9 +68,12 @@ class WarehouseResource(dg.ConfigurableResource):
     @contextlib.contextmanager
     def compute_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """An in-memory DuckDB with the lake's views: computing never takes the warehouse file's lock."""
-        con = duckdb.connect()
-        try:
+        if self._lake.remote:  # snapshots registered per connection
+            con = duckdb.connect()
             register_views(con, self._lake)
+        else:  # views that re-bind per query, defined once per process
+            con = view_cursor(self._lake)
+        try:
             yield con
         finally:
             con.close()
@@ -130,7 +134,7 @@ class TorchDeviceResource(dg.ConfigurableResource):
                             num_workers=self.num_workers)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        resolve_device(self.device)  # fail fast on a bad spec or a missing GPU
+        check_device(self.device)  # fail fast on a bad spec or a missing GPU (no torch import for auto/cpu)
 
 
 #: Encoder sets already loaded in this process, so that several runs in one process (a CLI ingest of many

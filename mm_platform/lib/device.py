@@ -6,6 +6,7 @@ Everything here is framework-agnostic (no Dagster) and safe to import on CPU-onl
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -18,6 +19,24 @@ if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
+
+
+class LazyModule:
+    """A module imported on its first attribute access: ``torch = LazyModule("torch")``.
+
+    Importing torch costs 1-2 s. The modules that use it (encoders, shared-space heads) are imported by every
+    process that loads the definitions, but a ray-mode run process, the CLI and the explorer never touch
+    torch: with this they do not pay for it. Use it for module-level names only read inside functions.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> object:
+        return getattr(importlib.import_module(self._name), attr)
+
+    def __repr__(self) -> str:
+        return f"LazyModule({self._name!r})"
 
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -113,6 +132,19 @@ def resolve_device(spec: str) -> torch.device:
             )
         return torch.device("cuda", index)
     return torch.device("cuda")
+
+
+def check_device(spec: str) -> None:
+    """Fail fast on a device spec that cannot run here (``resolve_device``'s errors), importing torch only
+    for a spec that names CUDA: ``auto`` and ``cpu`` always resolve, so a process that loads no model locally
+    (a ray-mode run, the CLI) does not pay torch's import to check them."""
+    s = _normalise_spec(spec)
+    if not _DEVICE_RE.match(s):
+        raise ValueError(
+            f"invalid device {spec!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N' (e.g. 'cuda:0')"
+        )
+    if s.startswith("cuda"):
+        resolve_device(s)
 
 
 def effective_precision(device: torch.device, precision: str) -> str:

@@ -68,6 +68,29 @@ def test_resolve_bad_spec(spec: str) -> None:
         resolve_device(spec)
 
 
+@pytest.mark.parametrize("spec", ["gpu", "cuda:x", "", "mps"])
+def test_check_device_rejects_what_resolve_rejects(spec: str) -> None:
+    with pytest.raises(ValueError, match="invalid device"):
+        dev.check_device(spec)
+
+
+@pytest.mark.parametrize("spec", ["cuda", "cuda:0"])
+def test_check_device_still_fails_fast_on_a_missing_gpu(no_cuda: None, spec: str) -> None:
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        dev.check_device(spec)
+
+
+def test_check_device_does_not_import_torch_for_auto_or_cpu() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from mm_platform.lib.device import check_device; check_device('auto'); "
+            "check_device(' CPU '); import mm_platform.lib.encoders.registry, mm_platform.lib.vectors.shared_space; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "False"
+
+
 def test_resolve_non_string() -> None:
     with pytest.raises(TypeError, match="must be a string"):
         resolve_device(0)  # type: ignore[arg-type]

@@ -40,19 +40,18 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.decomposition import PCA
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
-from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from mm_platform.lib.analysis.clustering import is_missing_label
 from mm_platform.lib.arrays import presence_mask, zero_nonfinite_rows
 from mm_platform.lib.vectors.fusion import modality_order
+
+if TYPE_CHECKING:  # scikit-learn is imported where a classifier is trained: a run that trains none skips 0.7 s
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
 
 #: Fusion strategies scored besides the single modalities.
 FUSION_STRATEGIES: tuple[str, ...] = ("early", "late", "late_learned")
@@ -83,6 +82,8 @@ class _BlockReducer:
         U = self._unit(np.asarray(X, dtype=np.float64))
         k = min(self.dim, U.shape[1], U.shape[0] - 1) if self.dim > 0 else 0
         if k >= 1 and k < U.shape[1]:
+            from sklearn.decomposition import PCA
+
             solver = "randomized" if k < 0.8 * min(U.shape) else "full"
             self.pca = PCA(n_components=k, svd_solver=solver, random_state=self.seed).fit(U)
             Z = self.pca.transform(U)
@@ -105,6 +106,9 @@ def _fit_lr(X: np.ndarray, y: np.ndarray, C: float, seed: int) -> LogisticRegres
     classes = np.unique(y)
     if classes.size == 1:
         return int(classes[0])
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
     model = LogisticRegression(C=C, solver="lbfgs", max_iter=MAX_ITER, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -311,6 +315,8 @@ def evaluate_classifiers(
         final = fit(rows)
         predictions = _predict_unlabelled(final, X, P, np.flatnonzero(~labelled_mask & any_present), keep_classes)
 
+    from sklearn.metrics import confusion_matrix
+
     seconds = round(time.perf_counter() - t0, 3)
     metrics = [
         {
@@ -363,6 +369,9 @@ def _cross_validate(fit: Callable[[np.ndarray], _FoldModels], X: Mapping[str, np
     f1s: dict[str, list[float]] = {s: [] for s in strategies}
     accs: dict[str, list[float]] = {s: [] for s in strategies}
     out_of_fold = {s: np.full(n, -1, dtype=np.int64) for s in strategies}  # each row's prediction as a test row
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.model_selection import StratifiedKFold
+
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for train_pos, test_pos in splitter.split(np.zeros(rows.size), y[rows]):
         train, test = rows[train_pos], rows[test_pos]

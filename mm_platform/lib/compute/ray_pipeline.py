@@ -36,7 +36,8 @@ class RayConfig:
             local Ray instance inside this process (it ends with the process).
         namespace: the Ray namespace of the data dir (warm actors live there).
         num_cpus / object_store_mb: size of a local instance (ignored with ``address``); 0 = Ray's default.
-        encoder_gpus: GPUs per encoder actor; ``-1`` = 1 when the device setting resolves to CUDA, else 0.
+        encoder_gpus: GPUs per encoder actor; ``-1`` = 1 when the device setting is CUDA, or ``auto`` on a
+            cluster with a GPU; else 0.
         data_min_items: inputs larger than this go through Ray Data; smaller ones take the direct path.
         encoder_cpus: logical CPUs each warm actor reserves. 0 by default: a warm actor is idle between runs
             and must not starve the decode tasks of a small cluster (it still uses every core when it runs).
@@ -110,11 +111,16 @@ def _quiet_ray_data() -> None:
 def gpus_for(cfg: RayConfig, device: DeviceConfig) -> float:
     if cfg.encoder_gpus >= 0:
         return cfg.encoder_gpus
-    if device.device == "cpu":
+    spec = device.device.strip().lower()
+    if spec == "cpu":
         return 0.0
-    import torch
+    if spec.startswith("cuda"):
+        return 1.0
+    # auto: a GPU when the cluster has one. The driver's own CUDA says nothing about the workers (Dagster on a
+    # CPU host, GPU workers on the cluster), and asking torch would import it into the run process.
+    import ray
 
-    return 1.0 if device.device.startswith("cuda") or torch.cuda.is_available() else 0.0
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -18,13 +18,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import numpy as np
-import torch
 
-from mm_platform.lib.device import DeviceConfig, OOMBackoff, autocast_context, resolve_device
+from mm_platform.lib.device import DeviceConfig, LazyModule, OOMBackoff, autocast_context, resolve_device
 from mm_platform.lib.encoders.base import (
     EncoderUnavailable,
     ModelInfo,
@@ -36,6 +35,11 @@ from mm_platform.lib.encoders.base import (
     state_dict_hash,
 )
 from mm_platform.lib.encoders.image import TorchImageEncoder
+
+if TYPE_CHECKING:
+    import torch
+else:  # imported on first use (lib/device.py LazyModule)
+    torch = LazyModule("torch")
 
 logger = logging.getLogger(__name__)
 

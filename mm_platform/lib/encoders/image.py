@@ -12,13 +12,11 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
-from mm_platform.lib.device import DeviceConfig, OOMBackoff, autocast_context, resolve_device
+from mm_platform.lib.device import DeviceConfig, LazyModule, OOMBackoff, autocast_context, resolve_device
 from mm_platform.lib.encoders.base import (
     EncoderUnavailable,
     ImageDecodeError,
@@ -27,6 +25,11 @@ from mm_platform.lib.encoders.base import (
     content_version,
     empty_vectors,
 )
+
+if TYPE_CHECKING:
+    import torch
+else:  # imported on first use (lib/device.py LazyModule)
+    torch = LazyModule("torch")
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ EFFNET_STD = (0.5, 0.5, 0.5)
 EFFNET_SIZE = 224
 EFFNET_RESIZE = 256
 
-Transform = Callable[[Any], torch.Tensor]
+Transform = Callable[[Any], "torch.Tensor"]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -73,8 +76,9 @@ def open_rgb(path: str | os.PathLike[str], draft_size: int | None = None) -> Any
         ) from exc
 
 
-class ImagePathDataset(Dataset[tuple[str, Any]]):
+class ImagePathDataset:
     """Map-style dataset: image path -> ``("ok", tensor)`` or ``("error", message)`` (runs in workers).
+    A plain class (a DataLoader needs only ``__len__`` and ``__getitem__``), so importing it needs no torch.
 
     Decode errors are returned, not raised: an exception raised inside a DataLoader worker makes torch
     wait ~5 s per worker when shutting the loader down; the main process raises instead.
@@ -167,7 +171,7 @@ class TorchImageEncoder:
         bs = self.config.batch_size
         workers = self._num_workers((n + bs - 1) // bs)
         self.last_num_workers = workers
-        loader = DataLoader(
+        loader = torch.utils.data.DataLoader(
             ImagePathDataset(items, self.transform, self.draft_size),
             batch_size=bs,
             shuffle=False,

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from mm_platform.lib.device import DeviceConfig, resolve_device
+from mm_platform.lib.device import DeviceConfig, check_device
 from mm_platform.lib.encoders.audio import (
     DEFAULT_CLAP_MODEL,
     ClapAudioEncoder,
@@ -367,7 +367,7 @@ def load_encoders(settings: EncoderSettings, device: DeviceConfig) -> EncoderSet
         EncoderUnavailable: profile ``clip`` (asked for, or chosen by ``auto``) whose weights cannot be had:
             not a local file, not cached, and the hub does not answer (decided within ~probe_timeout_s).
     """
-    resolve_device(device.device)  # fail early on an unavailable device
+    check_device(device.device)  # fail early on an unavailable device (torch is imported for a CUDA spec only)
     profile, reason = resolve_profile(settings)
     allow_download = False
     if profile == "clip":

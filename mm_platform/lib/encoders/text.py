@@ -6,12 +6,11 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from mm_platform.lib.device import DeviceConfig, OOMBackoff, autocast_context, resolve_device
+from mm_platform.lib.device import DeviceConfig, LazyModule, OOMBackoff, autocast_context, resolve_device
 from mm_platform.lib.encoders.base import (
     EncoderUnavailable,
     ProgressFn,
@@ -27,6 +26,11 @@ from mm_platform.lib.encoders.minilm_files import (  # noqa: F401 - the rest are
     minilm_model_dir,
     minilm_model_info,
 )
+
+if TYPE_CHECKING:
+    import torch
+else:  # imported on first use (lib/device.py LazyModule)
+    torch = LazyModule("torch")
 
 logger = logging.getLogger(__name__)
 

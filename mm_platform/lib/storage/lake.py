@@ -309,7 +309,7 @@ class Lake:
             _atomic_write_text(json.dumps({"batch_id": damage.batch_id, "path": str(damage.path.relative_to(self.root))}),
                                self.file_record_path(damage.table, damage.batch_id))
         else:
-            t = self._table(damage.table)
+            t = delta_store.open_for_write(self.table_uri(damage.table), self.storage_options)
             if t is not None:
                 t.delete()
         if not damage.path.exists():

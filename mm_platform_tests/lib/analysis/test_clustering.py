@@ -244,6 +244,51 @@ def test_top_terms_ctfidf_formula() -> None:
     assert top_terms({}) == {} and top_terms({5: ["", "  "]}) == {5: []}
 
 
+def _sklearn_top_terms(texts_by_cluster, n):
+    """The reference: the same c-TF-IDF over scikit-learn's CountVectorizer counts."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    keys = list(texts_by_cluster)
+    docs = [" ".join(t for t in texts_by_cluster[c] if isinstance(t, str)) for c in keys]
+    vectorizer = CountVectorizer(stop_words="english", ngram_range=(1, 2), lowercase=True)
+    counts = vectorizer.fit_transform(docs).astype(np.float64).tocsr()
+    terms = vectorizer.get_feature_names_out()
+    words = np.asarray(counts.sum(axis=1)).ravel()
+    idf = np.log(1.0 + float(words.mean()) / np.asarray(counts.sum(axis=0)).ravel())
+    out = {}
+    for row, c in enumerate(keys):
+        lo, hi = counts.indptr[row], counts.indptr[row + 1]
+        cols = counts.indices[lo:hi]
+        scores = counts.data[lo:hi] / words[row] * idf[cols]
+        ranked = sorted(range(cols.size), key=lambda j: (-scores[j], terms[cols[j]]))[:n]
+        out[c] = [(str(terms[cols[j]]), float(scores[j])) for j in ranked if scores[j] > 0]
+    return out
+
+
+def test_top_terms_equal_scikit_learns_count_vectorizer_exactly() -> None:
+    """Our own tokenizer (so that naming clusters does not import scikit-learn) gives the very terms and
+    scores of CountVectorizer(stop_words="english", ngram_range=(1, 2)), on awkward text too."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    from mm_platform.lib.analysis.clustering.stop_words import ENGLISH_STOP_WORDS as ours
+
+    assert ours == ENGLISH_STOP_WORDS
+    rng = np.random.default_rng(0)
+    vocab = ["Café", "naïve", "x", "I", "the", "and", "don't", "e-mail", "42", "4k", "UPPER", "under_score",
+             "東京", "rocket", "Rocket!", "orbit,", "cat's", "a", "b2b", "über", "—", "...", "\t", "co-op"]
+    compared = 0
+    for trial in range(20):
+        texts = {c: [" ".join(rng.choice(vocab, size=rng.integers(0, 12))) for _ in range(rng.integers(0, 5))]
+                 for c in range(int(rng.integers(1, 6)))}
+        texts[99] = [None, "the and of"]  # not text, and only stop words
+        if not any(w.lower() not in ENGLISH_STOP_WORDS and len(w) > 1 for ts in texts.values()
+                   for t in ts if isinstance(t, str) for w in t.split()):
+            continue
+        assert top_terms(texts, n=6) == _sklearn_top_terms(texts, 6), trial
+        compared += 1
+    assert compared >= 15
+
+
 def test_label_summary() -> None:
     labels = np.array([0, 0, 0, 1, -1, 1])
     truth = ["cat", "dog", "cat", None, "cat", ""]

@@ -127,3 +127,14 @@ def test_actor_killed_mid_run_retries_without_loss_or_duplicates(
     local = load_encoders(tiny_clip.settings(), device).image().encode_paths(images)
     assert _cos(result.vectors, local).min() >= 0.9999
     assert encoder.stats()["pid"] != victim  # Ray restarted the actor and retried the batch on it
+
+
+def test_gpus_per_actor_follow_the_setting_and_the_clusters_gpus(ray_cfg: RayConfig) -> None:
+    """An explicit count wins; cpu asks none and cuda one; auto asks one only when the cluster has a GPU
+    (this local instance has none), decided without importing torch into the driver."""
+    from mm_platform.lib.compute.ray_pipeline import gpus_for
+
+    assert gpus_for(dataclasses.replace(ray_cfg, encoder_gpus=0.5), DeviceConfig(device="cuda")) == 0.5
+    assert gpus_for(ray_cfg, DeviceConfig(device="cpu")) == 0.0
+    assert gpus_for(ray_cfg, DeviceConfig(device="cuda:1")) == 1.0
+    assert gpus_for(ray_cfg, DeviceConfig(device="auto")) == float(ray.cluster_resources().get("GPU", 0) >= 1)

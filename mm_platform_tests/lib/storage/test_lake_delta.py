@@ -202,3 +202,64 @@ def test_lake_uri_settings_local_path_or_s3(tmp_path: Path, monkeypatch) -> None
     assert lake.remote and lake.table_uri("raw_text") == "s3://bucket/prefix/raw_text"
     monkeypatch.setenv("MM_LAKE_URI", str(tmp_path / "x"))
     assert not Lake(tmp_path / "d" / "lake").remote  # a local MM_LAKE_URI is resolved by Paths, not here
+
+
+# -- the per-process view database ---------------------------------------------------------------------
+
+
+def test_view_cursors_read_each_tables_newest_commit_and_pick_up_new_tables(tmp_path: Path) -> None:
+    """Cursors on the cached view database answer like a fresh ``register_views`` connection after every
+    write: an overwrite of a partition, a new partition, and a new SQL-model table."""
+    from mm_platform.lib.storage.views import register_views, view_cursor
+
+    lake = Lake(tmp_path / "lake")
+    lake.write_partition("raw_text", "b1", raw_text_df("b1", 1, 3))
+    first = view_cursor(lake)
+    assert first.execute("SELECT count(*), max(line_number) FROM raw_text_history").fetchone() == (3, 1)
+    lake.write_partition("raw_text", "b1", raw_text_df("b1", 2, 5))  # a transactional replace
+    lake.write_partition("raw_text", "b2", raw_text_df("b2", 3, 1))
+    assert first.execute("SELECT count(*), max(line_number) FROM raw_text_history").fetchone() == (6, 3)
+    lake.write_global("my_model", pl.DataFrame({"k": [1, 2]}))  # a SQL model's table appears
+    second = view_cursor(lake)
+    fresh = duckdb.connect()
+    register_views(fresh, lake)
+    try:
+        for sql in ("SELECT count(*) FROM my_model", "SELECT count(*) FROM raw_text",
+                    "SELECT count(*) FROM current_records"):
+            assert second.execute(sql).fetchone() == fresh.execute(sql).fetchone()
+        assert second.execute("SELECT sum(k) FROM my_model").fetchone() == (3,)
+    finally:
+        for c in (first, second, fresh):
+            c.close()
+
+
+def test_open_table_reuses_the_newest_snapshot_until_a_commit_lands(tmp_path: Path) -> None:
+    """The per-thread snapshot cache never serves a stale version: a new commit, a transactional replace, and
+    a table deleted and made again at the same path are all seen."""
+    from mm_platform.lib.storage import delta as delta_store
+
+    lake = Lake(tmp_path / "lake")
+    uri = lake.table_uri("raw_text")
+    lake.write_partition("raw_text", "b1", raw_text_df("b1", 1, 3))
+    first = delta_store.open_table(uri, None)
+    assert delta_store.open_table(uri, None) is first  # nothing changed: the same snapshot
+    lake.write_partition("raw_text", "b1", raw_text_df("b1", 2, 4))
+    second = delta_store.open_table(uri, None)
+    assert second is not first and second.version() == first.version() + 1
+    assert lake.read_table("raw_text")["line_number"].to_list() == [2] * 4
+    pinned = delta_store.open_table(uri, None, version=first.version())
+    assert pinned is not first and pinned.version() == first.version()
+    assert delta_store.open_table(uri, None) is second
+
+    def remake() -> None:  # in another thread (its own cache): delete the table, make it again up to version N
+        shutil.rmtree(lake.table_dir("raw_text"))
+        again = Lake(tmp_path / "lake")
+        for v in range(second.version()):  # version 0 is the empty table
+            again.write_partition("raw_text", "b9", raw_text_df("b9", 7, v + 1))
+
+    worker = threading.Thread(target=remake)
+    worker.start()
+    worker.join()
+    remade = delta_store.open_table(uri, None)
+    assert remade.version() == second.version() and remade is not second  # same version number, new table
+    assert lake.read_table("raw_text")["batch_id"].unique().to_list() == ["b9"]

@@ -414,3 +414,48 @@ def test_anchor_dimension_checks(anchored_data) -> None:  # type: ignore[no-unty
         AlignmentModel({"text": torch.nn.Linear(ANCHOR_DIM, ANCHOR_DIM)}, {"text": ANCHOR_DIM}, cfg)
     with pytest.raises(ValueError, match="dimension 16"):
         AlignmentModel({"text": torch.nn.Identity()}, {"text": 16}, cfg)
+
+
+# -- numpy inference ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hidden_dim", [64, 0])
+def test_numpy_projection_matches_the_torch_heads(data, hidden_dim: int) -> None:  # type: ignore[no-untyped-def]
+    """``project`` runs in numpy; it agrees with the torch forward the heads were trained with."""
+    from mm_platform.lib.vectors.shared_space import _forward, _make_head
+
+    blocks, _present, _labels = data
+    config = replace(FAST, hidden_dim=hidden_dim)
+    torch.manual_seed(hidden_dim)
+    heads = {m: _make_head(d, config).eval() for m, d in DIMS.items()}
+    model = AlignmentModel(heads, DIMS, config)
+    for m in DIMS:
+        X = blocks[m][:200]
+        with torch.no_grad():
+            want = _forward(heads[m], torch.from_numpy(X)).numpy()
+        got = model.project(m, X)
+        rows = np.linalg.norm(X, axis=1) > 0
+        np.testing.assert_allclose(got[rows], want[rows], atol=2e-6)
+        assert not got[~rows].any()
+
+
+def test_loading_and_projecting_a_saved_model_does_not_import_torch(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    model, _metrics = trained
+    path = model.save(tmp_path / "m.safetensors")
+    expected = model.project("text", np.ones((2, DIMS["text"]), dtype=np.float32))
+    np.save(tmp_path / "want.npy", expected)
+    code = (
+        "import sys, numpy as np\n"
+        "from mm_platform.lib.vectors.shared_space import AlignmentModel\n"
+        f"m = AlignmentModel.load({str(path)!r})\n"
+        f"got = m.project('text', np.ones((2, {DIMS['text']}), dtype=np.float32))\n"
+        f"assert np.array_equal(got, np.load({str(tmp_path / 'want.npy')!r}))\n"
+        f"assert m.version == {model.version!r}\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"

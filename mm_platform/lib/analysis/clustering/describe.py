@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from mm_platform.lib.analysis.clustering.base import _as_matrix, _unit_rows
+from mm_platform.lib.analysis.clustering.stop_words import ENGLISH_STOP_WORDS
 
 
 def is_missing_label(v: object) -> bool:
@@ -98,33 +100,41 @@ def top_terms(
     number of words per class and ``f_t`` the frequency of term t across all classes. Returns the ``n``
     best ``(term, score)`` per cluster (ties alphabetical); clusters without usable text get ``[]``.
     """
-    from sklearn.feature_extraction.text import CountVectorizer
-
     keys = list(texts_by_cluster)
     out: dict[int, list[tuple[str, float]]] = {c: [] for c in keys}
     docs = [" ".join(t for t in texts_by_cluster[c] if isinstance(t, str)) for c in keys]
-    if not keys or not any(d.strip() for d in docs):
+    counted = [Counter(_ngrams(d)) for d in docs]
+    terms = sorted(set().union(*counted))
+    if not terms:  # no text, or only stop words / one-letter tokens
         return out
-    vectorizer = CountVectorizer(stop_words="english", ngram_range=(1, 2), lowercase=True)
-    try:
-        counts = vectorizer.fit_transform(docs).astype(np.float64)
-    except ValueError:  # empty vocabulary: only stop words / one-letter tokens
-        return out
-    counts = counts.tocsr()  # (classes, terms), sparse: the bigram vocabulary can be large
-    terms = vectorizer.get_feature_names_out()
-    words_per_class = np.asarray(counts.sum(axis=1)).ravel()
+    column = {t: j for j, t in enumerate(terms)}
+    words_per_class = np.array([float(sum(c.values())) for c in counted])
     avg_words = float(words_per_class.mean())
-    term_freq = np.asarray(counts.sum(axis=0)).ravel()
+    term_freq = np.zeros(len(terms))
+    for c in counted:
+        for t, k in c.items():
+            term_freq[column[t]] += k
     idf = np.log(1.0 + avg_words / np.where(term_freq > 0, term_freq, 1.0))
     for row, c in enumerate(keys):
-        lo, hi = counts.indptr[row], counts.indptr[row + 1]
-        cols = counts.indices[lo:hi]
-        if cols.size == 0:
+        if not counted[row]:
             continue
-        scores = counts.data[lo:hi] / words_per_class[row] * idf[cols]
+        cols = np.fromiter((column[t] for t in counted[row]), dtype=np.int64, count=len(counted[row]))
+        scores = np.fromiter(counted[row].values(), dtype=np.float64, count=cols.size) / words_per_class[row] \
+            * idf[cols]
         ranked = sorted(range(cols.size), key=lambda j: (-scores[j], terms[cols[j]]))[:n]
-        out[c] = [(str(terms[cols[j]]), float(scores[j])) for j in ranked if scores[j] > 0]
+        out[c] = [(terms[cols[j]], float(scores[j])) for j in ranked if scores[j] > 0]
     return out
+
+
+#: scikit-learn's ``CountVectorizer`` default tokens: two or more word characters
+_TOKEN = re.compile(r"(?u)\b\w\w+\b")
+
+
+def _ngrams(doc: str) -> list[str]:
+    """The unigrams and bigrams ``CountVectorizer(stop_words="english", ngram_range=(1, 2))`` counts: lower-cased
+    tokens, stop words removed first, then each pair of neighbours left."""
+    words = [w for w in _TOKEN.findall(doc.lower()) if w not in ENGLISH_STOP_WORDS]
+    return words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
 
 
 def label_summary(labels: np.ndarray, truth: Sequence[str | None]) -> dict[int, dict[str, int]]:

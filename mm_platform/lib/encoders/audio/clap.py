@@ -11,12 +11,11 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from mm_platform.lib.device import DeviceConfig, OOMBackoff, autocast_context, resolve_device
+from mm_platform.lib.device import DeviceConfig, LazyModule, OOMBackoff, autocast_context, resolve_device
 from mm_platform.lib.encoders.audio.waveform import WaveformAudioEncoder, check_waveforms
 from mm_platform.lib.encoders.audio.weights import (
     _CLAP_CONFIG,
@@ -37,6 +36,11 @@ from mm_platform.lib.encoders.base import (
 )
 from mm_platform.lib.media import DEFAULT_MAX_AUDIO_BYTES
 from mm_platform.lib.media.audio import DEFAULT_MAX_AUDIO_SECONDS
+
+if TYPE_CHECKING:
+    import torch
+else:  # imported on first use (lib/device.py LazyModule)
+    torch = LazyModule("torch")
 
 logger = logging.getLogger(__name__)
 

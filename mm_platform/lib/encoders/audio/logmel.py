@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from mm_platform.lib.media.audio import DEFAULT_MAX_AUDIO_SECONDS
-from mm_platform.lib.device import DeviceConfig, OOMBackoff, resolve_device
+from mm_platform.lib.device import DeviceConfig, LazyModule, OOMBackoff, resolve_device
 from mm_platform.lib.encoders.audio.waveform import WaveformAudioEncoder, check_waveforms
 from mm_platform.lib.encoders.base import (
     ModelInfo,
@@ -20,6 +19,11 @@ from mm_platform.lib.encoders.base import (
     empty_vectors,
 )
 from mm_platform.lib.media import DEFAULT_MAX_AUDIO_BYTES
+
+if TYPE_CHECKING:
+    import torch
+else:  # imported on first use (lib/device.py LazyModule)
+    torch = LazyModule("torch")
 
 logger = logging.getLogger(__name__)
 

@@ -24,16 +24,24 @@ rows are used (seeded subsample), so fitting stays a few seconds; BLAS threads f
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from collections.abc import Mapping
 from dataclasses import replace
 
 import numpy as np
-import torch
 from threadpoolctl import threadpool_limits
-from torch import nn
 
+from mm_platform.lib.device import LazyModule
 from mm_platform.lib.vectors.shared_space.heads import AlignmentModel, _make_head
 from mm_platform.lib.vectors.shared_space.train import Split, train_threads
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:  # imported on first use (lib/device.py LazyModule)
+    torch = LazyModule("torch")
+    nn = LazyModule("torch.nn")
 
 #: Ridge strength relative to the mean eigenvalue of each modality's covariance.
 RIDGE_ALPHA = 0.1

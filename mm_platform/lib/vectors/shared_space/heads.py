@@ -17,16 +17,24 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.numpy import load_file, save_file
 
+from mm_platform.lib.device import LazyModule
 from mm_platform.lib.vectors.fusion import modality_order
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+else:  # imported on first use (lib/device.py LazyModule)
+    torch = LazyModule("torch")
+    F = LazyModule("torch.nn.functional")
+    nn = LazyModule("torch.nn")
+
 #: Format tag written into saved models; :meth:`AlignmentModel.load` refuses anything else.
 MODEL_FORMAT = "mm_platform.alignment/1"
 #: Metadata keys written by :meth:`AlignmentModel.save`; ``extra`` may not use them.
@@ -132,11 +140,37 @@ def _forward(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 
+def head_shapes(in_dim: int, config: AlignmentConfig) -> dict[str, tuple[int, ...]]:
+    """The tensors of one (non-anchor) head, by name, as :func:`_make_head` builds it."""
+    if config.hidden_dim > 0:
+        return {"0.weight": (config.hidden_dim, in_dim), "0.bias": (config.hidden_dim,),
+                "2.weight": (config.shared_dim, config.hidden_dim), "2.bias": (config.shared_dim,)}
+    return {"0.weight": (config.shared_dim, in_dim), "0.bias": (config.shared_dim,)}
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Rows divided by ``max(norm, 1e-12)``, like ``F.normalize(x, eps=1e-12)``."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _forward_numpy(weights: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """:func:`_forward` of a trained head in numpy (float64): ``Linear -> GELU (erf) -> Linear`` or ``Linear``,
+    dropout being the identity at inference. Agrees with the torch forward to float32 rounding."""
+    from scipy.special import erf
+
+    h = _unit(x) @ weights["0.weight"].T.astype(np.float64) + weights["0.bias"]
+    if "2.weight" in weights:
+        h = 0.5 * h * (1.0 + erf(h / math.sqrt(2.0)))
+        h = h @ weights["2.weight"].T.astype(np.float64) + weights["2.bias"]
+    return _unit(h)
+
+
 class AlignmentModel:
     """Trained projection heads, one per modality, into a shared ``shared_dim``-dimensional space.
 
     Modalities named in ``config.anchors`` must have an ``nn.Identity`` head and ``in_dims == shared_dim``;
-    they are listed in :attr:`anchors`.
+    they are listed in :attr:`anchors`. The model keeps its weights as float32 arrays and projects with
+    numpy: loading and using one (the refresh, search, the explorer) never imports torch; only training does.
     """
 
     def __init__(
@@ -148,22 +182,48 @@ class AlignmentModel:
     ) -> None:
         if not heads:
             raise ValueError("an alignment model needs at least one head")
-        if set(heads) != set(in_dims):
-            raise ValueError(f"heads {sorted(heads)} and in_dims {sorted(in_dims)} name different modalities")
-        self.modalities: tuple[str, ...] = modality_order(list(heads))
+        identity = {m: isinstance(h, nn.Identity) for m, h in heads.items()}
+        for m in heads:
+            if m in config.anchors and not identity[m]:
+                raise ValueError(f"anchor modality {m!r} needs an identity head, got {type(heads[m]).__name__}")
+        weights = {m: None if identity[m] else
+                   {name: t.detach().to("cpu", torch.float32).contiguous().numpy().copy()
+                    for name, t in heads[m].state_dict().items()}
+                   for m in heads}
+        self._setup(weights, in_dims, config, extra)
+
+    @classmethod
+    def from_weights(cls, weights: Mapping[str, Mapping[str, np.ndarray] | None], in_dims: Mapping[str, int],
+                     config: AlignmentConfig, extra: Mapping[str, str] | None = None) -> AlignmentModel:
+        """A model from float32 arrays per modality (``None`` for an anchor's identity head), without torch."""
+        model = cls.__new__(cls)
+        model._setup(weights, in_dims, config, extra)
+        return model
+
+    def _setup(self, weights: Mapping[str, Mapping[str, np.ndarray] | None], in_dims: Mapping[str, int],
+               config: AlignmentConfig, extra: Mapping[str, str] | None) -> None:
+        if not weights:
+            raise ValueError("an alignment model needs at least one head")
+        if set(weights) != set(in_dims):
+            raise ValueError(f"heads {sorted(weights)} and in_dims {sorted(in_dims)} name different modalities")
+        self.modalities: tuple[str, ...] = modality_order(list(weights))
         self.in_dims: dict[str, int] = {m: int(in_dims[m]) for m in self.modalities}
         self.config = config
         self.shared_dim = config.shared_dim
         self.extra: dict[str, str] = dict(extra or {})
         self.anchors: tuple[str, ...] = tuple(m for m in self.modalities if m in config.anchors)
         for m in self.anchors:
-            if not isinstance(heads[m], nn.Identity):
-                raise ValueError(f"anchor modality {m!r} needs an identity head, got {type(heads[m]).__name__}")
+            if weights[m] is not None:
+                raise ValueError(f"anchor modality {m!r} needs an identity head")
             if self.in_dims[m] != self.shared_dim:
                 raise ValueError(
                     f"anchor modality {m!r} has dimension {self.in_dims[m]}, the shared space {self.shared_dim}"
                 )
-        self._heads = nn.ModuleDict({m: heads[m] for m in self.modalities}).eval()
+        self._weights: dict[str, dict[str, np.ndarray] | None] = {
+            m: None if weights[m] is None else
+            {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in weights[m].items()}
+            for m in self.modalities
+        }
         self.version = self._compute_version()
 
     @property
@@ -173,28 +233,28 @@ class AlignmentModel:
 
     def n_parameters(self) -> int:
         """Number of trainable weights over all heads."""
-        return int(sum(p.numel() for p in self._heads.parameters()))
+        return int(sum(a.size for w in self._weights.values() if w for a in w.values()))
 
     def __repr__(self) -> str:
         return f"AlignmentModel(version={self.version!r}, modalities={self.modalities}, shared_dim={self.shared_dim})"
 
     # -- weights and version ------------------------------------------------------------------------
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """All weights as contiguous float32 arrays named ``<modality>.<param>`` (e.g. ``text.0.weight``)."""
+        return {f"{m}.{name}": a.copy() for m in self.modalities for name, a in (self._weights[m] or {}).items()}
+
     def tensors(self) -> dict[str, torch.Tensor]:
-        """All weights as contiguous float32 CPU tensors named ``<modality>.<param>`` (e.g. ``text.0.weight``)."""
-        out: dict[str, torch.Tensor] = {}
-        for m in self.modalities:
-            for name, t in self._heads[m].state_dict().items():
-                out[f"{m}.{name}"] = t.detach().to("cpu", torch.float32).contiguous().clone()
-        return out
+        """:meth:`arrays` as CPU torch tensors."""
+        return {name: torch.from_numpy(a) for name, a in self.arrays().items()}
 
     def _compute_version(self) -> str:
         """First 12 hex digits of sha256 over (name, shape, bytes) of every tensor, config JSON and in_dims."""
         h = hashlib.sha256()
-        for name, t in sorted(self.tensors().items()):
+        for name, a in sorted(self.arrays().items()):
             h.update(name.encode())
-            h.update(json.dumps(list(t.shape)).encode())
-            h.update(t.numpy().tobytes())
+            h.update(json.dumps(list(a.shape)).encode())
+            h.update(a.tobytes())
         h.update(self.config.to_json().encode())
         h.update(json.dumps(self.in_dims, sort_keys=True).encode())
         return h.hexdigest()[:12]
@@ -208,7 +268,7 @@ class AlignmentModel:
         (``x / np.linalg.norm(x)`` in float32). Raises ValueError on an unknown modality, a wrong shape or
         non-finite values.
         """
-        if modality not in self._heads:
+        if modality not in self._weights:
             raise ValueError(f"no alignment head for modality {modality!r} (have {list(self.modalities)})")
         arr = np.asarray(X, dtype=np.float32)
         if arr.ndim != 2 or arr.shape[1] != self.in_dims[modality]:
@@ -222,11 +282,10 @@ class AlignmentModel:
             sub = arr[rows]
             out[rows] = sub / np.linalg.norm(sub, axis=1, keepdims=True)
             return out
-        head = self._heads[modality]
-        with torch.no_grad():
-            for start in range(0, rows.size, _BLOCK):
-                idx = rows[start : start + _BLOCK]
-                out[idx] = _forward(head, torch.from_numpy(np.ascontiguousarray(arr[idx]))).numpy()
+        weights = self._weights[modality]
+        for start in range(0, rows.size, _BLOCK):
+            idx = rows[start : start + _BLOCK]
+            out[idx] = _forward_numpy(weights, arr[idx].astype(np.float64))
         return out
 
     # -- persistence ----------------------------------------------------------------------------------
@@ -257,7 +316,7 @@ class AlignmentModel:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
-            save_file(self.tensors(), tmp_name, metadata=metadata)
+            save_file(self.arrays(), tmp_name, metadata=metadata)
             os.replace(tmp_name, path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -274,7 +333,7 @@ class AlignmentModel:
         """
         path = Path(path)
         try:
-            with safe_open(str(path), framework="pt") as fh:
+            with safe_open(str(path), framework="np") as fh:
                 metadata = dict(fh.metadata() or {})
             tensors = load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types on bad headers
@@ -290,31 +349,30 @@ class AlignmentModel:
             raise ValueError(f"{path}: broken alignment metadata ({exc})") from exc
         if set(modalities) != set(in_dims):
             raise ValueError(f"{path}: modalities {modalities} do not match in_dims {sorted(in_dims)}")
-        heads: dict[str, nn.Module] = {}
+        weights: dict[str, dict[str, np.ndarray] | None] = {}
         used: set[str] = set()
         for m in modalities:
             if m in config.anchors:
-                heads[m] = nn.Identity()  # no tensors
+                weights[m] = None  # an identity head: no tensors
                 continue
-            head = _make_head(in_dims[m], config)
-            state = {}
-            for name in head.state_dict():
+            if config.hidden_dim < 0:
+                raise ValueError(f"{path}: hidden_dim is 'auto' (-1) in a saved model")
+            weights[m] = {}
+            for name, shape in head_shapes(in_dims[m], config).items():
                 key = f"{m}.{name}"
                 if key not in tensors:
                     raise ValueError(f"{path}: missing tensor {key!r}")
-                state[name] = tensors[key]
+                if tuple(tensors[key].shape) != shape:
+                    raise ValueError(f"{path}: tensors of {m!r} do not fit the config ({key} has shape "
+                                     f"{tuple(tensors[key].shape)}, the config wants {shape})")
+                weights[m][name] = tensors[key]
                 used.add(key)
-            try:
-                head.load_state_dict(state, strict=True)
-            except RuntimeError as exc:  # shape mismatch
-                raise ValueError(f"{path}: tensors of {m!r} do not fit the config ({exc})") from exc
-            heads[m] = head
         unexpected = sorted(set(tensors) - used)
         if unexpected:
             raise ValueError(f"{path}: unexpected tensors {unexpected[:5]}")
         extra = {k: v for k, v in metadata.items() if k not in RESERVED_METADATA}
         try:
-            model = cls(heads, in_dims, config, extra=extra)
+            model = cls.from_weights(weights, in_dims, config, extra=extra)
         except ValueError as exc:
             raise ValueError(f"{path}: inconsistent alignment model ({exc})") from exc
         if model.version != stored_version:

@@ -13,15 +13,12 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from itertools import combinations
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from mm_platform.lib.arrays import presence_mask, zero_nonfinite_rows
-from mm_platform.lib.device import step_threads
+from mm_platform.lib.device import LazyModule, step_threads
 from mm_platform.lib.vectors.fusion import modality_order
 from mm_platform.lib.vectors.shared_space.heads import (
     AUTO_HIDDEN,
@@ -31,6 +28,15 @@ from mm_platform.lib.vectors.shared_space.heads import (
     _make_head,
 )
 from mm_platform.lib.vectors.shared_space.recall import RECALL_KS, retrieval_recall
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+else:  # imported on first use (lib/device.py LazyModule)
+    torch = LazyModule("torch")
+    F = LazyModule("torch.nn.functional")
+    nn = LazyModule("torch.nn")
 
 #: Upper bound of torch intra-op threads while training (a fixed count keeps results reproducible).
 MAX_TRAIN_THREADS = 4
