@@ -54,12 +54,12 @@ def storage_options(uri: str, env: Mapping[str, str] | None = None) -> dict[str,
     return opts
 
 
-#: per thread (``.tables``: {(process, local table uri): (what ``_newest_commit`` saw, snapshot)}): the newest
+#: per thread (``.tables``: {(process, local table uri): (what ``newest_commit`` saw, snapshot)}): the newest
 #: snapshot opened. Per thread, because a deltalake table object is not meant to be shared between threads.
 _SNAPSHOTS = threading.local()
 
 
-def _newest_commit(uri: str) -> tuple[int, int, int] | None:
+def newest_commit(uri: str) -> tuple[int, int, int] | None:
     """(newest commit version, inode and mtime of commit 0) of a local table, from one directory listing; None
     when it cannot be told that cheaply (no such table, or commit 0 cleaned up after a checkpoint). Commit 0
     tells a table apart from one deleted and made again at the same path."""
@@ -85,7 +85,7 @@ def open_table(uri: str, opts: dict[str, str] | None, version: int | None = None
     commit in the log gets the same (never updated, so unchanging) snapshot back. Opening reads the whole log
     since the last checkpoint (2-4 ms) and one ingest opens tables about 400 times; listing the log, ~50 µs.
     """
-    seen = _newest_commit(uri) if version is None and not is_remote(uri) else None
+    seen = newest_commit(uri) if version is None and not is_remote(uri) else None
     key = (os.getpid(), uri)
     cache = getattr(_SNAPSHOTS, "tables", None)
     if cache is None:

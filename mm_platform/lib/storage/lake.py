@@ -122,6 +122,7 @@ class Lake:
                              "table location; choose a data dir (MM_DATA_DIR / MM_LAKE_URI) without them")
         self.storage_options = delta_store.storage_options(self.uri)
         self._ready = False
+        self._record_versions: tuple[tuple, pl.DataFrame] | None = None
 
     # -- layout -------------------------------------------------------------------------------------
     def table_uri(self, table: str) -> str:
@@ -391,6 +392,17 @@ class Lake:
         every modality was rejected is no version (it is in ``rejected_records``): a broken resend never
         hides the last good version.
         """
+        # the steps of one run ask for it ~20 times: kept until either table gets a commit (local lake)
+        key = tuple(delta_store.newest_commit(self.table_uri(t)) if not self.remote else None
+                    for t in ("raw_records", "aligned_records"))
+        if None not in key and self._record_versions is not None and self._record_versions[0] == key:
+            return self._record_versions[1]
+        out = self._read_record_versions()
+        if None not in key:
+            self._record_versions = (key, out)
+        return out
+
+    def _read_record_versions(self) -> pl.DataFrame:
         raw = self.read_table("raw_records").select("record_id", "batch_id", "line_number", "op", "landed_at")
         aligned = self.read_table("aligned_records").select("record_id", "batch_id")
         raw = pl.concat([

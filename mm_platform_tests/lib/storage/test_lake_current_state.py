@@ -149,6 +149,17 @@ def test_update_in_later_batch_supersedes(tmp_path: Path) -> None:
     assert q(con, "select * from record_deletions") == []
 
 
+def test_record_versions_are_kept_between_commits_and_follow_every_commit(tmp_path: Path) -> None:
+    """One Lake object (a run's) asked again gets the same frame; a landed batch is seen at once."""
+    lake = Lake(tmp_path)
+    land(lake, "b1", _at(0), {"r1": "upsert", "r2": "upsert"})
+    first = lake.record_versions()
+    assert lake.record_versions() is first
+    land(lake, "b2", _at(1), {"r1": "delete"})
+    assert keys(lake.current_records()) == {("r2", "b1")}
+    assert lake.record_versions() is not first and lake.record_versions().height == 3
+
+
 def test_delete_in_later_batch_removes_the_record_everywhere(tmp_path: Path) -> None:
     lake = Lake(tmp_path)
     land(lake, "b1", _at(0), {"r1": "upsert", "r2": "upsert"})
