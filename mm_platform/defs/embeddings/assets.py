@@ -14,8 +14,13 @@ from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import ComputeResource, EncodersResource, LandingResource, WarehouseResource
 from mm_platform.lib.encoders.base import ModelInfo
 from mm_platform.lib.storage.model_files import tabular_state_dir
-from mm_platform.lib.encoders.embedding_rows import embedding_frame, local_embedder, merge_with_cache, quarantine_failures
-from mm_platform.lib.storage.sqlquote import sql_identifier
+from mm_platform.lib.encoders.embedding_rows import (
+    embedding_frame,
+    local_embedder,
+    lookup_cached,
+    merge_with_cache,
+    quarantine_failures,
+)
 from mm_platform.lib.features.tabular import TABULAR_DIM, TabularEncoderState, encode_tabular, load_state
 from mm_platform.lib.storage.tables import empty_frame
 
@@ -40,12 +45,7 @@ def cached_vectors(warehouse: WarehouseResource, table: str, info: ModelInfo, ha
     if not hashes:
         return {}
     with warehouse.compute_connection() as con:
-        rows = con.execute(
-            f"SELECT content_sha256, any_value(embedding) FROM {sql_identifier(table + '_history')} "
-            "WHERE model = ? AND model_version = ? AND content_sha256 IN (SELECT unnest(?)) GROUP BY 1",
-            [info.model_id, info.model_version, sorted(set(hashes))],
-        ).fetchall()
-    return dict(rows)
+        return lookup_cached(con, table, info.model_id, info.model_version, hashes)
 
 
 def embed_with_cache(

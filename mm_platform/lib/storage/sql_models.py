@@ -163,7 +163,8 @@ def parse_dependencies(sql: str) -> frozenset[str]:
         ValueError: the SQL does not parse.
     """
     with _PARSER_LOCK:
-        raw = _parser_connection().execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchone()
+        # a literal, not a parameter: binding a parameter makes the duckdb module import pandas (0.3 s)
+        raw = _parser_connection().execute(f"SELECT json_serialize_sql({sql_literal(sql)})").fetchone()
     doc = json.loads(raw[0]) if raw and raw[0] else {"error": True, "error_type": "unknown"}
     if not doc.get("error"):
         out: set[str] = set()

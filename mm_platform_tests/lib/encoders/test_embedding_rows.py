@@ -56,3 +56,23 @@ def test_local_embedder_leaves_a_broken_file_out(tmp_path: Path) -> None:
     vectors = encode(src, [0, 1])
     assert vectors.shape == (2, 2) and vectors[0].tolist() == [1.0, 1.0]
     assert list(failures) == [1] and failures[1][0] == "corrupt_image" and vectors[1].tolist() == [0.0, 0.0]
+
+
+def test_cache_lookup_finds_this_models_vectors_as_literals_or_one_parameter(tmp_path, monkeypatch) -> None:
+    """Short lists go as literals (no pandas import in duckdb), long ones as one parameter: same answers,
+    only this model and version, one vector per content."""
+    import duckdb
+
+    from mm_platform.lib.encoders import embedding_rows
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE text_embeddings_history AS SELECT * FROM (VALUES "
+                "('h1', 'm', 'v1', [1.0, 0.0]), ('h1', 'm', 'v1', [1.0, 0.0]), ('h2', 'm', 'v2', [0.0, 1.0]), "
+                "('h''3', 'm', 'v1', [0.5, 0.5]), ('h4', 'other', 'v1', [9.0, 9.0])"
+                ") t(content_sha256, model, model_version, embedding)")
+    want = {"h1": [1.0, 0.0], "h'3": [0.5, 0.5]}
+    hashes = ["h1", "h2", "h'3", "h4", "h1", "nope"]
+    assert embedding_rows.lookup_cached(con, "text_embeddings", "m", "v1", hashes) == want
+    monkeypatch.setattr(embedding_rows, "SMALL_LOOKUP", 1)
+    assert embedding_rows.lookup_cached(con, "text_embeddings", "m", "v1", hashes) == want
+    assert embedding_rows.lookup_cached(con, "text_embeddings", "m", "v1", []) == {}
