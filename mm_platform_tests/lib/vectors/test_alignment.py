@@ -459,3 +459,13 @@ def test_loading_and_projecting_a_saved_model_does_not_import_torch(trained, tmp
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"
+
+
+def test_numpy_erf_is_within_float32_of_the_exact_one() -> None:
+    import math
+
+    from mm_platform.lib.vectors.shared_space.heads import erf
+
+    x = np.concatenate([np.linspace(-9, 9, 20001), [0.0, -0.0, 1e-9, -1e-9, 40.0, -40.0]])
+    exact = np.array([math.erf(v) for v in x])
+    assert np.abs(erf(x) - exact).max() < 2e-7
