@@ -108,10 +108,10 @@ def nothing_to_do(paths: Paths, env: Mapping[str, str] | None = None) -> bool:
     layer is fresh. (A change in what `auto` resolves to is picked
     up by the next ingest that has work, or by `ingest --force`.)"""
     lake = Lake(paths.lake_dir)
-    if lake.verify():  # a lake file differs from what was written (or is gone): ingest repairs it
-        return False
     done, request = ingested(lake), encoder_request_key(env)
     if any(batch_pending(b, done, request=request) for b in list_complete_batches(paths.landing_dir)):
+        return False  # work to do (the ingest verifies the lake itself: no need to here)
+    if lake.verify():  # a lake file differs from what was written (or is gone): ingest repairs it
         return False
     return not global_layer_stale(lake) and recluster_owed(lake) is None
 
