@@ -40,6 +40,7 @@ from mm_platform.lib.storage.qdrant_edge import (  # noqa: F401  (the edge backe
     _migrate_local_mode,
     clear_dirty_marker,
     dirty_collections,
+    dirty_marker_dims,
     is_local_mode_layout,
 )
 
@@ -207,10 +208,12 @@ class QdrantStore:
                 f"Qdrant collection {self.collection} at {self.path} was interrupted during an unlogged write "
                 "(dirty marker present); it is restored from the lake by the next `vector_points` run or "
                 "`mm-platform ingest`, or open it with a restore function")
-        try:
-            dims = e.vector_dims(self.collection)
-        except (OSError, ValueError):  # config unreadable: the restore creates the collection from its points
-            dims = {}
+        dims = dirty_marker_dims(self.path, self.collection)
+        if not dims:
+            try:
+                dims = e.vector_dims(self.collection)
+            except (OSError, ValueError):  # nothing readable: the restore creates the collection from its points
+                dims = {}
         log.warning("Qdrant collection %s: an unlogged write was interrupted; dropping it and restoring its "
                     "points from the lake", self.collection)
         e.delete_collection(self.collection)
@@ -467,7 +470,8 @@ def _edge_upsert_ops(chunk: list[PointData], split: bool) -> list[Any]:
     if split and len(chunk) > 1:
         first = payloads[0]
         shared = {k: v for k, v in first.items()
-                  if k != "record_id" and all(_same(q.get(k, _MISSING), v) for q in payloads[1:])}
+                  # a top-level None given to set_payload deletes the key: None stays per point (cheap anyway)
+                  if k != "record_id" and v is not None and all(_same(q.get(k, _MISSING), v) for q in payloads[1:])}
         if shared:
             payloads = [{k: v for k, v in q.items() if k not in shared} for q in payloads]
     ids = [point_uuid(p.record_id) for p in chunk]

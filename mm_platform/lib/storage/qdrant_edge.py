@@ -44,12 +44,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_dirty_marker(path: Path, collection: str) -> Path:
+def write_dirty_marker(path: Path, collection: str, dims: Mapping[str, int]) -> Path:
     """Durably mark ``collection`` as written without a WAL: the file and its directory entry are fsync'd
-    before the write starts, so after any crash the marker is on disk whenever the write may have begun."""
+    before the write starts, so after any crash the marker is on disk whenever the write may have begun. It
+    holds the collection's named vectors, so a restore can recreate it even if the shard's files are gone."""
     marker = path / f"{collection}{DIRTY_SUFFIX}"
     with open(marker, "w") as f:
-        f.write(json.dumps({"collection": collection, "pid": os.getpid(), "since": time.time()}))
+        f.write(json.dumps({"collection": collection, "vectors": dict(dims), "pid": os.getpid(),
+                            "since": time.time()}))
         f.flush()
         os.fsync(f.fileno())
     _fsync_dir(path)
@@ -61,6 +63,15 @@ def dirty_collections(path: Path) -> list[str]:
     if not path.is_dir():
         return []
     return sorted(p.name[: -len(DIRTY_SUFFIX)] for p in path.iterdir() if p.name.endswith(DIRTY_SUFFIX))
+
+
+def dirty_marker_dims(path: Path, collection: str) -> dict[str, int]:
+    """The named vectors recorded in the collection's dirty marker ({} when absent or unreadable)."""
+    try:
+        vectors = json.loads((path / f"{collection}{DIRTY_SUFFIX}").read_text()).get("vectors") or {}
+        return {str(k): int(v) for k, v in vectors.items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
 
 
 def clear_dirty_marker(path: Path, collection: str) -> None:
@@ -139,7 +150,7 @@ class _EdgeBackend:
             return
         mine = not (self.path / f"{collection}{DIRTY_SUFFIX}").exists()
         if mine:
-            write_dirty_marker(self.path, collection)
+            write_dirty_marker(self.path, collection, self.vector_dims(collection))
         yield
         self.shard(collection).flush()
         if mine:
@@ -171,7 +182,7 @@ class _EdgeBackend:
         wal = bool(cfg.wal_enabled)
         mine = not wal and not (self.path / f"{collection}{DIRTY_SUFFIX}").exists()
         if mine:  # a crash before the first flush leaves a marker: the half-made collection is made again
-            write_dirty_marker(self.path, collection)
+            write_dirty_marker(self.path, collection, dims)
         shard = self._shards[collection] = qe.EdgeShard.create(str(self._dir(collection)), cfg)
         self._wal[collection] = wal
         # payload indexes: filtered HNSW search needs them (without, recall@10 under a 10% batch_id
