@@ -99,6 +99,7 @@ class _EdgeBackend:
         self._shards: dict[str, Any] = {}
         self._dirty: set[str] = set()
         self._wal: dict[str, bool] = {}
+        self._failed: set[str] = set()  # collections whose last engine update raised
 
     def try_lock(self) -> bool:
         fd = os.open(self.path / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -116,7 +117,11 @@ class _EdgeBackend:
             for name, shard in self._shards.items():
                 with self.unlogged(name, active=name in self._dirty):
                     if name in self._dirty:
-                        shard.optimize()
+                        try:
+                            shard.optimize()
+                        except BaseException:
+                            self._failed.add(name)  # e.g. no disk for the optimizer's copy: not trusted
+                            raise
                     shard.flush()
                 shard.close()
         finally:
@@ -143,15 +148,27 @@ class _EdgeBackend:
     @contextmanager
     def unlogged(self, collection: str, active: bool = True) -> Iterator[None]:
         """Bracket writes to a collection without a WAL: durable dirty marker, the writes, ``flush()``, marker
-        removed. A marker left behind (crash, kill, error) makes the next open drop the collection and restore
-        it from the lake. A marker that was already there (a restore in progress) is left to its owner."""
+        removed. A marker left behind (the process died, or the engine itself failed during the write) makes
+        the next open drop the collection and restore it from the lake. An exception raised between engine
+        calls (bad input from the caller's iterator, SIGTERM/KeyboardInterrupt: Python runs signal handlers
+        only after ``update`` returns) leaves the shard consistent: it is flushed and the marker removed, as a
+        logged partial write would be. A marker that was already there (a restore in progress) is left to its
+        owner."""
         if not active or not self.exists(collection) or self.wal_enabled(collection):
             yield
             return
         mine = not (self.path / f"{collection}{DIRTY_SUFFIX}").exists()
         if mine:
             write_dirty_marker(self.path, collection, self.vector_dims(collection))
-        yield
+        self._failed.discard(collection)
+        try:
+            yield
+        except BaseException:
+            if collection not in self._failed:
+                self.shard(collection).flush()
+                if mine:
+                    clear_dirty_marker(self.path, collection)
+            raise
         self.shard(collection).flush()
         if mine:
             clear_dirty_marker(self.path, collection)
@@ -195,8 +212,12 @@ class _EdgeBackend:
             clear_dirty_marker(self.path, collection)
 
     def update(self, collection: str, op: Any) -> None:
-        self.shard(collection).update(op)
         self._dirty.add(collection)
+        try:
+            self.shard(collection).update(op)
+        except BaseException:
+            self._failed.add(collection)  # the engine failed mid-write: its state is not trusted (marker kept)
+            raise
 
 
 #: int8 candidates, then the best ``oversampling x k`` rescored on the original vectors: recall@10 1.000 against

@@ -182,18 +182,37 @@ def test_sigkill_during_unlogged_upsert_is_detected_and_restored(tmp_path: Path,
         assert store.count() == 400 and store.restored is None
 
 
+def bad_point() -> PointData:
+    return PointData("bad", {"text": np.ones(3, dtype=np.float32), "fused": np.ones(16, dtype=np.float32)})
+
+
+def test_error_between_engine_calls_flushes_and_clears_the_marker(tmp_path: Path) -> None:
+    """An exception from the caller's points (or SIGTERM's KeyboardInterrupt, raised only once ``update``
+    returned) leaves a consistent shard: what was written is flushed, no restore is owed."""
+    qpath = tmp_path / "qdrant"
+    source = source_points(100)
+
+    def broken() -> Iterator[PointData]:
+        yield from source[:60]
+        raise KeyboardInterrupt
+
+    with QdrantStore("records", path=qpath, open_timeout_s=1, upsert_chunk=16) as store:
+        store.ensure_collection(DIMS)
+        with pytest.raises(KeyboardInterrupt):
+            store.upsert(broken())
+        assert not marker(qpath).exists()
+    with QdrantStore("records", path=qpath, open_timeout_s=1) as store:
+        assert store.restored is None and store.count() == 48  # the 3 whole chunks that reached the engine
+
+
 def test_failed_restore_keeps_the_marker_and_retries(tmp_path: Path) -> None:
     qpath = tmp_path / "qdrant"
     source = source_points(50)
 
-    def broken() -> Iterator[PointData]:
-        yield from source[:20]
-        raise OSError("lake unreachable")
-
-    with QdrantStore("records", path=qpath, open_timeout_s=1) as store:
+    with QdrantStore("records", path=qpath, open_timeout_s=1, upsert_chunk=16) as store:
         store.ensure_collection(DIMS)
-        with pytest.raises(OSError):
-            store.upsert(broken())  # an error inside an unlogged write: the marker stays
+        with pytest.raises(Exception, match="dimension"):
+            store.upsert([*source[:20], bad_point()])  # the engine fails mid-write: its state is not trusted
     assert marker(qpath).exists()
 
     def failing_restore(store: QdrantStore) -> int:

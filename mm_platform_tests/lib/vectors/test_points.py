@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 
 from mm_platform.lib.vectors.batch_vectors import embedding_matrix, modality_dims
 from mm_platform.lib.storage.lake import ALL_TABLES
-from mm_platform.lib.storage.qdrant import DIRTY_SUFFIX, QdrantStore, point_id
+from mm_platform.lib.storage.qdrant import DIRTY_SUFFIX, PointData, QdrantStore, point_id
 from mm_platform.lib.vectors.points import (
     batch_frame,
     build_points,
@@ -103,15 +104,10 @@ def test_an_interrupted_unlogged_write_is_restored_from_the_lake(tmp_path: Path,
     _second_batch(lake, fused_dim=dims["fused"])
     b2 = plan_points(lake, "b2")
 
-    def dies_midway():
-        yield from b2.points
-        raise KeyboardInterrupt  # the step is stopped in the middle of its unlogged write
-
+    bad = PointData("bad", {"fused": np.ones(3, dtype=np.float32)})  # the engine fails in the middle of the write
     with QdrantStore("records", path=qpath) as store:
-        try:
-            store.upsert(dies_midway())
-        except KeyboardInterrupt:
-            pass
+        with pytest.raises(Exception, match="dimension"):
+            store.upsert([*b2.points, bad])
     assert (qpath / f"records{DIRTY_SUFFIX}").exists()
     lake.write_partition("vector_points", "b2", ledger_frame(b2.points, "b2", "records", "sha", NOW))
 
