@@ -219,7 +219,11 @@ class QdrantStore:
         e.delete_collection(self.collection)
         if dims:
             e.create_collection(self.collection, dims)
-        self.restored = int(self.restore(self))
+        try:
+            self.restored = int(self.restore(self))
+        except BaseException:
+            e._dirty.discard(self.collection)  # no HNSW build on close for a half restore: it is redone anyway
+            raise
         if e.exists(self.collection):
             e.shard(self.collection).flush()
         clear_dirty_marker(self.path, self.collection)
