@@ -10,6 +10,16 @@ Local mode scans every point per query; for sizes above --local-max it is not ru
 extrapolated linearly from the largest measured size (printed as such).
 
     python bench/bench_vector_index.py [--sizes 20000,100000] [--local-max 2000] [--dim 1928] [--queries 50]
+        [--wal off,on] [--payload full|minimal] [--no-search]
+
+``--wal`` runs edge once per ``MM_QDRANT_WAL`` value: ``off`` (the default: unlogged writes bracketed by the
+dirty marker, flushed at the end of each upsert call) and/or ``on`` (write-ahead log), so both paths are
+measured in the same run. ``--payload full`` (default) gives every point a payload shaped like the one
+``vector_points`` writes (12 keys: batch_id, label, cluster_id, timestamp, modalities, models, fusion, text,
+image_uri, audio_uri, entity_id, record_id); ``minimal`` only batch_id (what this bench used before).
+``upsert pts/s`` is the time inside ``QdrantStore.upsert``; ``+flush pts/s`` adds a final ``flush()`` (the
+logged path otherwise flushes only on close), i.e. the rate at which points are durable without a WAL.
+``--no-search`` stops after the upsert: no HNSW build, no searches, no exact neighbours (for 1M upserts).
 
 1,000,000 points is opt-in (``--sizes ...,1000000``): ~8 GB of vectors on disk, and the HNSW build took
 296 s for 100k points on 2 shared cores, so expect most of an hour there; skipped when memory is short.
@@ -68,24 +78,53 @@ def exact_top10(n: int, dim: int, q: np.ndarray, batch: str | None) -> list[set[
     return [{f"r{i}" for i in row} for row in best_i]
 
 
-def run(backend: str, n: int, dim: int, q: np.ndarray, root: Path, quant: str = "") -> dict:
-    """One backend at one size; ``quant`` sets MM_QDRANT_QUANTIZATION for the edge collection."""
+def payload(i: int, full: bool) -> dict:
+    """The point's payload: only batch_id, or shaped like ``lib/vectors/points.build_points``'s."""
+    batch = f"b{i % N_BATCHES}"
+    if not full:
+        return {"batch_id": batch}
+    return {"batch_id": batch, "label": f"label{i % 17}", "cluster_id": i % 50, "timestamp": None,
+            "modalities": ["text", "image", "audio", "tabular"],
+            "models": {"text": "all-MiniLM-L6-v2@abc123", "image": "efficientnet-lite0@def456",
+                       "audio": "logmel@1", "tabular": "tabular@1"},
+            "fusion": "early:text=1,image=1,audio=1,tabular=1",
+            "text": f"record {i}: a short description of the item, as the text preview keeps up to 300 chars",
+            "image_uri": f"file:///data/landing/{batch}/images/{i}.png", "audio_uri": None, "entity_id": None}
+
+
+def run(backend: str, n: int, dim: int, q: np.ndarray, root: Path, quant: str = "", wal: str = "",
+        full_payload: bool = True, search: bool = True) -> dict:
+    """One backend at one size; ``quant`` sets MM_QDRANT_QUANTIZATION and ``wal`` MM_QDRANT_WAL for the edge
+    collection."""
     if quant:
         os.environ["MM_QDRANT_QUANTIZATION"] = quant
+    if wal:
+        os.environ["MM_QDRANT_WAL"] = wal
     path = root / f"{backend}-{n}"
     t_upsert = 0.0  # time inside QdrantStore.upsert only (not the synthetic data generation)
     with QdrantStore("bench", path=path, backend=backend, open_timeout_s=5) as s:
         s.ensure_collection({"fused": dim})
         for start, block in corpus_chunks(n, dim):
-            pts = [PointData(f"r{start + j}", {"fused": v}, {"batch_id": f"b{(start + j) % N_BATCHES}"})
+            pts = [PointData(f"r{start + j}", {"fused": v}, payload(start + j, full_payload))
                    for j, v in enumerate(block)]
             t = time.perf_counter()
             s.upsert(pts)
             t_upsert += time.perf_counter() - t
+        t = time.perf_counter()
+        if backend == "edge":
+            s.client.shard("bench").flush()
+            if not search:  # bench only: skip the HNSW build that close() runs for a written collection
+                s.client._dirty.clear()
+        t_flush = time.perf_counter() - t
         t_close = time.perf_counter()
     build_s = time.perf_counter() - t_close  # close: edge optimises (HNSW) and flushes
-    out = {"backend": f"{backend}/{quant}" if quant else backend, "n": n, "upsert_pts_s": n / t_upsert if t_upsert else 0.0,
-           "build_s": build_s}
+    name = "/".join([backend, *([quant] if quant else []), *([f"wal-{wal}"] if wal else [])])
+    out = {"backend": name, "n": n, "upsert_pts_s": n / t_upsert if t_upsert else 0.0,
+           "durable_pts_s": n / (t_upsert + t_flush) if t_upsert else 0.0, "build_s": build_s,
+           "load": os.getloadavg()[0]}
+    if not search:
+        shutil.rmtree(path, ignore_errors=True)
+        return out
     with QdrantStore("bench", path=path, backend=backend, open_timeout_s=5) as s:
         assert s.count() == n
         for label, where in (("", None), ("_filter", {"batch_id": "b3"})):
@@ -121,6 +160,9 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=1928)
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--quantization", default="int8", help="edge runs, comma-separated: int8,none")
+    ap.add_argument("--wal", default="off,on", help="edge runs, comma-separated MM_QDRANT_WAL values: off,on")
+    ap.add_argument("--payload", choices=("full", "minimal"), default="full")
+    ap.add_argument("--no-search", action="store_true", help="upsert only: no HNSW build, searches or recall")
     ap.add_argument("--skip-memory-check", action="store_true",
                     help="run sizes the float32 estimate (vectors + HNSW + copies) says may not fit (int8 needs less)")
     args = ap.parse_args()
@@ -131,26 +173,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-vi-") as tmp:
         root = Path(tmp)
         local_sizes = sorted({min(args.local_max, n) for n in sizes} - {0})
+        full, search = args.payload == "full", not args.no_search
         for n in local_sizes:
-            rows.append(run("local", n, args.dim, q, root))
+            rows.append(run("local", n, args.dim, q, root, full_payload=full, search=search))
             print(rows[-1], flush=True)
         for n in sizes:
-            need = n * args.dim * 4 * 2.5 / 1024**3  # vectors + HNSW + WAL/segment copies during optimise
+            need = n * args.dim * 4 * (2.5 if search else 1.2) / 1024**3  # vectors + HNSW + copies in optimise
             if need > free_gb() - 2 and not args.skip_memory_check:
                 print(f"SKIP edge n={n}: needs ~{need:.1f} GB, {free_gb():.1f} GB available", flush=True)
                 continue
             for quant in args.quantization.split(","):
-                rows.append(run("edge", n, args.dim, q, root, quant.strip()))
-                print(rows[-1], flush=True)
-    print(f"\n| backend | points | upsert pts/s | index build s | p50 ms | p95 ms | p50 filter ms | p95 filter ms "
-          f"| recall@10 | recall@10 filter |   (dim {args.dim}, {args.queries} queries)")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+                for wal in args.wal.split(","):
+                    rows.append(run("edge", n, args.dim, q, root, quant.strip(), wal.strip(), full, search))
+                    print(rows[-1], flush=True)
+    print(f"\n| backend | points | upsert pts/s | +flush pts/s | load | index build s | p50 ms | p95 ms | p50 filter ms "
+          f"| p95 filter ms | recall@10 | recall@10 filter |   (dim {args.dim}, {args.queries} queries, "
+          f"payload {args.payload})")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['backend']} | {r['n']:,} | {r['upsert_pts_s']:,.0f} | {r['build_s']:.1f} | {r['p50']:.1f} | "
-              f"{r['p95']:.1f} | {r['p50_filter']:.1f} | {r['p95_filter']:.1f} | {r['recall']:.3f} | "
-              f"{r['recall_filter']:.3f} |")
+        tail = (f"{r['build_s']:.1f} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p50_filter']:.1f} | "
+                f"{r['p95_filter']:.1f} | {r['recall']:.3f} | {r['recall_filter']:.3f}") if "p50" in r else \
+            "not run (--no-search) | | | | | |"
+        print(f"| {r['backend']} | {r['n']:,} | {r['upsert_pts_s']:,.0f} | {r['durable_pts_s']:,.0f} | "
+              f"{r['load']:.1f} | {tail} |")
+    by = {(r["n"], r["backend"]): r for r in rows}
+    for (n, name), r in by.items():
+        if "wal-off" in name and (n, name.replace("wal-off", "wal-on")) in by:
+            on = by[(n, name.replace("wal-off", "wal-on"))]
+            print(f"ratio at {n:,}: upsert unlogged/logged {r['upsert_pts_s'] / on['upsert_pts_s']:.2f}x, "
+                  f"durable (+flush) {r['durable_pts_s'] / on['durable_pts_s']:.2f}x")
     local = [r for r in rows if r["backend"] == "local" and r["n"] > 0]  # --local-max 0: none
-    if local:
+    if local and "p50" in local[0]:
         big = max(local, key=lambda r: r["n"])
         for n in sizes:
             if n > big["n"]:
@@ -161,8 +214,9 @@ def main() -> None:
         if r["backend"].startswith("edge"):
             for lr in local:
                 if lr["n"] == r["n"]:
-                    print(f"ratio at {r['n']:,}: upsert edge/local {r['upsert_pts_s'] / lr['upsert_pts_s']:.1f}x, "
-                          f"search p50 local/edge {lr['p50'] / r['p50']:.1f}x")
+                    if "p50" in r and "p50" in lr:
+                        print(f"ratio at {r['n']:,}: upsert edge/local {r['upsert_pts_s'] / lr['upsert_pts_s']:.1f}x,"
+                              f" search p50 local/edge {lr['p50'] / r['p50']:.1f}x")
 
 
 if __name__ == "__main__":

@@ -223,7 +223,16 @@ def _qdrant_store_from_env(paths: Paths):
 
     url = setting("QDRANT_URL")
     return QdrantStore(collection=setting("MM_QDRANT_COLLECTION"), path=None if url else paths.qdrant_path,
-                       url=url or None, api_key=setting("QDRANT_API_KEY") or None, open_timeout_s=5)
+                       url=url or None, api_key=setting("QDRANT_API_KEY") or None, open_timeout_s=5,
+                       restore=lambda store: _restore_from_lake(paths, store))
+
+
+def _restore_from_lake(paths: Paths, store: Any) -> int:
+    """Refill a collection whose unlogged write was interrupted from the lake (runs only then)."""
+    from mm_platform.lib.storage.lake import Lake
+    from mm_platform.lib.vectors.points import restore_points
+
+    return restore_points(Lake(paths.lake_dir), store)
 
 
 def status_report(paths: Paths, qdrant: Any = None) -> dict[str, Any]:

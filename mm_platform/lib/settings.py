@@ -70,6 +70,9 @@ SETTINGS: tuple[Setting, ...] = tuple([
         ("MM_QDRANT_BACKEND", "edge", "embedded Qdrant engine: edge (qdrant-edge, HNSW) | local (qdrant-client local mode)"),
         ("MM_QDRANT_QUANTIZATION", "int8", "qdrant-edge collections created from now on: int8 (scalar quantization in RAM, "
          "searches rescored on the original vectors) | none"),
+        ("MM_QDRANT_WAL", "off", "qdrant-edge collections created from now on: off (no write-ahead log, ~2x faster "
+         "upserts; each write is bracketed by a flushed dirty marker and an interrupted one is restored from the "
+         "lake) | on (write-ahead log)"),
         ("QDRANT_URL", "", "Qdrant server URL; when set it replaces the embedded store"),
         ("QDRANT_API_KEY", "", "Qdrant server API key"),
         ("MM_QDRANT_COLLECTION", "mm_records", "Qdrant collection")),
@@ -141,6 +144,7 @@ KINDS: dict[str, str | tuple[str, ...]] = {
     **dict.fromkeys(("MM_LAKE_VACUUM_RETENTION_HOURS", "MM_SERVE_QDRANT_IDLE_S", "MM_DBSCAN_EPS"), "float"),
     "MM_QDRANT_BACKEND": ("edge", "local"),
     "MM_QDRANT_QUANTIZATION": ("int8", "none"),
+    "MM_QDRANT_WAL": ("off", "on"),
     "MM_MODEL_PROFILE": ("auto", "offline", "clip"),
     "MM_DEVICE": ("auto", "cpu", "cuda", "cuda:N"),
     "MM_PRECISION": ("fp32", "fp16", "bf16"),

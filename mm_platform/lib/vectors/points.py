@@ -16,7 +16,7 @@ import polars as pl
 from mm_platform.lib.vectors.batch_vectors import modality_dims
 from mm_platform.lib.vectors.corpus import EMBEDDING_TABLES
 from mm_platform.lib.storage.lake import Lake
-from mm_platform.lib.storage.qdrant import PointData, point_id
+from mm_platform.lib.storage.qdrant import PointData, QdrantStore, point_id
 from mm_platform.lib.arrays import embedding_matrix
 
 TEXT_PREVIEW_CHARS = 300
@@ -140,3 +140,28 @@ def plan_points(lake: Lake, batch_id: str) -> PointsPlan:
     removed = sorted((gone - set(owner)) | delete_ids)
 
     return PointsPlan(points, fallback, removed, upsert_ids, delete_ids)
+
+
+def restore_points(lake: Lake, store: QdrantStore) -> int:
+    """Upsert every current point again from the lake, the source of truth, into an open ``store`` (a
+    collection dropped after an interrupted unlogged write): for each batch whose ``vector_points`` ran, the
+    points of the records whose current version it holds, built like ``vector_points`` builds them (cluster
+    ids from the current clusters, as ``qdrant_cluster_payloads`` sets them). A batch whose ``vector_points``
+    has not run yet brings its points when it runs. Returns the number of points written."""
+    current = lake.record_versions().filter(pl.col("is_current") & (pl.col("op") == "upsert"))
+    cluster_of = dict(lake.current_clusters().select("record_id", "cluster_id").iter_rows())
+    n = 0
+    for batch_id in sorted(lake.partitions("vector_points")):
+        ids = set(current.filter(pl.col("batch_id") == batch_id)["record_id"].to_list())
+        points = build_points(lake, batch_id, ids, cluster_of)
+        if not points:
+            continue
+        # dims of the dropped collection when its config was readable (the usual case), else from the points
+        store.ensure_collection({k: len(v) for k, v in points[0].vectors.items()} if not store.exists() else {})
+        n += store.upsert(points)
+    return n
+
+
+def lake_restore(lake: Lake) -> Callable[[QdrantStore], int]:
+    """The ``restore`` of a :class:`QdrantStore` whose source of truth is ``lake``."""
+    return lambda store: restore_points(lake, store)

@@ -8,17 +8,26 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 
 from mm_platform.lib.vectors.batch_vectors import embedding_matrix, modality_dims
 from mm_platform.lib.storage.lake import ALL_TABLES
-from mm_platform.lib.vectors.points import batch_frame, ledger_frame, plan_points, vector_dims
+from mm_platform.lib.storage.qdrant import DIRTY_SUFFIX, PointData, QdrantStore, point_id
+from mm_platform.lib.vectors.points import (
+    batch_frame,
+    build_points,
+    lake_restore,
+    ledger_frame,
+    plan_points,
+    vector_dims,
+)
 from mm_platform.lib.arrays import matrix_series
 from mm_platform_tests.lib.analysis.test_recluster import LANDED, _frame, _lake
 
 NOW = datetime(2024, 3, 2, tzinfo=UTC)
 
 
-def _second_batch(lake) -> None:
+def _second_batch(lake, fused_dim: int = 8) -> None:
     """b2, landed later: a new version of r00 and a delete of r01."""
     later = LANDED + timedelta(hours=1)
     lake.write_partition("raw_records", "b2", _frame("raw_records", {
@@ -32,7 +41,7 @@ def _second_batch(lake) -> None:
         "embedding": vec}))
     lake.write_partition("fused_vectors", "b2", _frame("fused_vectors", {
         "record_id": ["r00"], "batch_id": ["b2"], "fusion": ["early:text=1"], "modalities": [["text"]],
-        "dim": [8], "embedding": vec}))
+        "dim": [fused_dim], "embedding": matrix_series(np.eye(1, fused_dim, dtype=np.float32))}))
 
 
 def test_points_of_a_batch_follow_the_current_versions(tmp_path: Path) -> None:
@@ -77,3 +86,41 @@ def test_modality_dims_and_empty_matrices() -> None:
                                                                          "dim": pl.Int32})
     assert embedding_matrix(full, 5).shape == (1, 2)
     assert modality_dims({"text": full, "image": empty}, lambda m: 7) == {"text": 2, "image": 7}
+
+
+def test_an_interrupted_unlogged_write_is_restored_from_the_lake(tmp_path: Path, monkeypatch) -> None:
+    """The store's source of truth is the lake: after an unlogged write died, the next open drops the collection
+    and upserts every current point again (r00 from b2, r01 deleted, the rest from b1), nothing else."""
+    monkeypatch.setenv("MM_QDRANT_BACKEND", "edge")
+    monkeypatch.setenv("MM_QDRANT_WAL", "off")
+    lake = _lake(tmp_path)
+    qpath = tmp_path / "qdrant"
+    b1 = plan_points(lake, "b1")
+    dims = vector_dims(lake, lambda m: 32, "b1")
+    with QdrantStore("records", path=qpath) as store:
+        store.ensure_collection(dims)
+        store.upsert(b1.points)
+    lake.write_partition("vector_points", "b1", ledger_frame(b1.points, "b1", "records", "sha", NOW))
+    _second_batch(lake, fused_dim=dims["fused"])
+    b2 = plan_points(lake, "b2")
+
+    bad = PointData("bad", {"fused": np.ones(3, dtype=np.float32)})  # the engine fails in the middle of the write
+    with QdrantStore("records", path=qpath) as store:
+        with pytest.raises(Exception, match="dimension"):
+            store.upsert([*b2.points, bad])
+    assert (qpath / f"records{DIRTY_SUFFIX}").exists()
+    lake.write_partition("vector_points", "b2", ledger_frame(b2.points, "b2", "records", "sha", NOW))
+
+    with QdrantStore("records", path=qpath, restore=lake_restore(lake)) as store:
+        assert store.restored == 23 and store.count() == 23 and store.vector_dims() == dims
+        want = {p.record_id: p for p in build_points(lake, "b1", {f"r{i:02d}" for i in range(2, 24)}, {})
+                + build_points(lake, "b2", {"r00"}, {})}
+        got = store.retrieve(sorted(want) + ["r01"], with_vectors=True)
+        assert set(got) == set(want)
+        for rid, p in want.items():
+            assert str(got[rid].id) == point_id(rid)
+            assert got[rid].payload == {**p.payload, "record_id": rid}
+            assert set(got[rid].vector) == set(p.vectors)
+        hit = store.search(want["r05"].vectors["fused"], "fused", k=1)[0]
+        assert hit.record_id == "r05" and hit.payload["batch_id"] == "b1"
+    assert not (qpath / f"records{DIRTY_SUFFIX}").exists()
