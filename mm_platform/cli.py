@@ -187,7 +187,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with _resources() as res:
         encoders = res.encoders.encoders
         shared = SharedSpace.from_lake(res.warehouse.lake)
-        with res.qdrant.store() as store:
+        with res.qdrant.store(res.warehouse.lake) as store:
             for query in DEMO_QUERIES[:1]:
                 native = encoders.shares_space("text", "image")
                 mapping = getattr(getattr(shared, "model", None), "mapping", "heads")

@@ -157,7 +157,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 from mm_platform.lib.features.tabular import load_state
 
                 state = load_state(tabular_state_dir(lake))
-            with res.qdrant.store() as store:
+            with res.qdrant.store(lake) as store:
                 hits = search(store, res.encoders.encoders, text=args.text, image=args.image, audio=args.audio,
                               fields=args.fields, tabular_state=state, modality=args.modality, k=args.k,
                               shared=SharedSpace.from_lake(lake))

@@ -113,12 +113,20 @@ class QdrantResource(dg.ConfigurableResource):
     open_timeout_s: float = 120.0
     backend: str = _default("MM_QDRANT_BACKEND")  # embedded engine: edge | local
 
-    def store(self) -> QdrantStore:
-        return QdrantStore(
+    def store(self, lake: Lake | None = None) -> QdrantStore:
+        """A store to open (``with``). Given the ``lake``, an embedded collection whose unlogged write was
+        interrupted is restored from it on open (``lib/vectors/points.restore_points``); without, such a
+        collection raises ``QdrantNeedsRestore`` and waits for an opener that has the lake."""
+        store = QdrantStore(
             collection=self.collection, path=None if self.url else self.path, url=self.url or None,
             api_key=self.api_key or None, open_timeout_s=self.open_timeout_s,
             backend=self.backend,
         )
+        if lake is not None:
+            from mm_platform.lib.vectors.points import lake_restore
+
+            store.restore = lake_restore(lake)
+        return store
 
 
 class TorchDeviceResource(dg.ConfigurableResource):

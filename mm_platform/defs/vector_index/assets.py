@@ -10,7 +10,7 @@ from mm_platform.defs.metadata import preview
 from mm_platform.defs.partitions import batches_partitions
 from mm_platform.defs.resources import EncodersResource, LandingResource, QdrantResource, WarehouseResource
 from mm_platform.lib.storage.qdrant_payloads import sync_payloads
-from mm_platform.lib.vectors.points import batch_frame, lake_restore, ledger_frame, plan_points, vector_dims
+from mm_platform.lib.vectors.points import batch_frame, ledger_frame, plan_points, vector_dims
 
 QDRANT_POOL = "qdrant"
 VECTOR_POINTS_DEPS = [dg.AssetKey(k) for k in (
@@ -49,9 +49,7 @@ def vector_points(
     upsert_ids, delete_ids = plan.upsert_ids, plan.delete_ids
 
     dims = vector_dims(lake, lambda m: encoders.encoders.model_info(m).dim, batch_id)
-    store = qdrant.store()
-    store.restore = lake_restore(lake)  # an interrupted unlogged write is restored from the lake on open
-    with store:
+    with qdrant.store(lake) as store:  # an interrupted unlogged write is restored from the lake on open
         recreated = store.ensure_collection(dims) if dims else False
         written = store.upsert(points + fallback)
         store.delete_records(removed)
@@ -107,9 +105,7 @@ def qdrant_cluster_payloads(
     (:mod:`mm_platform.lib.storage.qdrant_payloads`)."""
     cl = warehouse.lake.current_clusters()
     payloads = {r: {"cluster_id": int(c)} for r, c in cl.select("record_id", "cluster_id").iter_rows()}
-    store = qdrant.store()
-    store.restore = lake_restore(warehouse.lake)
-    with store:
+    with qdrant.store(warehouse.lake) as store:
         sync = sync_payloads(store, payloads)
     return dg.MaterializeResult(
         metadata={"points_updated": sync.sent, "points_unchanged": sync.unchanged,

@@ -487,7 +487,7 @@ def _edge_upsert_ops(chunk: list[PointData], split: bool) -> list[Any]:
     ids = [point_uuid(p.record_id) for p in chunk]
     ops = [qe.UpdateOperation.upsert_points([
         qe.Point(pid, {k: _as_buffer(v) for k, v in p.vectors.items()}, q)
-        for pid, p, q in zip(ids, chunk, payloads)
+        for pid, p, q in zip(ids, chunk, payloads, strict=True)
     ])]
     if shared:
         ops.append(qe.UpdateOperation.set_payload(ids, shared))
