@@ -123,7 +123,8 @@ SETTINGS: tuple[Setting, ...] = tuple([
         ("MM_SERVE_TOKEN", "", "token `mm-platform serve` requires (Bearer header, ?token= or cookie); needed to bind beyond 127.0.0.1"),
         ("MM_SERVE_QDRANT_IDLE_S", "2", "seconds `mm-platform serve` keeps embedded Qdrant open after a request"),
         ("MM_SERVE_URL", "http://127.0.0.1:8765", "base URL of the explorer (mm-platform serve) linked from the Dagster UI"),
-        ("MM_TEST_CRASH_AT", "", "tests only: a step key; the CLI process SIGKILLs itself at the start of that step")),
+        ("MM_TEST_CRASH_AT", "", "tests only: a step key (the CLI process SIGKILLs itself at the start of that step), or "
+         "qdrant_unlogged_write (inside a write to a Qdrant collection without a WAL, before its flush)")),
     *_s("external",
         ("DAGSTER_HOME", "$MM_DATA_DIR/dagster_home", "Dagster instance of CLI runs and `make ui`"),
         ("AWS_ACCESS_KEY_ID", "", "S3 access key of an s3:// MM_LAKE_URI"),

@@ -107,6 +107,26 @@ def test_sigkill_at_step_start_recovers(step, reference, tmp_path):
     assert_nothing_started_no_slot_held(data)
 
 
+def test_sigkill_inside_an_unlogged_qdrant_write_is_restored_from_the_lake(reference, tmp_path):
+    """Killed after Qdrant took the first update of `vector_points`' write and before its flush (a collection
+    without a WAL): the dirty marker is on disk, so the next ingest, besides recovering the run, drops the
+    collection, restores it from the lake and converges to the uninterrupted state."""
+    from mm_platform.lib.storage.qdrant_edge import CRASH_IN_UNLOGGED_WRITE, DIRTY_SUFFIX
+
+    ref, _ = reference
+    data = _make_data(tmp_path / "data")
+    crashed, _ = _ingest(data, MM_TEST_CRASH_AT=CRASH_IN_UNLOGGED_WRITE)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+    marker = Paths.from_env({"MM_DATA_DIR": str(data)}).qdrant_path / f"mm_records{DIRTY_SUFFIX}"
+    assert marker.exists()
+
+    proc, _ = _ingest(data, timeout=240, MM_POOL_WAIT_S="60")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not marker.exists()
+    assert state(data) == ref
+    assert_nothing_started_no_slot_held(data)
+
+
 def test_sigkill_at_each_batch_step_in_turn_converges(reference, tmp_path):
     """The batch is killed at the start of every step of batch_ingest_job in turn, in one data dir: each next
     ingest recovers the previous crash (run failed, slots freed) and gets one step further; the last one

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -34,6 +35,8 @@ EDGE_MARKER = "mm_edge_store.json"  # marks a storage dir written by the edge ba
 _LOCK_FILE = ".mm_edge.lock"
 #: ``<path>/<collection>`` + this: a collection without a write-ahead log is being written (unflushed)
 DIRTY_SUFFIX = ".unflushed"
+#: ``MM_TEST_CRASH_AT`` value (tests only): SIGKILL right after the first engine update of an unlogged write
+CRASH_IN_UNLOGGED_WRITE = "qdrant_unlogged_write"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -218,6 +221,8 @@ class _EdgeBackend:
         except BaseException:
             self._failed.add(collection)  # the engine failed mid-write: its state is not trusted (marker kept)
             raise
+        if setting("MM_TEST_CRASH_AT") == CRASH_IN_UNLOGGED_WRITE and not self.wal_enabled(collection):
+            os.kill(os.getpid(), signal.SIGKILL)  # test hook: die inside an unlogged write, before its flush
 
 
 #: int8 candidates, then the best ``oversampling x k`` rescored on the original vectors: recall@10 1.000 against
