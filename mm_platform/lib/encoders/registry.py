@@ -154,6 +154,32 @@ def _clip_weights(settings: EncoderSettings) -> ClipWeights:
     return locate_clip_weights(arch, settings.clip_pretrained)
 
 
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def no_clip_weights_here(settings: EncoderSettings) -> str | None:
+    """Why no CLIP weights can be had on this machine, told without importing open_clip (4 s: torch and
+    torchvision); None when only open_clip can tell. Exact, never a guess: downloads are off
+    (``HF_HUB_OFFLINE``), the pretrained setting is a tag (not a checkpoint path), no custom config is given,
+    and neither the Hugging Face cache nor open_clip's own download cache (``~/.cache/clip``) holds any model."""
+    if not _hub_offline() or settings.clip_config:
+        return None
+    pretrained = settings.clip_pretrained or ""
+    if os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        return None  # a checkpoint path: open_clip's lookup says whether it exists, and names it if not
+    from huggingface_hub import constants
+
+    hub_cache = constants.HF_HUB_CACHE
+    if os.path.isdir(hub_cache) and any(name.startswith("models--") for name in os.listdir(hub_cache)):
+        return None
+    clip_cache = os.path.expanduser("~/.cache/clip")
+    if os.path.isdir(clip_cache) and os.listdir(clip_cache):
+        return None
+    return (f"no CLIP weights on this machine (no model in the Hugging Face cache {hub_cache} or in {clip_cache}) "
+            "and downloads are off (HF_HUB_OFFLINE)")
+
+
 def _clip_plan(settings: EncoderSettings) -> tuple[bool, bool, str]:
     """``(usable, needs_download, reason)`` for the configured CLIP weights, without loading anything."""
     try:
@@ -180,6 +206,9 @@ def resolve_profile(settings: EncoderSettings) -> tuple[str, str]:
     """
     if settings.profile in ("offline", "clip"):
         return settings.profile, f"profile {settings.profile!r} requested"
+    why_not = no_clip_weights_here(settings)  # an air-gapped machine without CLIP: no open_clip import (4 s)
+    if why_not is not None:
+        return "offline", f"auto: CLIP not available ({why_not}); using offline MiniLM + EfficientNet-Lite0"
     usable, _, reason = _clip_plan(settings)
     if usable:
         return "clip", f"auto: {reason}"

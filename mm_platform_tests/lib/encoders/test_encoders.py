@@ -334,6 +334,28 @@ def test_auto_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
         EncoderSettings(profile="fast")
 
 
+def test_auto_without_any_clip_weights_decides_without_importing_open_clip(tmp_path: Path) -> None:
+    """Air-gapped, nothing cached: `auto` is offline at once, without open_clip (4 s of torch + torchvision).
+    With any model in the Hugging Face cache the decision is open_clip's again (same answer here)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from mm_platform.lib.encoders.registry import EncoderSettings, resolve_profile; "
+            "p, why = resolve_profile(EncoderSettings(profile='auto')); "
+            "print(p, 'open_clip' in sys.modules, 'torch' in sys.modules, 'HF_HUB_OFFLINE' in why)")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
+    env.pop("HF_HUB_CACHE", None)
+    env.pop("XDG_CACHE_HOME", None)
+
+    def run() -> str:
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                              timeout=300).stdout.strip()
+
+    assert run() == "offline False False True"
+    (tmp_path / "hf" / "hub" / "models--someone--some-model").mkdir(parents=True)
+    assert run() == "offline True True True"
+
+
 def test_auto_picks_clip_for_local_checkpoint(tiny_clip: TinyClip) -> None:
     profile, reason = resolve_profile(tiny_clip.settings(profile="auto"))
     assert profile == "clip" and "locally" in reason
