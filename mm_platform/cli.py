@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import os
 import sys
+import threading
 from pathlib import Path
+from typing import NoReturn
 
 from mm_platform.cli_read import (  # noqa: F401  (status_report: the explorer asks here)
     _err,
@@ -293,5 +297,29 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def run() -> NoReturn:
+    """The ``mm-platform`` program: :func:`main`, then :func:`exit_quickly` with its status."""
+    exit_quickly(main())
+
+
+def exit_quickly(status: int) -> NoReturn:
+    """End the process without the interpreter's teardown, as mypy's ``hard_exit`` does: freeing every object of
+    Dagster, Ray, DuckDB and polars one by one takes 0.3-0.8 s per command (0.8 s of a 7.8 s +10% ingest).
+    What a normal exit does that matters happens first: other non-daemon threads are joined, the exit handlers
+    run (Ray disconnects, logging flushes), and stdout/stderr are flushed. Files are written in ``with`` blocks
+    (and Delta, DuckDB, SQLite and Qdrant commit or flush before a command returns). Only for the program, never
+    for ``main()`` called in a process that goes on."""
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`mm-platform status | head`): nothing left to say
+            pass
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
