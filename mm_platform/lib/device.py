@@ -59,6 +59,16 @@ def _normalise_spec(spec: str) -> str:
     return spec.strip().lower()
 
 
+def _valid_spec(spec: str) -> str:
+    """The normalised spec; ValueError when it is none of auto, cpu, cuda, cuda:N."""
+    s = _normalise_spec(spec)
+    if not _DEVICE_RE.match(s):
+        raise ValueError(
+            f"invalid device {spec!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N' (e.g. 'cuda:0')"
+        )
+    return s
+
+
 @dataclass(frozen=True)
 class DeviceConfig:
     """How encoders run: where, in what batch size, at what precision, with how many decode workers.
@@ -77,10 +87,7 @@ class DeviceConfig:
     num_workers: int = 2
 
     def __post_init__(self) -> None:
-        if not _DEVICE_RE.match(_normalise_spec(self.device)):
-            raise ValueError(
-                f"invalid device {self.device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N' (e.g. 'cuda:0')"
-            )
+        _valid_spec(self.device)
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         if self.precision not in PRECISIONS:
@@ -108,11 +115,7 @@ def resolve_device(spec: str) -> torch.device:
         TypeError: the spec is not a string.
     """
     import torch
-    s = _normalise_spec(spec)
-    if not _DEVICE_RE.match(s):
-        raise ValueError(
-            f"invalid device {spec!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N' (e.g. 'cuda:0')"
-        )
+    s = _valid_spec(spec)
     if s == "cpu":
         return torch.device("cpu")
     if s == "auto":
@@ -138,11 +141,7 @@ def check_device(spec: str) -> None:
     """Fail fast on a device spec that cannot run here (``resolve_device``'s errors), importing torch only
     for a spec that names CUDA: ``auto`` and ``cpu`` always resolve, so a process that loads no model locally
     (a ray-mode run, the CLI) does not pay torch's import to check them."""
-    s = _normalise_spec(spec)
-    if not _DEVICE_RE.match(s):
-        raise ValueError(
-            f"invalid device {spec!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N' (e.g. 'cuda:0')"
-        )
+    s = _valid_spec(spec)
     if s.startswith("cuda"):
         resolve_device(s)
 

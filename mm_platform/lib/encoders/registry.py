@@ -154,16 +154,12 @@ def _clip_weights(settings: EncoderSettings) -> ClipWeights:
     return locate_clip_weights(arch, settings.clip_pretrained)
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def no_clip_weights_here(settings: EncoderSettings) -> str | None:
     """Why no CLIP weights can be had on this machine, told without importing open_clip (4 s: torch and
     torchvision); None when only open_clip can tell. Exact, never a guess: downloads are off
     (``HF_HUB_OFFLINE``), the pretrained setting is a tag (not a checkpoint path), no custom config is given,
     and neither the Hugging Face cache nor open_clip's own download cache (``~/.cache/clip``) holds any model."""
-    if not _hub_offline() or settings.clip_config:
+    if not hub_offline_requested() or settings.clip_config:
         return None
     pretrained = settings.clip_pretrained or ""
     if os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
