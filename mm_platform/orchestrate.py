@@ -19,15 +19,12 @@ from pathlib import Path
 import dagster as dg
 
 from mm_platform.lib.storage.lake import Lake
-from mm_platform.lib.landing.ledger import (  # noqa: F401 - ingested_hashes, table_counts: re-exported
+from mm_platform.lib.landing.ledger import (
     global_layer_stale,
-    ingested_hashes,
     mark_global_failed,
     mark_global_fresh,
     pending_batches,
     recluster_owed,
-    repair_lake,
-    table_counts,
 )
 from mm_platform.lib.locks import IngestLock
 from mm_platform.lib.landing.manifest import list_complete_batches

@@ -13,22 +13,12 @@ from typing import Any
 
 import dagster as dg
 
-from mm_platform.lib.landing.ledger import (  # noqa: F401 - ingested_hashes, table_counts: re-exported
-    global_layer_stale,
-    ingested_hashes,
-    mark_global_failed,
-    mark_global_fresh,
-    pending_batches,
-    recluster_owed,
-    repair_lake,
-    table_counts,
-)
 from mm_platform.lib.locks import ProcessRef
 from mm_platform.lib.settings import setting
 
-
-
 ACTIVE_STATUSES = ("STARTED", "STARTING", "NOT_STARTED", "CANCELING")
+
+
 def process_tags() -> dict[str, str]:
     """Tags naming the process that executes a run in process, so a later CLI can tell when it died."""
     me = ProcessRef.current()
