@@ -29,6 +29,7 @@ from mm_platform.lib.encoders import (
     resolve_audio,
 )
 from mm_platform.lib.encoders.audio import dct_matrix, find_clap_weights, mel_filterbank
+from mm_platform_tests.network import refuse_network
 from mm_platform_tests.tiny_models import TINY_CLAP_DIM, TinyClip, build_tiny_clap, build_tiny_clip
 
 CPU = DeviceConfig(device="cpu", batch_size=8, num_workers=0)
@@ -320,14 +321,7 @@ def test_locate_clap_weights(tiny_clap: Path, tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     where = find_clap_weights("mm-test/tiny-clap")
     assert where.status == "cached" and len(where.files) == 3
-    connects: list[object] = []
-
-    def no_network(*args: object, **kwargs: object) -> None:
-        connects.append(args)
-        raise OSError("network disabled in this test")
-
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setattr(socket.socket, "connect", no_network)
+    connects = refuse_network(monkeypatch)
     try:
         enc = ClapAudioEncoder(CPU, "mm-test/tiny-clap")
     except EncoderUnavailable as exc:  # pragma: no cover - transformers resolved its cache path at import

@@ -36,6 +36,7 @@ from mm_platform.lib.encoders.image import (
     map_lite0_state_dict,
 )
 from mm_platform.lib.encoders.text import MiniLMTextEncoder
+from mm_platform_tests.network import refuse_network
 from mm_platform_tests.tiny_models import TinyClip, build_tiny_clip, shape_image, write_shape_images
 
 CPU = DeviceConfig(device="cpu", batch_size=64, num_workers=0)
@@ -418,14 +419,7 @@ def test_cached_tag_loads_offline(
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    connects: list[object] = []
-
-    def no_network(*args: object, **kwargs: object) -> None:
-        connects.append(args)
-        raise OSError("network disabled in this test")
-
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setattr(socket.socket, "connect", no_network)
+    connects = refuse_network(monkeypatch)
     es = load_encoders(settings, CPU)
     text = es.text()
     assert connects == []
