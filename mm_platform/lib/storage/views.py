@@ -148,6 +148,13 @@ def register_views(con: duckdb.DuckDBPyConnection, lake: Lake, extra: Mapping[st
         con.execute(_create_view(name, sql))
 
 
+def _view_script(lake: Lake) -> tuple[list[str], list[str], str]:
+    """Every view's name, its ``CREATE OR REPLACE VIEW`` statement, and a fingerprint of all the statements."""
+    views = view_statements(lake)
+    statements = [_create_view(name, select) for name, select in views]
+    return [name for name, _ in views], statements, hashlib.sha256("\n".join(statements).encode()).hexdigest()
+
+
 #: per (process, lake uri): an in-memory DuckDB holding the lake's views, and the fingerprint of those views
 _VIEW_DATABASES: dict[tuple[int, str], list] = {}
 _VIEW_DATABASES_LOCK = threading.Lock()
@@ -165,8 +172,7 @@ def view_cursor(lake: Lake) -> duckdb.DuckDBPyConnection:
     if lake.remote:
         raise ValueError("view_cursor serves a local lake; register_views an object-store lake's snapshots")
     lake.ensure_initialized()
-    statements = [_create_view(name, select) for name, select in view_statements(lake)]
-    fingerprint = hashlib.sha256("\n".join(statements).encode()).hexdigest()
+    _names, statements, fingerprint = _view_script(lake)
     with _VIEW_DATABASES_LOCK:
         key = (os.getpid(), lake.uri)
         db = _VIEW_DATABASES.get(key)
@@ -216,10 +222,7 @@ def refresh_warehouse(lake: Lake, duckdb_path: Path, timeout_s: float = 30.0) ->
     lake.ensure_initialized()
     if lake.remote:  # its views read Arrow datasets registered per connection: nothing to keep in the file
         return False
-    views = view_statements(lake)
-    tables = [name for name, _ in views]
-    statements = [_create_view(name, select) for name, select in views]
-    fingerprint = hashlib.sha256("\n".join(statements).encode()).hexdigest()
+    tables, statements, fingerprint = _view_script(lake)
     stamp = duckdb_path.with_name(duckdb_path.name + ".views")
     if duckdb_path.exists() and stamp.exists() and stamp.read_text() == fingerprint:
         return False
