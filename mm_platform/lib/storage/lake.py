@@ -199,7 +199,7 @@ class Lake:
     # -- writes -------------------------------------------------------------------------------------
     def _schema_of(self, table: str) -> dict[str, pl.DataType] | None:
         t = self._table(table)
-        return None if t is None else dict(pl.from_arrow(t.to_pyarrow_dataset().schema.empty_table()).schema)
+        return None if t is None else dict(delta_store.schema_frame(t).schema)
 
     def write_partition(self, table: str, batch_id: str, df: pl.DataFrame) -> Path:
         """Replace the batch's partition of ``table`` with ``df``: one commit; readers see old or new, whole."""
@@ -367,8 +367,7 @@ class Lake:
         t = self._table(table)
         if t is None:
             return empty_frame(table) if table in ALL_TABLES else pl.DataFrame()
-        ds = t.to_pyarrow_dataset(partitions=[(PART, "=", batch_id)])
-        return _typed(table, pl.from_arrow(ds.to_table()))
+        return _typed(table, delta_store.read_frame(t, PART, batch_id))
 
     def partitions(self, table: str) -> list[str]:
         t = self._table(table)
@@ -381,7 +380,7 @@ class Lake:
         t = self._table(table, version)
         if t is None:
             return empty_frame(table) if table in ALL_TABLES else pl.DataFrame()
-        return _typed(table, pl.from_arrow(t.to_pyarrow_dataset().to_table()))
+        return _typed(table, delta_store.read_frame(t))
 
     # -- current state ------------------------------------------------------------------------------
     def record_versions(self) -> pl.DataFrame:

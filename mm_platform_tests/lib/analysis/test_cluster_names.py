@@ -59,3 +59,31 @@ def test_an_embedding_function_ranks_terms_by_closeness_to_the_cluster_centre():
 
     assert cluster_names(_corpus(), n_words=2, embed=broken) == cluster_names(_corpus(), n_words=2)
     assert cluster_names({}) == {} and cluster_names({1: ["", " "]}) == {1: []}
+
+
+def test_every_clusters_terms_go_to_the_encoder_in_one_call():
+    """One round trip for all clusters' candidate terms (a warm Ray actor costs ~20 ms a call), plus one per
+    cluster whose centre must be computed from its texts; the names are those of embedding term by term."""
+    def embed(texts):
+        out = np.zeros((len(texts), 64))
+        for i, t in enumerate(texts):
+            for j in range(len(t) - 2):
+                out[i, sum(map(ord, t[j:j + 3])) % 64] += 1
+        return out
+
+    calls = []
+
+    def counted(texts):
+        calls.append(list(texts))
+        return embed(texts)
+
+    def one_by_one(texts):
+        return np.vstack([embed([t]) for t in texts]) if texts else np.zeros((0, 64))
+
+    centres = {c: embed(texts).mean(axis=0) for c, texts in _corpus().items()}
+    names = cluster_names(_corpus(), n_words=2, embed=counted, centres=centres)
+    assert len(calls) == 1 and len(calls[0]) == len(set(calls[0])) > 8
+    assert names == cluster_names(_corpus(), n_words=2, embed=one_by_one, centres=centres)
+    calls.clear()
+    assert cluster_names(_corpus(), n_words=2, embed=counted) == cluster_names(_corpus(), n_words=2, embed=one_by_one)
+    assert len(calls) == 1 + len(_corpus())

@@ -263,3 +263,36 @@ def test_open_table_reuses_the_newest_snapshot_until_a_commit_lands(tmp_path: Pa
     remade = delta_store.open_table(uri, None)
     assert remade.version() == second.version() and remade is not second  # same version number, new table
     assert lake.read_table("raw_text")["batch_id"].unique().to_list() == ["b9"]
+
+
+def test_reads_come_back_in_file_order_without_a_pyarrow_dataset(tmp_path: Path) -> None:
+    """``read_frame`` (every lake read) returns rows in the log's file order, as a pyarrow dataset does, even for
+    multi-batch files (DataFusion's default parallel scan interleaves them: clustering input would change order
+    run to run), filters a partition, and never imports ``pyarrow.dataset`` or pandas (0.2 s a process)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import pyarrow as pa
+    from deltalake import DeltaTable, write_deltalake
+
+    from mm_platform.lib.storage import delta as delta_store
+
+    uri = str(tmp_path / "t")
+    for i in range(6):
+        n = 20_000 if i % 2 == 0 else 300
+        write_deltalake(uri, pa.table({"k": np.arange(n) + i * 100_000, "part": [f"p{i % 3}"] * n}),
+                        mode="append", partition_by=["part"])
+    table = DeltaTable(uri)
+    want = pl.from_arrow(table.to_pyarrow_dataset().to_table())
+    got = delta_store.read_frame(table)
+    assert got.select(want.columns).equals(want)
+    one = delta_store.read_frame(table, "part", "p1")
+    assert one["part"].unique().to_list() == ["p1"] and one.height == 20_300
+    assert delta_store.read_frame(table, "part", "no'such").height == 0
+    assert dict(delta_store.schema_frame(table).schema) == dict(want.schema)
+    code = ("import sys; from deltalake import DeltaTable; from mm_platform.lib.storage import delta as d; "
+            f"t = DeltaTable({uri!r}); d.read_frame(t); d.read_frame(t, 'part', 'p0'); d.schema_frame(t); "
+            "d.add_actions(t); print(sorted(m for m in ('pandas', 'pyarrow.dataset') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stderr

@@ -97,12 +97,14 @@ def cluster_names(
     encoder); ``centres`` gives each cluster's centre in that space (else the mean of its texts' embeddings)."""
     frequent = corpus_frequent_words(texts_by_cluster)
     ranked = top_terms(texts_by_cluster, n=n_candidates * 3)
-    out: dict[int, list[str]] = {}
+    candidates: dict[int, list[tuple[str, float]]] = {}
     for c, terms in ranked.items():
         cands = [(t, s) for t, s in terms
                  if not set(t.split()) & frequent and len(set(t.split())) == len(t.split())][:n_candidates]
-        if not cands:
-            cands = terms[:n_candidates]  # everything is frequent: better the usual terms than no name
+        candidates[c] = cands or terms[:n_candidates]  # everything is frequent: the usual terms, not no name
+    vectors = _term_vectors(embed, candidates, texts_by_cluster, centres)
+    out: dict[int, list[str]] = {}
+    for c, cands in candidates.items():
         if not cands:
             out[c] = []
             continue
@@ -110,21 +112,47 @@ def cluster_names(
         scores = np.array([s for _, s in cands], dtype=np.float64)
         relevance = scores / scores.max() if scores.max() > 0 else scores
         similarity = np.array([[_overlap(a, b) for b in words] for a in words])
-        if embed is not None:
-            try:
-                E = _unit(np.asarray(embed(words), dtype=np.float64))
-                centre = centres.get(c) if centres is not None else None
-                if centre is None:
-                    texts = [t for t in texts_by_cluster[c] if isinstance(t, str) and t.strip()][:64]
-                    centre = _unit(np.asarray(embed(texts), dtype=np.float64)).mean(axis=0)
-                centre = _unit(np.asarray(centre, dtype=np.float64)[None, :])[0]
-                if E.shape[1] == centre.shape[0]:
-                    relevance = 0.7 * relevance + 0.3 * (E @ centre)
-                    similarity = np.maximum(similarity, E @ E.T)
-            except (ValueError, RuntimeError):  # a failing encoder must not cost the cluster its name
-                pass
+        if vectors is not None and c in vectors[1]:
+            E = vectors[0][[vectors[2][w] for w in words]]
+            centre = vectors[1][c]
+            if E.shape[1] == centre.shape[0]:
+                relevance = 0.7 * relevance + 0.3 * (E @ centre)
+                similarity = np.maximum(similarity, E @ E.T)
         out[c] = mmr(words, relevance, similarity, n_words, diversity)
     return out
+
+
+def _term_vectors(embed: Callable[[list[str]], np.ndarray] | None, candidates: Mapping[int, Sequence[tuple[str, float]]],
+                  texts_by_cluster: Mapping[int, Sequence[str]], centres: Mapping[int, np.ndarray] | None,
+                  ) -> tuple[np.ndarray, dict[int, np.ndarray], dict[str, int]] | None:
+    """(unit vectors of every candidate term, each cluster's unit centre, term -> row), from one ``embed`` call
+    for all clusters' terms (one round trip to the encoder, not one per cluster) plus one per cluster whose
+    centre is not given (the mean of its texts' embeddings). None without an encoder or when it fails: names
+    then rank by c-TF-IDF and word overlap alone, never fail."""
+    if embed is None:
+        return None
+    terms = sorted({t for cands in candidates.values() for t, _ in cands})
+    if not terms:
+        return None
+    try:
+        E = _unit(np.asarray(embed(terms), dtype=np.float64))
+    except (ValueError, RuntimeError):  # a failing encoder must not cost the clusters their names
+        return None
+    unit_centres: dict[int, np.ndarray] = {}
+    for c, cands in candidates.items():
+        if not cands:
+            continue
+        centre = centres.get(c) if centres is not None else None
+        try:
+            if centre is None:
+                texts = [t for t in texts_by_cluster[c] if isinstance(t, str) and t.strip()][:64]
+                if not texts:
+                    continue
+                centre = _unit(np.asarray(embed(texts), dtype=np.float64)).mean(axis=0)
+            unit_centres[c] = _unit(np.asarray(centre, dtype=np.float64)[None, :])[0]
+        except (ValueError, RuntimeError):  # the encoder failed on its texts: this cluster has no centre
+            continue
+    return E, unit_centres, {t: i for i, t in enumerate(terms)}
 
 
 def _unit(X: np.ndarray) -> np.ndarray:
