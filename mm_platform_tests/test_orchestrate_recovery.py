@@ -183,3 +183,53 @@ def test_a_signal_whose_interrupt_is_swallowed_still_stops_the_ingest() -> None:
         orch.check_not_signalled("the global layer")
     assert info.value.by_signal
     orch.SIGNALLED.clear()
+
+
+_letters = dg.DynamicPartitionsDefinition(name="letters")
+
+
+@dg.asset(partitions_def=_letters)
+def _first(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata={"key": context.partition_key})
+
+
+@dg.asset(partitions_def=_letters, deps=[_first])
+def _second() -> None:
+    pass
+
+
+@dg.asset(partitions_def=_letters, deps=[_first, _second])
+def _third() -> None:
+    pass
+
+
+_letters_job = dg.define_asset_job("_letters_job", selection=[_first, _second, _third], partitions_def=_letters)
+_letters_defs = dg.Definitions(assets=[_first, _second, _third], jobs=[_letters_job])
+
+
+def test_a_run_looks_its_partition_up_once_not_per_step_input(instance, monkeypatch):
+    """Dagster asks whether the run's partition exists for every partitioned input of every step; within one
+    run an existing partition is looked up in the instance's storage once, and the instance is left as it was."""
+    instance.add_dynamic_partitions("letters", ["a"])
+    storage = type(instance.event_log_storage)
+    calls = []
+    original = storage.has_dynamic_partition
+
+    def counted(self, partitions_def_name, partition_key):
+        calls.append(partition_key)
+        return original(self, partitions_def_name, partition_key)
+
+    monkeypatch.setattr(storage, "has_dynamic_partition", counted)
+    job = _letters_defs.resolve_job_def("_letters_job")
+    # what Dagster alone does: one lookup per step input at least
+    assert job.execute_in_process(instance=instance, partition_key="a").success
+    unremembered = len(calls)
+    assert unremembered >= 3, calls
+    calls.clear()
+    result = execute_job(job, instance, print, partition_key="a", tags={})
+    assert result.success and calls == ["a"]
+    assert "has_dynamic_partition" not in vars(instance)
+    # a partition that does not exist is still refused
+    with pytest.raises(Exception, match="zz"):
+        execute_job(job, instance, print, partition_key="zz", tags={})
+    assert "has_dynamic_partition" not in vars(instance)
