@@ -216,6 +216,7 @@ class ComputeResource(dg.ConfigurableResource):
     data_dir: str = ""
     ray_num_cpus: int = 0
     ray_object_store_mb: int = 0
+    ray_connect_timeout_s: str = _default("MM_RAY_CONNECT_TIMEOUT_S")  # seconds (text: an EnvVar)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if self.mode not in ("local", "ray"):
@@ -234,7 +235,8 @@ class ComputeResource(dg.ConfigurableResource):
         from mm_platform.lib.compute.warm_actors import namespace_for
 
         return RayConfig(address=self.ray_address, namespace=namespace_for(self.data_dir or "."),
-                         num_cpus=self.ray_num_cpus, object_store_mb=self.ray_object_store_mb)
+                         num_cpus=self.ray_num_cpus, object_store_mb=self.ray_object_store_mb,
+                         connect_timeout_s=float(self.ray_connect_timeout_s or 0))
 
     def ray_encoder(self, modality: str, encoders: "EncodersResource") -> "RayEncoder":
         """The Ray encoder of ``modality`` under the encoders' settings (its warm actor made on first use)."""
@@ -355,6 +357,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         "compute": ComputeResource(
             mode=_env("MM_COMPUTE"), ray_address=_env("RAY_ADDRESS"), data_dir=str(paths.data_dir),
             ray_num_cpus=_env_int("MM_RAY_NUM_CPUS"), ray_object_store_mb=_env_int("MM_RAY_OBJECT_STORE_MB"),
+            ray_connect_timeout_s=_env("MM_RAY_CONNECT_TIMEOUT_S"),
         ),
         "pipeline": PipelineConfigResource(
             fusion_weights=_env("MM_FUSION_WEIGHTS"),

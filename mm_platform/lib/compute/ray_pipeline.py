@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from mm_platform.lib.compute.warm_actors import actor_name, encode_decoded, ensure_actor
+from mm_platform.lib.compute.warm_actors import actor_name, encode_decoded, ensure_actor, require_cluster
 from mm_platform.lib.device import DeviceConfig
 from mm_platform.lib.encoders.base import ModelInfo
 from mm_platform.lib.encoders.registry import EncoderSettings
@@ -39,6 +40,7 @@ class RayConfig:
         encoder_gpus: GPUs per encoder actor; ``-1`` = 1 when the device setting is CUDA, or ``auto`` on a
             cluster with a GPU; else 0.
         data_min_items: inputs larger than this go through Ray Data; smaller ones take the direct path.
+        connect_timeout_s: how long a cluster at ``address`` may take to answer before connecting fails.
         encoder_cpus: logical CPUs each warm actor reserves. 0 by default: a warm actor is idle between runs
             and must not starve the decode tasks of a small cluster (it still uses every core when it runs).
     """
@@ -50,15 +52,27 @@ class RayConfig:
     encoder_gpus: float = -1.0
     encoder_cpus: float = 0.0
     data_min_items: int = 256
+    connect_timeout_s: float = 20.0
 
 
 _CONNECT_LOCK = threading.Lock()
+#: clusters that did not answer (address -> (when, error)): connects within ``_UNREACHABLE_FOR_S`` raise the same
+#: error at once instead of waiting again (the background connect and each embedding step of a run)
+_UNREACHABLE: dict[str, tuple[float, ConnectionError]] = {}
+_UNREACHABLE_FOR_S = 60.0
 
 
 def connect(cfg: RayConfig) -> None:
     """Connect this process to Ray once (a cluster at ``cfg.address``, else a new local instance)."""
     with _CONNECT_LOCK:  # a connect started by connect_in_background finishes first
-        _connect(cfg)
+        failed = _UNREACHABLE.get(cfg.address)
+        if failed is not None and time.monotonic() - failed[0] < _UNREACHABLE_FOR_S:
+            raise failed[1]  # waited MM_RAY_CONNECT_TIMEOUT_S for it a moment ago: do not wait again
+        try:
+            _connect(cfg)
+        except ConnectionError as exc:
+            _UNREACHABLE[cfg.address] = (time.monotonic(), exc)
+            raise
 
 
 def connect_in_background(cfg: RayConfig) -> threading.Thread:
@@ -73,7 +87,7 @@ def connect_in_background(cfg: RayConfig) -> threading.Thread:
         worker_log.setLevel(logging.ERROR)  # "SIGTERM handler is not set": on purpose, see above
         try:
             connect(cfg)
-        except Exception:  # noqa: BLE001 - reported by the next connect()
+        except Exception:  # noqa: BLE001 - reported by the next connect() (at once when nothing answered)
             pass
         finally:
             worker_log.setLevel(level)
@@ -90,6 +104,8 @@ def _connect(cfg: RayConfig) -> None:
         return
     kwargs: dict[str, Any] = {"namespace": cfg.namespace, "log_to_driver": False, "ignore_reinit_error": True}
     kwargs["address"] = cfg.address or "local"  # never a stale /tmp/ray/ray_current_cluster
+    if cfg.address:
+        require_cluster(cfg.address, cfg.connect_timeout_s)
     if not cfg.address:
         kwargs["include_dashboard"] = False
         if cfg.num_cpus > 0:

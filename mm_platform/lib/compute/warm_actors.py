@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
 from dataclasses import asdict
 from typing import Any
@@ -20,6 +21,7 @@ import numpy as np
 
 from mm_platform.lib.device import DeviceConfig
 from mm_platform.lib.encoders.registry import EncoderSettings
+from mm_platform.lib.settings import setting_float
 
 ACTOR_PREFIX = "mm-encoder-"
 
@@ -157,6 +159,30 @@ def stop_actors(namespace: str) -> list[str]:
     return names
 
 
+def require_cluster(address: str, timeout_s: float) -> None:
+    """Raise ``ConnectionError`` unless something answers at the Ray cluster ``address`` (``host:port`` or
+    ``ray://host:port``) within ``timeout_s`` seconds (tried every half second, so a head that is starting is
+    waited for). ``ray.init`` alone waits for a stopped cluster's GCS for many minutes: a run must fail fast
+    and say why instead. ``auto`` (Ray's own lookup) is left to Ray."""
+    target = address.strip().removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    host = host.strip("[]") or "127.0.0.1"
+    deadline = time.monotonic() + max(0.0, timeout_s)
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=max(0.2, min(2.0, deadline - time.monotonic()))).close()
+            return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise ConnectionError(
+                    f"no Ray cluster answers at RAY_ADDRESS={address} ({exc}; waited {timeout_s:g} s, "
+                    "MM_RAY_CONNECT_TIMEOUT_S): start it (`ray start --head`), fix RAY_ADDRESS, or unset it to "
+                    "run on a local Ray instance") from exc
+        time.sleep(0.5)
+
+
 def warm_actor_command(action: str, address: str, data_dir: str | os.PathLike[str]) -> list[str]:
     """``mm-platform compute status|stop``: the warm actors of ``data_dir`` on the cluster at ``address``
     (lines to print). Without an address there is nothing to list: a local Ray instance, and its actors,
@@ -166,6 +192,7 @@ def warm_actor_command(action: str, address: str, data_dir: str | os.PathLike[st
     import ray
 
     namespace = namespace_for(data_dir)
+    require_cluster(address, setting_float("MM_RAY_CONNECT_TIMEOUT_S"))
     ray.init(address=address, namespace=namespace, log_to_driver=False)
     try:
         names = stop_actors(namespace) if action == "stop" else list_actors(namespace)

@@ -138,3 +138,44 @@ def test_gpus_per_actor_follow_the_setting_and_the_clusters_gpus(ray_cfg: RayCon
     assert gpus_for(ray_cfg, DeviceConfig(device="cpu")) == 0.0
     assert gpus_for(ray_cfg, DeviceConfig(device="cuda:1")) == 1.0
     assert gpus_for(ray_cfg, DeviceConfig(device="auto")) == float(ray.cluster_resources().get("GPU", 0) >= 1)
+
+
+def test_a_cluster_that_does_not_answer_fails_fast_and_says_so() -> None:
+    """``ray.init`` alone waits for a stopped cluster's GCS for many minutes; connecting fails within
+    ``MM_RAY_CONNECT_TIMEOUT_S`` naming the address, and a background connect that failed is not waited for
+    a second time. A cluster that answers (or one that comes up within the timeout) is connected to."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from mm_platform.lib.compute.warm_actors import require_cluster
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionError, match=f"RAY_ADDRESS=127.0.0.1:{dead}"):
+        require_cluster(f"127.0.0.1:{dead}", 1.0)
+    assert 0.9 < time.monotonic() - t0 < 5
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    threading.Timer(0.6, listener.listen).start()  # a head that comes up while we wait
+    try:
+        require_cluster(f"ray://127.0.0.1:{port}", 10.0)
+    finally:
+        listener.close()
+    code = (
+        "import time; from mm_platform.lib.compute.ray_pipeline import RayConfig, connect, connect_in_background\n"
+        f"cfg = RayConfig(address='127.0.0.1:{dead}', connect_timeout_s=1.5)\n"
+        "connect_in_background(cfg).join()\n"
+        "t = time.monotonic()\n"
+        "try:\n    connect(cfg)\nexcept ConnectionError as exc:\n"
+        "    print('refused', round(time.monotonic() - t, 2), exc)\n")
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.stdout.startswith("refused "), out.stdout + out.stderr
+    assert float(out.stdout.split()[1]) < 0.5 and "MM_RAY_CONNECT_TIMEOUT_S" in out.stdout
+    assert time.monotonic() - t0 < 60
