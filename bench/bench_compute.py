@@ -18,6 +18,7 @@ Three parts (each can be skipped):
 from __future__ import annotations
 
 import argparse
+import compileall
 import dataclasses
 import os
 import signal
@@ -202,6 +203,9 @@ def main() -> None:
     # a throw-away localhost cluster: no token auth (a real deployment keeps it and gives clients the token)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     skip = set(filter(None, args.skip.split(",")))
+    # the CLI processes below load mm_platform from its bytecode cache, as an installed package does (with
+    # PYTHONDONTWRITEBYTECODE set, an edited module would otherwise be compiled again by every process)
+    compileall.compile_dir(str(ROOT / "mm_platform"), quiet=1)
     work = Path(tempfile.mkdtemp(prefix="mm-bench-compute-"))
     if "step" not in skip:
         bench_step(args, work)

@@ -365,9 +365,27 @@ def apply_thread_policy(threads: int | None = None) -> ThreadPolicy:
     except ImportError:
         pass
     else:
-        threadpool_limits(limits=n)
+        # threadpoolctl scans every loaded library (40 ms, each run of a process): not again for the same count
+        # when no shared library was loaded since
+        state = (n, _loaded_libraries())
+        if state[1] is None or _THREADPOOL_LIMITED.get("state") != state:
+            threadpool_limits(limits=n)
+            _THREADPOOL_LIMITED["state"] = state
         used_tpc = True
     return ThreadPolicy(n, used_torch, used_tpc, tuple(env_set))
+
+
+#: (thread count, loaded libraries) threadpoolctl last applied in this process
+_THREADPOOL_LIMITED: dict[str, tuple] = {}
+
+
+def _loaded_libraries() -> frozenset[str] | None:
+    """The shared libraries mapped into this process (Linux ``/proc/self/maps``, ~1 ms); None elsewhere."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return frozenset(line[line.index("/"):].strip() for line in maps if ".so" in line and "/" in line)
+    except OSError:
+        return None
 
 
 @contextlib.contextmanager

@@ -66,3 +66,23 @@ def test_thread_limit_restores_torch_threads():
     with thread_limit(1) as n:
         assert n == 1 and torch.get_num_threads() == 1
     assert torch.get_num_threads() == 2
+
+
+def test_the_loaded_libraries_are_scanned_again_only_when_they_or_the_count_change(monkeypatch):
+    """Every run of a process applies the policy; threadpoolctl's scan of the loaded libraries (40 ms in a run
+    process) is repeated only for a new count or a library loaded since (which may not have read the env)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import threadpoolctl\n"
+        "calls = []\n"
+        "real = threadpoolctl.threadpool_limits\n"
+        "threadpoolctl.threadpool_limits = lambda **kw: calls.append(kw) or real(**kw)\n"
+        "from mm_platform.lib.device import apply_thread_policy\n"
+        "apply_thread_policy(1); apply_thread_policy(1); print(len(calls))\n"
+        "apply_thread_policy(2); print(len(calls))\n"
+        "import _decimal, _lzma\n"  # new shared libraries
+        "apply_thread_policy(2); print(len(calls))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "2", "3"], out.stdout + out.stderr
