@@ -87,11 +87,12 @@ def get_instance(paths: Paths) -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
-def current_profile() -> str:
-    """The profile key the environment's encoder settings resolve to (no model is loaded)."""
+def current_profile(instance: dg.DagsterInstance | None = None) -> str:
+    """The profile key the environment's encoder settings resolve to (no model is loaded). Pass the instance at
+    hand: without one, Dagster makes an ephemeral instance to build the resource (60 ms)."""
     from mm_platform.defs.resources import current_profile_key
 
-    with dg.build_resources({"encoders": _encoders_resource()}) as res:
+    with dg.build_resources({"encoders": _encoders_resource()}, instance=instance) as res:
         return current_profile_key(res.encoders.settings())
 
 
@@ -189,7 +190,7 @@ def _ingest_locked(paths: Paths, instance: dg.DagsterInstance, batch_ids: list[s
 
     lake = Lake(paths.lake_dir)
     complete = {b.batch_id: b for b in list_complete_batches(paths.landing_dir)}
-    pending = {b.batch_id for b in pending_batches(paths, lake, current_profile())}
+    pending = {b.batch_id for b in pending_batches(paths, lake, current_profile(instance))}
     if batch_ids:
         unknown = [b for b in batch_ids if b not in complete]
         if unknown:
