@@ -26,6 +26,12 @@ from deltalake.exceptions import CommitFailedError, TableNotFoundError
 #: Commits retried when another writer won the race for the same version (disjoint partitions).
 COMMIT_RETRIES = 8
 
+#: Properties of every lake table. Each ingest adds a commit to most tables, and opening a table (a write,
+#: a read, a DuckDB view binding) replays its log since the last checkpoint: with Delta's default of a
+#: checkpoint every 100 commits, at 98 commits an open took 18.7 ms and a write 18 ms; checkpointing every 10
+#: commits, 5.1 ms and 7.8 ms (a small ingest opens tables a few hundred times).
+TABLE_PROPERTIES = {"delta.checkpointInterval": "10"}
+
 
 def is_remote(uri: str) -> bool:
     """True for an object-store URI (``s3://…``); local paths (and ``file://``) are not remote."""
@@ -117,7 +123,8 @@ def write_arrow(uri: str, data: pa.Table, opts: dict[str, str] | None, *, predic
     for attempt in range(COMMIT_RETRIES):
         try:
             write_deltalake(uri, data, mode="overwrite", predicate=predicate, partition_by=partition_by,
-                            schema_mode=schema_mode, storage_options=opts)
+                            schema_mode=schema_mode, storage_options=opts,
+                            configuration=TABLE_PROPERTIES)  # used when this creates the table
             return
         except CommitFailedError:
             if attempt == COMMIT_RETRIES - 1:
@@ -175,6 +182,23 @@ def version_at(uri: str, opts: dict[str, str] | None, when: dt.datetime) -> int 
         if h.get("timestamp", 0) <= stamp_ms and (best is None or h["version"] > best):
             best = h["version"]
     return best
+
+
+def ensure_properties(table: DeltaTable, uri: str, opts: dict[str, str] | None) -> bool:
+    """Give a table (``table``: a snapshot of it, to read its properties) made before :data:`TABLE_PROPERTIES`
+    existed those properties: one metadata commit, once. True when it committed. A lost race with another
+    writer is left for the next start to retry."""
+    config = table.metadata().configuration
+    if all(config.get(k) == v for k, v in TABLE_PROPERTIES.items()):
+        return False
+    try:
+        writable = open_for_write(uri, opts)
+        if writable is None:
+            return False
+        writable.alter.set_table_properties(TABLE_PROPERTIES)
+    except CommitFailedError:
+        return False
+    return True
 
 
 def compact_and_vacuum(uri: str, opts: dict[str, str] | None, retention_hours: float) -> dict[str, int]:

@@ -179,9 +179,12 @@ class Lake:
         from mm_platform.lib.storage.migrate import migrate_parquet_layout
 
         migrate_parquet_layout(self)
-        for table, schema in ALL_TABLES.items():
-            if not self.has_table(table):
-                self._create_empty(table, pl.DataFrame(schema=schema))
+        for table in [*ALL_TABLES, *self.model_tables()]:
+            t = self._table(table)
+            if t is None and table in ALL_TABLES:
+                self._create_empty(table, pl.DataFrame(schema=ALL_TABLES[table]))
+            elif t is not None:  # a table of an older lake gets today's properties (checkpoints every 10 commits)
+                delta_store.ensure_properties(t, self.table_uri(table), self.storage_options)
         self._ready = True
 
     def _create_empty(self, table: str, df: pl.DataFrame) -> None:

@@ -296,3 +296,33 @@ def test_reads_come_back_in_file_order_without_a_pyarrow_dataset(tmp_path: Path)
             "d.add_actions(t); print(sorted(m for m in ('pandas', 'pyarrow.dataset') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_tables_checkpoint_every_ten_commits_and_older_lakes_are_brought_up_to_it(tmp_path: Path) -> None:
+    """Every ingest adds a commit to most tables and every open replays the log since the last checkpoint: the
+    lake's tables checkpoint every 10 commits (Delta's default is 100). A table made without the property gets
+    it once, at the next start, and nothing is committed again after that."""
+    from deltalake import DeltaTable, write_deltalake
+
+    from mm_platform.lib.storage import delta as delta_store
+
+    lake = Lake(tmp_path / "lake")
+    lake.ensure_initialized()
+    for i in range(12):
+        lake.write_partition("raw_text", f"b{i}", raw_text_df(f"b{i}", i, 3))
+    table = DeltaTable(lake.table_uri("raw_text"))
+    assert table.metadata().configuration == delta_store.TABLE_PROPERTIES
+    log = Path(lake.table_uri("raw_text")) / "_delta_log"
+    assert sorted(p.name for p in log.glob("*.checkpoint.parquet")) == ["00000000000000000009.checkpoint.parquet"]
+    assert lake.read_table("raw_text").height == 36
+    lake.write_global("my_model", pl.DataFrame({"x": [1]}))  # a SQL model's table, made by its first write
+    assert DeltaTable(lake.table_uri("my_model")).metadata().configuration == delta_store.TABLE_PROPERTIES
+
+    old = tmp_path / "old"
+    write_deltalake(str(old / "raw_text"), raw_text_df("a", 1, 2).to_arrow(), mode="overwrite")
+    assert DeltaTable(str(old / "raw_text")).metadata().configuration == {}
+    Lake(old).ensure_initialized()
+    upgraded = DeltaTable(str(old / "raw_text"))
+    assert upgraded.metadata().configuration == delta_store.TABLE_PROPERTIES and upgraded.version() == 1
+    Lake(old).ensure_initialized()
+    assert DeltaTable(str(old / "raw_text")).version() == 1
