@@ -186,8 +186,9 @@ def version_at(uri: str, opts: dict[str, str] | None, when: dt.datetime) -> int 
 
 def ensure_properties(table: DeltaTable, uri: str, opts: dict[str, str] | None) -> bool:
     """Give a table (``table``: a snapshot of it, to read its properties) made before :data:`TABLE_PROPERTIES`
-    existed those properties: one metadata commit, once. True when it committed. A lost race with another
-    writer is left for the next start to retry."""
+    existed those properties: one metadata commit, once. True when it committed. Best effort: a lost race with
+    another writer, or a lake this process may only read (read-only mount or credentials), leaves the table as
+    it is, to be tried again at the next start; it only reads a longer log meanwhile."""
     config = table.metadata().configuration
     if all(config.get(k) == v for k, v in TABLE_PROPERTIES.items()):
         return False
@@ -196,7 +197,7 @@ def ensure_properties(table: DeltaTable, uri: str, opts: dict[str, str] | None) 
         if writable is None:
             return False
         writable.alter.set_table_properties(TABLE_PROPERTIES)
-    except CommitFailedError:
+    except Exception:  # noqa: BLE001 - an optimisation; never a reason for a reader to fail
         return False
     return True
 

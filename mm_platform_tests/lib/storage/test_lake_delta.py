@@ -326,3 +326,24 @@ def test_tables_checkpoint_every_ten_commits_and_older_lakes_are_brought_up_to_i
     assert upgraded.metadata().configuration == delta_store.TABLE_PROPERTIES and upgraded.version() == 1
     Lake(old).ensure_initialized()
     assert DeltaTable(str(old / "raw_text")).version() == 1
+
+
+def test_a_lake_this_process_may_only_read_still_opens(tmp_path: Path, monkeypatch) -> None:
+    """Bringing an older table up to today's properties is an optimisation: where the commit is refused (a
+    read-only mount or read-only S3 credentials), the lake opens and reads all the same."""
+    from deltalake import DeltaTable, write_deltalake
+
+    old = tmp_path / "old"
+    write_deltalake(str(old / "raw_text"), raw_text_df("a", 1, 2).to_arrow(), mode="overwrite",
+                    configuration={"delta.checkpointInterval": "100"})
+
+    from deltalake.table import TableAlterer
+
+    def refused(self, properties, raise_if_not_exists=True, commit_properties=None):
+        raise OSError("Read-only file system (os error 30)")
+
+    monkeypatch.setattr(TableAlterer, "set_table_properties", refused)
+    lake = Lake(old)
+    lake.ensure_initialized()
+    assert lake.read_table("raw_text").height == 2
+    assert DeltaTable(str(old / "raw_text")).metadata().configuration["delta.checkpointInterval"] == "100"
