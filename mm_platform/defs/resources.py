@@ -8,7 +8,7 @@ defaults (see ``.env.example``); resolution happens here, at definition time, ne
 import contextlib
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -66,13 +66,14 @@ class WarehouseResource(dg.ConfigurableResource):
         return self._lake
 
     @contextlib.contextmanager
-    def compute_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """An in-memory DuckDB with the lake's views: computing never takes the warehouse file's lock."""
+    def compute_connection(self, needs: Iterable[str] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """An in-memory DuckDB with the lake's views (at least those named in ``needs`` and what they read; all
+        when None): computing never takes the warehouse file's lock."""
         if self._lake.remote:  # snapshots registered per connection
             con = duckdb.connect()
             register_views(con, self._lake)
-        else:  # views that re-bind per query, defined once per process
-            con = view_cursor(self._lake)
+        else:  # views that re-bind per query, each defined once per process when first needed
+            con = view_cursor(self._lake, needs)
         try:
             yield con
         finally:

@@ -44,7 +44,7 @@ def cached_vectors(warehouse: WarehouseResource, table: str, info: ModelInfo, ha
     """Vectors this exact model (id + weights version) already made for these contents, in any batch."""
     if not hashes:
         return {}
-    with warehouse.compute_connection() as con:
+    with warehouse.compute_connection(needs=[f"{table}_history"]) as con:
         return lookup_cached(con, table, info.model_id, info.model_version, hashes)
 
 

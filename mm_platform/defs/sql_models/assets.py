@@ -56,7 +56,7 @@ def build_sql_models_asset(models: dict[str, SqlModel]) -> dg.AssetsDefinition:
     def _sql_models(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         lake = warehouse.lake
         selected = {k.to_user_string() for k in context.selected_asset_keys}
-        with warehouse.compute_connection() as con:
+        with warehouse.compute_connection(needs={dep for m in models.values() for dep in m.deps}) as con:
 
             def write(con: duckdb.DuckDBPyConnection, name: str, df: pl.DataFrame) -> None:
                 lake.write_global(name, df)  # one Delta commit: readers see the previous result or this one, whole

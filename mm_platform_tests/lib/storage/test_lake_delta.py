@@ -233,6 +233,38 @@ def test_view_cursors_read_each_tables_newest_commit_and_pick_up_new_tables(tmp_
             c.close()
 
 
+def test_views_are_defined_as_they_are_first_needed_with_what_they_read(tmp_path: Path) -> None:
+    """A cursor asked for some views gets them and every view they read, nothing else (a batch run's cache
+    lookups bind 1 view each instead of 51); asking for more later adds those; answers equal a connection with
+    every view; a path in a table's URI that looks like a view name is no dependency."""
+    from mm_platform.lib.storage.views import register_views, view_cursor, view_dependencies, view_statements
+
+    lake = Lake(tmp_path / "raw_text")  # the lake dir's own name is a view name: its paths must not count
+    lake.write_partition("raw_text", "b1", raw_text_df("b1", 1, 3))
+
+    def defined(cur) -> set[str]:
+        return {r[0] for r in cur.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+
+    deps = view_dependencies(view_statements(lake))
+    assert deps["raw_text_history"] == set() and deps["raw_text"] == {"raw_text_history", "current_records"}
+    assert deps["record_versions"] == {"raw_records", "aligned_records_history"}
+    one = view_cursor(lake, needs=["text_embeddings_history"])
+    assert defined(one) == {"text_embeddings_history"}
+    two = view_cursor(lake, needs=["raw_text", "no_such_view"])
+    assert defined(two) == {"text_embeddings_history", "raw_text", "raw_text_history", "current_records",
+                            "record_versions", "raw_records", "aligned_records_history"}
+    fresh = duckdb.connect()
+    register_views(fresh, lake)
+    try:
+        for sql in ("SELECT count(*) FROM raw_text_history", "SELECT count(*) FROM raw_text"):
+            assert two.execute(sql).fetchone() == fresh.execute(sql).fetchone()
+        everything = view_cursor(lake)
+        assert defined(everything) == defined(fresh)
+    finally:
+        for c in (one, two, fresh):
+            c.close()
+
+
 def test_open_table_reuses_the_newest_snapshot_until_a_commit_lands(tmp_path: Path) -> None:
     """The per-thread snapshot cache never serves a stale version: a new commit, a transactional replace, and
     a table deleted and made again at the same path are all seen."""
