@@ -101,21 +101,11 @@ class Services:
         self.paths = paths
         self.res = resources
         self.lake: Lake = resources.warehouse.lake
-        self.holder = StoreHolder(self._store, idle_s=qdrant_idle_s)
+        # restored from the lake on open if an unlogged write to it was interrupted
+        self.holder = StoreHolder(lambda: resources.qdrant.store(self.lake), idle_s=qdrant_idle_s)
         self.thumb_dir = paths.data_dir / "serve_cache" / "thumbs"
         self._cache: dict[str, tuple[Any, Any]] = {}
         self._cache_lock = threading.Lock()
-
-    def _store(self) -> QdrantStore:
-        """The resource's store, restored from the lake on open if an unlogged write to it was interrupted."""
-        store = self.res.qdrant.store()
-        store.restore = self._restore
-        return store
-
-    def _restore(self, store: QdrantStore) -> int:
-        from mm_platform.lib.vectors.points import restore_points  # needed only when a restore runs
-
-        return restore_points(self.lake, store)
 
     def _cached(self, name: str, key: Any, build):
         with self._cache_lock:
